@@ -1,0 +1,68 @@
+"""wa-daemon: a daemon that owns many WhatsApp Web sessions, and its clients.
+
+The plain install holds what a service needs to talk to a running daemon:
+
+    from wa_daemon import Client, AsyncClient, RateLimited
+"""
+
+from ._version import __version__
+from .client import AsyncClient, AsyncWatch, Client, Watch
+from .errors import (
+    Busy,
+    ConnectionLost,
+    DaemonUnreachable,
+    ErrorCode,
+    InternalError,
+    InvalidArgument,
+    LimitExceeded,
+    NotFound,
+    PermissionDenied,
+    ProtocolError,
+    RateLimited,
+    Unavailable,
+    WaDaemonError,
+)
+from .protocol import (
+    End,
+    QrCode,
+    QrUpdated,
+    Reason,
+    SessionError,
+    SessionStatus,
+    Snapshot,
+    State,
+    StateChanged,
+    Transition,
+    WatchEvent,
+)
+
+__all__ = [
+    "__version__",
+    "AsyncClient",
+    "AsyncWatch",
+    "Busy",
+    "Client",
+    "ConnectionLost",
+    "DaemonUnreachable",
+    "End",
+    "ErrorCode",
+    "InternalError",
+    "InvalidArgument",
+    "LimitExceeded",
+    "NotFound",
+    "PermissionDenied",
+    "ProtocolError",
+    "QrCode",
+    "QrUpdated",
+    "RateLimited",
+    "Reason",
+    "SessionError",
+    "SessionStatus",
+    "Snapshot",
+    "State",
+    "StateChanged",
+    "Transition",
+    "Unavailable",
+    "Watch",
+    "WatchEvent",
+]

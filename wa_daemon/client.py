@@ -1,0 +1,514 @@
+"""Clients for the daemon: :class:`Client` (blocking) and :class:`AsyncClient` (asyncio or trio).
+
+Method names are the RPC method names; results are the typed structs of
+``wa_daemon.protocol``; errors are the exceptions of ``wa_daemon.errors``.
+
+    with Client() as wa:
+        status = wa.connect("alice")
+        for event in wa.watch("alice", until=["connected", "failed"]):
+            ...
+
+    async with AsyncClient() as wa:
+        status = await wa.connect("alice")
+        async with wa.watch("alice") as events:
+            async for event in events: ...
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+import msgspec
+
+from .errors import ConnectionLost, DaemonUnreachable, Unavailable, WaDaemonError
+from .paths import resolve_socket_path
+from .protocol import (
+    ClientProtocol,
+    Deleted,
+    End,
+    Error,
+    Event,
+    HistoryParams,
+    ListParams,
+    Metrics,
+    MetricsParams,
+    NoParams,
+    Pong,
+    QrCode,
+    RemoteProtocolError,
+    Reply,
+    SessionList,
+    SessionParams,
+    SessionStatus,
+    SimulateAction,
+    SimulateParams,
+    State,
+    Transition,
+    VersionInfo,
+    WatchEvent,
+    WatchParams,
+    error_from_message,
+)
+
+__all__ = ["Client", "AsyncClient", "Watch", "AsyncWatch"]
+
+DEFAULT_TIMEOUT = 120.0
+_CHUNK = 65536
+
+
+def _watch_params(session: str | None, until: Iterable[State | str], timeout: float) -> WatchParams:
+    return WatchParams(session=session, until=[State(u) for u in until], timeout=timeout)
+
+
+def _unreachable(path: str, exc: OSError) -> DaemonUnreachable:
+    return DaemonUnreachable(
+        f"cannot reach wa-daemon at {path}: {exc.strerror or exc}", {"socket": path}
+    )
+
+
+# ============================================================================ blocking
+
+
+class _SyncConnection:
+    def __init__(self, path: str, timeout: float | None, name: str) -> None:
+        self.proto = ClientProtocol(name)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError, PermissionError) as exc:
+            self.sock.close()
+            raise _unreachable(path, exc) from None
+        except OSError:
+            self.sock.close()
+            raise
+        try:
+            self.sock.sendall(self.proto.hello())
+            self.proto.check_welcome(self.receive())
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise ConnectionLost(f"the daemon closed the connection: {exc}") from None
+
+    def receive(self) -> Any:
+        while True:
+            msg = self.proto.decoder.next_message()
+            if msg is not None:
+                return msg
+            try:
+                data = self.sock.recv(_CHUNK)
+            except ConnectionResetError as exc:
+                raise ConnectionLost(f"the daemon closed the connection: {exc}") from None
+            if not data:
+                raise ConnectionLost("the daemon closed the connection")
+            self.proto.decoder.receive_data(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Watch(Iterator[WatchEvent]):
+    """A blocking watch stream on its own connection. Iterate it; ``end`` holds the
+    closing :class:`~wa_daemon.protocol.End` once the daemon ended the stream."""
+
+    def __init__(self, conn: _SyncConnection, rid: int) -> None:
+        self._conn = conn
+        self._rid = rid
+        self.end: End | None = None
+
+    def __iter__(self) -> Watch:
+        return self
+
+    def __next__(self) -> WatchEvent:
+        if self.end is not None:
+            raise StopIteration
+        msg = self._conn.receive()
+        if isinstance(msg, Event) and msg.id == self._rid:
+            return self._conn.proto.event(msg)
+        if isinstance(msg, End) and msg.id == self._rid:
+            self.end = msg
+            self._conn.close()
+            raise StopIteration
+        if isinstance(msg, Error):
+            self._conn.close()
+            raise error_from_message(msg)
+        raise RemoteProtocolError(f"unexpected {type(msg).__name__} on a watch stream")
+
+    def close(self) -> None:
+        """Cancel the stream (the daemon answers with an End we do not wait for)."""
+        if self.end is None:
+            try:
+                self._conn.send(self._conn.proto.cancel(self._rid))
+            except WaDaemonError:
+                pass
+        self._conn.close()
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Client:
+    """A blocking client: one Unix socket, one call at a time (thread-safe).
+
+    Usable from Django views, scripts and threads. ``watch`` opens a connection
+    of its own, so a stream never blocks the calls made meanwhile.
+    """
+
+    def __init__(
+        self,
+        socket_path: str | os.PathLike[str] | None = None,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        client_name: str = "wa_daemon.Client",
+    ) -> None:
+        self.socket_path = str(resolve_socket_path(socket_path))
+        self.timeout = timeout
+        self.client_name = client_name
+        self._conn: _SyncConnection | None = None
+        self._lock = threading.Lock()
+
+    def _call(self, method: str, params: msgspec.Struct) -> Any:
+        with self._lock:
+            if self._conn is None:
+                self._conn = _SyncConnection(self.socket_path, self.timeout, self.client_name)
+            conn = self._conn
+            try:
+                rid, data = conn.proto.request(method, params)
+                conn.send(data)
+                while True:
+                    msg = conn.receive()
+                    if isinstance(msg, (Reply, Error)) and msg.id == rid:
+                        break
+                    if isinstance(msg, Error) and msg.id is None:
+                        raise error_from_message(msg)
+            except BaseException:
+                # A broken exchange (timeout, lost connection, interrupt) may leave the
+                # stream out of step: drop it, the next call opens a fresh one.
+                conn.close()
+                self._conn = None
+                raise
+        # An error reply to this request leaves the connection sound.
+        return conn.proto.result(method, msg)
+
+    # -- methods ---------------------------------------------------------------
+
+    def connect(self, session: str) -> SessionStatus:
+        return self._call("connect", SessionParams(session))  # type: ignore[no-any-return]
+
+    def disconnect(self, session: str) -> SessionStatus:
+        return self._call("disconnect", SessionParams(session))  # type: ignore[no-any-return]
+
+    def logout(self, session: str) -> SessionStatus:
+        return self._call("logout", SessionParams(session))  # type: ignore[no-any-return]
+
+    def delete(self, session: str) -> Deleted:
+        return self._call("delete", SessionParams(session))  # type: ignore[no-any-return]
+
+    def status(self, session: str) -> SessionStatus:
+        return self._call("status", SessionParams(session))  # type: ignore[no-any-return]
+
+    def list(self, states: Iterable[State | str] | None = None) -> list[SessionStatus]:
+        params = ListParams([State(s) for s in states] if states is not None else None)
+        result: SessionList = self._call("list", params)
+        return result.sessions
+
+    def qr(self, session: str) -> QrCode:
+        return self._call("qr", SessionParams(session))  # type: ignore[no-any-return]
+
+    def history(self, session: str, limit: int = 100) -> list[Transition]:
+        return self._call("history", HistoryParams(session, limit)).transitions  # type: ignore[no-any-return]
+
+    def metrics(self, prometheus: bool = False) -> Metrics:
+        return self._call("metrics", MetricsParams(prometheus))  # type: ignore[no-any-return]
+
+    def ping(self) -> Pong:
+        return self._call("ping", NoParams())  # type: ignore[no-any-return]
+
+    def version(self) -> VersionInfo:
+        return self._call("version", NoParams())  # type: ignore[no-any-return]
+
+    def simulate(self, session: str, action: SimulateAction) -> SessionStatus:
+        return self._call("simulate", SimulateParams(session, action))  # type: ignore[no-any-return]
+
+    def watch(
+        self,
+        session: str | None = None,
+        *,
+        until: Iterable[State | str] = (),
+        timeout: float = 300.0,
+    ) -> Watch:
+        """Stream the session's snapshot, then its events, until ``until``, timeout or close()."""
+        # The socket timeout must outlast quiet periods of the stream itself.
+        conn = _SyncConnection(self.socket_path, None, self.client_name)
+        try:
+            rid, data = conn.proto.request("watch", _watch_params(session, until, timeout))
+            conn.send(data)
+        except BaseException:
+            conn.close()
+            raise
+        return Watch(conn, rid)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ============================================================================ async
+
+
+class AsyncWatch:
+    """An async watch stream; iterate it inside ``async with``. ``end`` is set when
+    the daemon ends the stream; leaving the block early cancels it."""
+
+    def __init__(self, client: AsyncClient, rid: int, receive: anyio.abc.ObjectReceiveStream[Any]) -> None:
+        self._client = client
+        self._rid = rid
+        self._receive = receive
+        self.end: End | None = None
+
+    def __aiter__(self) -> AsyncIterator[WatchEvent]:
+        return self
+
+    async def __anext__(self) -> WatchEvent:
+        if self.end is not None:
+            raise StopAsyncIteration
+        try:
+            msg = await self._receive.receive()
+        except anyio.EndOfStream:
+            raise self._client._lost() from None
+        if isinstance(msg, Event):
+            return self._client._proto.event(msg)
+        if isinstance(msg, End):
+            self.end = msg
+            self._client._streams.pop(self._rid, None)
+            raise StopAsyncIteration
+        if isinstance(msg, Error):
+            self._client._streams.pop(self._rid, None)
+            raise error_from_message(msg)
+        raise RemoteProtocolError(f"unexpected {type(msg).__name__} on a watch stream")
+
+    async def aclose(self) -> None:
+        if self.end is None and self._rid in self._client._streams:
+            self._client._streams.pop(self._rid, None)
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._client._send(self._client._proto.cancel(self._rid))
+                except WaDaemonError:
+                    pass
+        self._receive.close()
+
+    async def __aenter__(self) -> AsyncWatch:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class AsyncClient:
+    """An async client for asyncio and trio (through anyio): many calls in flight
+    on one connection, replies matched by id, watch streams multiplexed beside them.
+
+    Use it as ``async with AsyncClient() as wa:``; the connection and its reader
+    task live inside that block.
+    """
+
+    def __init__(
+        self,
+        socket_path: str | os.PathLike[str] | None = None,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        client_name: str = "wa_daemon.AsyncClient",
+    ) -> None:
+        self.socket_path = str(resolve_socket_path(socket_path))
+        self.timeout = timeout
+        self._proto = ClientProtocol(client_name)
+        self._stream: anyio.abc.SocketStream | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._send_lock = anyio.Lock()
+        self._pending: dict[int, anyio.abc.ObjectSendStream[Any]] = {}
+        self._streams: dict[int, anyio.abc.ObjectSendStream[Any]] = {}
+        self._failure: WaDaemonError | None = None
+
+    async def __aenter__(self) -> AsyncClient:
+        try:
+            self._stream = await anyio.connect_unix(self.socket_path)
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError, PermissionError) as exc:
+            raise _unreachable(self.socket_path, exc) from None
+        try:
+            await self._stream.send(self._proto.hello())
+            with anyio.fail_after(self.timeout):
+                self._proto.check_welcome(await self._receive_one())
+        except BaseException:
+            await self._stream.aclose()
+            raise
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._reader)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+            self._tg = None
+        if self._stream is not None:
+            await self._stream.aclose()
+            self._stream = None
+        self._fail_all(ConnectionLost("the client was closed"))
+
+    async def _receive_one(self) -> Any:
+        assert self._stream is not None
+        while True:
+            msg = self._proto.decoder.next_message()
+            if msg is not None:
+                return msg
+            try:
+                data = await self._stream.receive(_CHUNK)
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                raise ConnectionLost("the daemon closed the connection") from None
+            self._proto.decoder.receive_data(data)
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                msg = await self._receive_one()
+                if isinstance(msg, (Reply, Error)) and msg.id in self._pending:
+                    self._pending.pop(msg.id).send_nowait(msg)
+                elif isinstance(msg, (Event, End, Error)) and msg.id in self._streams:
+                    self._streams[msg.id].send_nowait(msg)
+                elif isinstance(msg, Error) and msg.id is None:
+                    raise error_from_message(msg)
+                # Anything else answers a call that was given up (cancelled or timed out).
+        except WaDaemonError as exc:
+            self._fail_all(exc)
+        except anyio.ClosedResourceError:
+            self._fail_all(ConnectionLost("the connection was closed"))
+
+    def _fail_all(self, exc: WaDaemonError) -> None:
+        self._failure = self._failure or exc
+        for chan in [*self._pending.values(), *self._streams.values()]:
+            chan.close()
+        self._pending.clear()
+        self._streams.clear()
+
+    def _lost(self) -> WaDaemonError:
+        return self._failure or ConnectionLost("the daemon closed the connection")
+
+    async def _send(self, data: bytes) -> None:
+        if self._stream is None:
+            raise Unavailable("the client is not open; use `async with AsyncClient() as c:`")
+        async with self._send_lock:
+            try:
+                await self._stream.send(data)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+                raise ConnectionLost(f"the daemon closed the connection: {exc!r}") from None
+
+    async def _call(self, method: str, params: msgspec.Struct) -> Any:
+        if self._failure is not None:
+            raise self._failure
+        rid, data = self._proto.request(method, params)
+        send, receive = anyio.create_memory_object_stream[Any](1)
+        self._pending[rid] = send
+        try:
+            await self._send(data)
+            with anyio.fail_after(self.timeout):
+                try:
+                    msg = await receive.receive()
+                except anyio.EndOfStream:
+                    raise self._lost() from None
+        finally:
+            self._pending.pop(rid, None)
+            receive.close()
+        return self._proto.result(method, msg)
+
+    # -- methods ---------------------------------------------------------------
+
+    async def connect(self, session: str) -> SessionStatus:
+        return await self._call("connect", SessionParams(session))  # type: ignore[no-any-return]
+
+    async def disconnect(self, session: str) -> SessionStatus:
+        return await self._call("disconnect", SessionParams(session))  # type: ignore[no-any-return]
+
+    async def logout(self, session: str) -> SessionStatus:
+        return await self._call("logout", SessionParams(session))  # type: ignore[no-any-return]
+
+    async def delete(self, session: str) -> Deleted:
+        return await self._call("delete", SessionParams(session))  # type: ignore[no-any-return]
+
+    async def status(self, session: str) -> SessionStatus:
+        return await self._call("status", SessionParams(session))  # type: ignore[no-any-return]
+
+    async def list(self, states: Iterable[State | str] | None = None) -> list[SessionStatus]:
+        params = ListParams([State(s) for s in states] if states is not None else None)
+        result: SessionList = await self._call("list", params)
+        return result.sessions
+
+    async def qr(self, session: str) -> QrCode:
+        return await self._call("qr", SessionParams(session))  # type: ignore[no-any-return]
+
+    async def history(self, session: str, limit: int = 100) -> list[Transition]:
+        result = await self._call("history", HistoryParams(session, limit))
+        return result.transitions  # type: ignore[no-any-return]
+
+    async def metrics(self, prometheus: bool = False) -> Metrics:
+        return await self._call("metrics", MetricsParams(prometheus))  # type: ignore[no-any-return]
+
+    async def ping(self) -> Pong:
+        return await self._call("ping", NoParams())  # type: ignore[no-any-return]
+
+    async def version(self) -> VersionInfo:
+        return await self._call("version", NoParams())  # type: ignore[no-any-return]
+
+    async def simulate(self, session: str, action: SimulateAction) -> SessionStatus:
+        return await self._call("simulate", SimulateParams(session, action))  # type: ignore[no-any-return]
+
+    async def watch(
+        self,
+        session: str | None = None,
+        *,
+        until: Iterable[State | str] = (),
+        timeout: float = 300.0,
+    ) -> AsyncWatch:
+        """Open a stream: ``async with await wa.watch("id") as events: async for ev in events``."""
+        if self._failure is not None:
+            raise self._failure
+        rid, data = self._proto.request("watch", _watch_params(session, until, timeout))
+        # Unbounded here: the daemon already bounds and coalesces what a watcher gets,
+        # and a full buffer would stall the reader and with it every other call.
+        send, receive = anyio.create_memory_object_stream[Any](math.inf)
+        self._streams[rid] = send
+        try:
+            await self._send(data)
+        except BaseException:
+            self._streams.pop(rid, None)
+            raise
+        return AsyncWatch(self, rid, receive)

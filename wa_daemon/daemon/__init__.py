@@ -1,0 +1,1 @@
+"""The daemon: everything behind the ``[daemon]`` extra (trio, structlog, the browser stack)."""

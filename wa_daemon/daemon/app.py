@@ -1,0 +1,72 @@
+"""The daemon as one object: binds the socket, owns the nurseries, shuts down in order."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+
+from ..paths import default_socket_path
+from .config import Config
+from .drivers.base import Driver
+from .drivers.scripted import ScriptedDriver
+from .manager import SessionManager
+from .server import Server, bind_unix_socket
+
+log = structlog.get_logger("wa_daemon")
+
+
+def make_driver(config: Config, nursery: trio.Nursery) -> Driver:
+    if config.driver == "scripted":
+        return ScriptedDriver(nursery, config.scripted)
+    raise ValueError(f"unknown driver {config.driver!r}")
+
+
+class Daemon:
+    def __init__(self, config: Config, *, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.socket_path = Path(config.socket_path) if config.socket_path else default_socket_path()
+        self._rng = rng
+        self._stop = trio.Event()
+        self.manager: SessionManager | None = None
+        self.server: Server | None = None
+        self.driver: Driver | None = None
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until :meth:`request_stop`; then stop accepting, stop every session,
+        end every stream, let in-flight calls answer, and return."""
+        cfg = self.config
+        bound = bind_unix_socket(self.socket_path)
+        try:
+            async with trio.open_nursery() as sessions:
+                self.driver = make_driver(cfg, sessions)
+                manager = self.manager = SessionManager(cfg, self.driver, sessions, rng=self._rng)
+                server = self.server = Server(manager)
+                async with trio.open_nursery() as connections:
+                    async with trio.open_nursery() as front:
+                        front.start_soon(server.accept_loop, bound, connections)
+                        front.start_soon(manager.cleanup_loop)
+                        log.info("daemon_ready", socket=str(self.socket_path), driver=self.driver.name)
+                        task_status.started(self)
+                        await self._stop.wait()
+                        front.cancel_scope.cancel()
+                    log.info("daemon_stopping", sessions=len(manager.sessions))
+                    bound.close()  # nobody new can connect from here on
+                    server.draining = True
+                    with trio.move_on_after(cfg.shutdown_timeout) as cs:
+                        await manager.shutdown()
+                        while server.inflight:
+                            await trio.sleep(0.01)
+                    if cs.cancelled_caught:
+                        log.error("shutdown_timeout", timeout=cfg.shutdown_timeout, inflight=server.inflight)
+                    server.close_connections()
+                sessions.cancel_scope.cancel()
+        finally:
+            bound.close()
+        log.info("daemon_stopped")

@@ -1,0 +1,89 @@
+"""Typed daemon configuration. Every number the daemon acts on is a field here."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from ..protocol import DEFAULT_MAX_FRAME
+
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)]
+NonNegSeconds = Annotated[float, msgspec.Meta(ge=0, le=7 * 86400)]
+Count = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+Fraction = Annotated[float, msgspec.Meta(ge=0, lt=1)]
+
+
+class ScriptedConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Behaviour of the scripted in-memory driver (``--driver scripted``).
+
+    Its QR schedule mirrors WhatsApp Web: a first ref of 60 s, then five more of
+    20 s, then a reload button.
+    """
+
+    launch_delay: NonNegSeconds = 0.2
+    first_qr_ttl: PositiveSeconds = 60.0
+    qr_ttl: PositiveSeconds = 20.0
+    qr_refs_per_cycle: Count = 6
+    auth_delay: NonNegSeconds = 1.0  # "loading" screen between scan and app
+    auto_scan_after: NonNegSeconds | None = None  # scan the first QR by itself after this delay
+    fail_launch: bool = False
+
+
+class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    socket_path: str | None = None  # None: paths.default_socket_path()
+    state_dir: str | None = None  # None: paths.default_state_dir()
+    driver: Literal["scripted"] = "scripted"
+    scripted: ScriptedConfig = msgspec.field(default_factory=ScriptedConfig)
+
+    # admission
+    max_sessions: Count = 50
+    max_concurrent_launches: Count = 2
+    connect_min_interval: NonNegSeconds = 5.0
+    operation_timeout: PositiveSeconds = 60.0  # waiting for a session's lock longer is `busy`
+
+    # QR
+    qr_debounce: NonNegSeconds = 2.0
+    qr_timeout: PositiveSeconds = 180.0
+    qr_max_refreshes: Count | None = None  # None: only qr_timeout ends the QR phase
+
+    # reconnection: delay n (1-based) = base * factor**(n-1), capped, +-jitter
+    reconnect_max_attempts: Annotated[int, msgspec.Meta(ge=0, le=100)] = 3
+    reconnect_base_delay: NonNegSeconds = 5.0
+    reconnect_factor: Annotated[float, msgspec.Meta(ge=1, le=100)] = 3.0
+    reconnect_max_delay: NonNegSeconds = 300.0
+    reconnect_jitter: Fraction = 0.2
+    reconnect_reset_after: PositiveSeconds = 600.0
+
+    # inactive cleanup
+    cleanup_interval: PositiveSeconds = 600.0
+    inactive_after: PositiveSeconds = 1800.0
+    connected_idle_timeout: PositiveSeconds | None = None
+
+    # sessions
+    takeover_on_conflict: bool = True  # answer "open in another window" with "Use here"
+    history_size: Count = 100
+    browser_stop_timeout: PositiveSeconds = 10.0
+
+    # RPC
+    max_frame: Annotated[int, msgspec.Meta(ge=1024, le=64 << 20)] = DEFAULT_MAX_FRAME
+    max_inflight_per_connection: Count = 128
+    watch_qr_interval: NonNegSeconds = 3.0
+    watch_queue_size: Annotated[int, msgspec.Meta(ge=4, le=100_000)] = 64
+    shutdown_timeout: PositiveSeconds = 30.0
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def replace(self, **changes: Any) -> Config:
+        """A validated copy with ``changes`` applied."""
+        return from_mapping({**msgspec.to_builtins(self), **changes})
+
+    def reconnect_delay(self, attempt: int) -> float:
+        """The un-jittered delay before reconnect ``attempt`` (1-based)."""
+        delay = self.reconnect_base_delay * self.reconnect_factor ** (attempt - 1)
+        return float(min(delay, self.reconnect_max_delay))
+
+
+def from_mapping(data: dict[str, Any]) -> Config:
+    """Validate a plain mapping into a Config; errors name the offending key."""
+    return msgspec.convert(data, Config)

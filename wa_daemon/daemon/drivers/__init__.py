@@ -1,0 +1,1 @@
+"""Browser drivers: the interface in ``base``, one module per implementation."""

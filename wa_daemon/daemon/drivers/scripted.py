@@ -1,0 +1,224 @@
+"""A deterministic in-memory driver: no browser, the page contract played by a task.
+
+Used by unit tests (under MockClock), benchmarks, load tests and
+``wa-daemon --driver scripted``. Each "browser" runs a small script in the
+driver's nursery: saved auth leads to loading then the app; otherwise a QR
+cycle like WhatsApp Web's (first ref 60 s, five more of 20 s, then a reload
+button). Tests and the ``simulate`` RPC act as the phone and as fate: scan,
+logout, conflict, crash, connection loss, phone offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import secrets
+from dataclasses import dataclass, field
+
+import trio
+
+from ..config import ScriptedConfig
+from .base import (
+    AppShown,
+    BrowserGone,
+    Conflict,
+    LaunchError,
+    LaunchOptions,
+    Loading,
+    LoggedOut,
+    PageEvent,
+    PhoneOffline,
+    QrExpired,
+    QrShown,
+)
+
+_EVENT_BUFFER = 64
+
+
+def _fake_ref() -> str:
+    """A ref shaped like WhatsApp's: ``2@<random>,<key>,<key>,<secret>``."""
+
+    def b64(n: int) -> str:
+        return base64.b64encode(secrets.token_bytes(n)).decode()
+
+    return f"2@{secrets.token_urlsafe(48)},{b64(32)},{b64(32)},{b64(16)}"
+
+
+@dataclass
+class _Command:
+    name: str  # scan, logout, conflict, crash, disconnect, refresh_qr, reload, take_over, offline, online
+
+
+class ScriptedBrowser:
+    def __init__(self, driver: ScriptedDriver, session_id: str, number: int) -> None:
+        self.driver = driver
+        self.session_id = session_id
+        self.number = number
+        self._send, self._recv = trio.open_memory_channel[PageEvent](_EVENT_BUFFER)
+        self._cmd_send, self._cmd_recv = trio.open_memory_channel[_Command](_EVENT_BUFFER)
+        self._scope = trio.CancelScope()
+        self.closed = trio.Event()
+        self.current_ref: str | None = None
+        self.refs_shown = 0
+
+    @property
+    def events(self) -> trio.MemoryReceiveChannel[PageEvent]:
+        return self._recv
+
+    # -- what the page does -------------------------------------------------------
+
+    async def _script(self) -> None:
+        cfg = self.driver.config
+        with self._scope:
+            try:
+                if self.session_id in self.driver.authed:
+                    await self._load_app()
+                else:
+                    await self._qr_phase(cfg)
+                await self._connected_phase()
+            finally:
+                self.current_ref = None
+                self._send.close()
+                self.closed.set()
+
+    async def _emit(self, event: PageEvent) -> None:
+        await self._send.send(event)
+
+    async def _qr_phase(self, cfg: ScriptedConfig) -> None:
+        auto_scan_at = (
+            trio.current_time() + cfg.auto_scan_after if cfg.auto_scan_after is not None else None
+        )
+        while True:
+            for i in range(cfg.qr_refs_per_cycle):
+                ttl = cfg.first_qr_ttl if i == 0 else cfg.qr_ttl
+                self.current_ref = _fake_ref()
+                self.refs_shown += 1
+                await self._emit(QrShown(self.current_ref, ttl))
+                deadline = trio.current_time() + ttl
+                while True:
+                    wake = deadline if auto_scan_at is None else min(deadline, auto_scan_at)
+                    cmd = await self._command_until(wake)
+                    if cmd is None:
+                        if auto_scan_at is not None and trio.current_time() >= auto_scan_at:
+                            cmd = _Command("scan")
+                        else:
+                            break  # this ref expired
+                    if cmd.name == "scan":
+                        self.driver.authed.add(self.session_id)
+                        await self._load_app()
+                        return
+                    if cmd.name == "refresh_qr":
+                        break
+                    await self._common(cmd)
+            self.current_ref = None
+            await self._emit(QrExpired())
+            while True:  # the reload button waits for a click
+                cmd = await self._cmd_recv.receive()
+                if cmd.name == "reload":
+                    break
+                await self._common(cmd)
+
+    async def _load_app(self) -> None:
+        self.current_ref = None
+        await self._emit(Loading(0))
+        await trio.sleep(self.driver.config.auth_delay)
+        await self._emit(Loading(100))
+        await self._emit(AppShown())
+
+    async def _connected_phase(self) -> None:
+        while True:
+            cmd = await self._cmd_recv.receive()
+            if cmd.name == "logout":
+                self.driver.authed.discard(self.session_id)
+                await self._emit(LoggedOut())
+                await trio.sleep_forever()  # the page now shows a new QR; the session closes us
+            elif cmd.name == "conflict":
+                await self._emit(Conflict())
+            elif cmd.name == "take_over":
+                await self._emit(AppShown())
+            else:
+                await self._common(cmd)
+
+    async def _common(self, cmd: _Command) -> None:
+        if cmd.name == "crash":
+            await self._gone("crashed", "scripted crash")
+        elif cmd.name == "disconnect":
+            await self._gone("connection_lost", "scripted connection loss")
+        elif cmd.name in ("offline", "online"):
+            await self._emit(PhoneOffline(cmd.name == "offline"))
+        elif cmd.name == "logout":
+            # Before linking there is nothing to unlink; the page just stays.
+            self.driver.authed.discard(self.session_id)
+
+    async def _gone(self, kind: str, message: str) -> None:
+        self.driver.crashes += 1
+        await self._emit(BrowserGone(kind, message))
+        self._scope.cancel()
+        await trio.lowlevel.checkpoint()
+
+    async def _command_until(self, deadline: float) -> _Command | None:
+        with trio.move_on_at(deadline):
+            return await self._cmd_recv.receive()
+        return None
+
+    # -- what the session and the tests do ------------------------------------
+
+    def command(self, name: str) -> None:
+        if self.closed.is_set():
+            return
+        try:
+            self._cmd_send.send_nowait(_Command(name))
+        except trio.WouldBlock:
+            pass  # a flood of commands to one fake page; dropping some is harmless
+
+    async def reload_qr(self) -> None:
+        self.command("reload")
+
+    async def take_over(self) -> None:
+        self.command("take_over")
+
+    async def logout(self) -> None:
+        self.driver.authed.discard(self.session_id)
+        await self.close()
+
+    async def close(self) -> None:
+        self._scope.cancel()
+        await self.closed.wait()
+        self.driver.live.pop(self.session_id, None)
+
+
+@dataclass
+class ScriptedDriver:
+    nursery: trio.Nursery
+    config: ScriptedConfig = field(default_factory=ScriptedConfig)
+    name: str = "scripted"
+    authed: set[str] = field(default_factory=set)
+    live: dict[str, ScriptedBrowser] = field(default_factory=dict)
+    launches: int = 0
+    crashes: int = 0
+    _numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    async def launch(self, options: LaunchOptions) -> ScriptedBrowser:
+        sid = options.session_id
+        if sid in self.live:
+            # Two browsers on one profile is exactly what the manager must prevent.
+            raise LaunchError(f"profile of session {sid!r} is in use by a running browser")
+        self.launches += 1
+        await trio.sleep(self.config.launch_delay)
+        if self.config.fail_launch:
+            raise LaunchError("scripted launch failure")
+        browser = ScriptedBrowser(self, sid, next(self._numbers))
+        self.live[sid] = browser
+        self.nursery.start_soon(browser._script)
+        return browser
+
+    async def wipe_auth(self, session_id: str) -> None:
+        self.authed.discard(session_id)
+
+    def simulate(self, session_id: str, action: str) -> bool:
+        """Act on a live fake page as the phone would. False when no browser is live."""
+        browser = self.live.get(session_id)
+        if browser is None:
+            return False
+        browser.command(action)
+        return True

@@ -1,0 +1,280 @@
+"""All sessions: admission, per-session locks, rate limits, the launch queue, cleanup.
+
+Operations that change a session (connect, disconnect, logout, delete) take
+its lock, so two of them never interleave. Reads (status, list, qr, history,
+watch) never take it: they answer from the session's last known state.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+
+import structlog
+import trio
+
+from ..errors import Busy, InvalidArgument, LimitExceeded, NotFound, RateLimited, Unavailable
+from ..protocol import QrCode, Reason, SessionStatus, State, Transition, validate_session_id
+from .config import Config
+from .drivers.base import Driver
+from .hub import Hub, Subscriber
+from .metrics import DaemonMetrics
+from .registry import MemoryRegistry, Registry, SessionRecord
+from .session import Session, SessionContext
+from .states import ACTIVE, RESTARTABLE
+
+log = structlog.get_logger("wa_daemon.manager")
+
+
+class SessionManager:
+    def __init__(
+        self,
+        config: Config,
+        driver: Driver,
+        nursery: trio.Nursery,
+        *,
+        metrics: DaemonMetrics | None = None,
+        registry: Registry | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.driver = driver
+        self.metrics = metrics or DaemonMetrics()
+        self.registry: Registry = registry or MemoryRegistry()
+        self.hub = Hub(on_count=self.metrics.watch_subscribers.set)
+        self.sessions: dict[str, Session] = {}
+        self.closing = False
+        self._ctx = SessionContext(
+            config=config,
+            driver=driver,
+            hub=self.hub,
+            metrics=self.metrics,
+            # trio's Semaphore wakes waiters in FIFO order: launches queue in arrival order.
+            launch_slots=trio.Semaphore(config.max_concurrent_launches),
+            nursery=nursery,
+            rng=rng or random.Random(),
+        )
+        self.metrics.track_sessions(self.counts_by_state)
+
+    # ------------------------------------------------------------------ lookups
+
+    def get(self, session_id: str) -> Session:
+        validate_session_id(session_id)
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise NotFound(f"no session {session_id!r}", {"session": session_id})
+        return session
+
+    def counts_by_state(self) -> dict[State, int]:
+        return dict(Counter(s.state for s in self.sessions.values()))
+
+    def status(self, session_id: str) -> SessionStatus:
+        session = self.get(session_id)
+        session.touch()
+        return session.status()
+
+    def list(self, states: Iterable[State] | None = None) -> list[SessionStatus]:
+        wanted = set(states) if states else None
+        return [
+            s.status()
+            for s in sorted(self.sessions.values(), key=lambda s: s.id)
+            if wanted is None or s.state in wanted
+        ]
+
+    def qr(self, session_id: str) -> QrCode:
+        session = self.get(session_id)
+        session.touch()
+        if session.qr is None:
+            raise NotFound(
+                f"session {session_id!r} has no QR code (state {session.state.value})",
+                {"session": session_id, "state": session.state.value},
+            )
+        return session.qr
+
+    def history(self, session_id: str, limit: int = 100) -> list[Transition]:
+        session = self.get(session_id)
+        session.touch()
+        return list(session.history)[-limit:]
+
+    # ------------------------------------------------------------------ operations
+
+    @asynccontextmanager
+    async def _locked(self, session: Session) -> AsyncIterator[Session]:
+        with trio.move_on_after(self.config.operation_timeout) as cs:
+            await session.lock.acquire()
+        if cs.cancelled_caught:
+            raise Busy(
+                f"session {session.id!r} is busy with another operation",
+                {"session": session.id, "waited": self.config.operation_timeout},
+            )
+        try:
+            if session.deleted:
+                raise NotFound(f"no session {session.id!r}", {"session": session.id})
+            yield session
+        finally:
+            session.lock.release()
+
+    def _check_open(self) -> None:
+        if self.closing:
+            raise Unavailable("the daemon is shutting down")
+
+    async def connect(self, session_id: str, owner_uid: int | None = None) -> SessionStatus:
+        """Start the session unless it is already on its way; idempotent."""
+        self._check_open()
+        validate_session_id(session_id)
+        session = self.sessions.get(session_id)
+        if session is None:
+            if len(self.sessions) >= self.config.max_sessions:
+                self.metrics.connect_attempts.labels("limit_exceeded").inc()
+                raise LimitExceeded(
+                    f"the daemon holds its maximum of {self.config.max_sessions} sessions",
+                    {"limit": self.config.max_sessions},
+                )
+            session = self.sessions[session_id] = Session(session_id, self._ctx, owner_uid)
+            self.registry.put(self._record(session, should_run=False))
+        session.touch()
+        if session.state in ACTIVE:
+            self.metrics.connect_attempts.labels("already_active").inc()
+            return session.status()
+        async with self._locked(session):
+            self._check_open()
+            if session.state in ACTIVE:  # another caller started it while we waited
+                self.metrics.connect_attempts.labels("already_active").inc()
+                return session.status()
+            assert session.state in RESTARTABLE
+            if session.last_attempt_at is not None:
+                wait = session.last_attempt_at + self.config.connect_min_interval - trio.current_time()
+                if wait > 0:
+                    self.metrics.connect_attempts.labels("rate_limited").inc()
+                    self.metrics.rate_limited.inc()
+                    raise RateLimited(
+                        f"session {session_id!r} started an attempt less than "
+                        f"{self.config.connect_min_interval:g} s ago; retry in {wait:.1f} s",
+                        {"retry_after": round(wait, 3), "session": session_id},
+                    )
+            self.metrics.connect_attempts.labels("started").inc()
+            self.registry.put(self._record(session, should_run=True))
+            session.begin()
+            return session.status()
+
+    async def disconnect(self, session_id: str) -> SessionStatus:
+        session = self.get(session_id)
+        session.touch()
+        async with self._locked(session):
+            await session.stop(State.STOPPED, Reason.DISCONNECT_REQUESTED, "disconnected on request")
+            self.registry.put(self._record(session, should_run=False))
+            return session.status()
+
+    async def logout(self, session_id: str) -> SessionStatus:
+        session = self.get(session_id)
+        session.touch()
+        async with self._locked(session):
+            await session.logout()
+            self.registry.put(self._record(session, should_run=False))
+            return session.status()
+
+    async def delete(self, session_id: str) -> None:
+        session = self.get(session_id)
+        async with self._locked(session):
+            await session.stop(State.STOPPED, Reason.DISCONNECT_REQUESTED, "session deleted")
+            await self.driver.wipe_auth(session_id)
+            session.deleted = True
+            del self.sessions[session_id]
+            self.registry.remove(session_id)
+            self.hub.finish_session(session_id, "deleted", session.status())
+            log.info("session_deleted", session=session_id)
+
+    async def simulate(self, session_id: str, action: str) -> SessionStatus:
+        """Play the phone's (or fate's) part on a scripted session."""
+        session = self.get(session_id)
+        control = getattr(self.driver, "simulate", None)
+        if control is None:
+            raise Unavailable(f"the {self.driver.name} driver cannot simulate; use --driver scripted")
+        if not control(session_id, action):
+            raise InvalidArgument(
+                f"session {session_id!r} has no running browser to act on (state {session.state.value})",
+                {"session": session_id, "state": session.state.value},
+            )
+        await trio.lowlevel.checkpoint()
+        return session.status()
+
+    # ------------------------------------------------------------------ watch
+
+    def subscribe(self, session_id: str | None, until: Iterable[State]) -> tuple[Subscriber, list[SessionStatus]]:
+        """Register a watcher; returns it with the snapshot(s) to send first."""
+        if session_id is not None:
+            session = self.get(session_id)
+            session.touch()
+            snapshots = [session.status()]
+        else:
+            snapshots = self.list()
+        sub = Subscriber(
+            session_id,
+            frozenset(until),
+            self.config.watch_queue_size,
+            self.config.watch_qr_interval,
+            on_drop=self.metrics.watch_dropped.inc,
+        )
+        self.hub.add(sub)
+        if session_id is not None and snapshots[0].state in sub.until:
+            sub.finish("until", snapshots[0])
+        return sub, snapshots
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self.hub.remove(sub)
+        if sub.session is not None and sub.session in self.sessions:
+            self.sessions[sub.session].touch()
+
+    # ------------------------------------------------------------------ upkeep
+
+    async def cleanup_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config.cleanup_interval)
+            await self.sweep_inactive()
+
+    async def sweep_inactive(self) -> int:
+        """Stop sessions nobody has touched for ``inactive_after``. Returns how many."""
+        cfg = self.config
+        now = trio.current_time()
+        stopped = 0
+        for session in list(self.sessions.values()):
+            if session.lock.locked() or self.hub.watchers_of(session.id):
+                continue  # somebody is acting on it or watching it right now
+            idle = now - max(session.last_touch, session.state_changed_at)
+            if session.state == State.CONNECTED:
+                if cfg.connected_idle_timeout is None or idle < cfg.connected_idle_timeout:
+                    continue
+                to, reason = State.STOPPED, Reason.IDLE_TIMEOUT
+                message = f"connected with no RPC for {idle:.0f} s"
+            elif session.state in ACTIVE:
+                if idle < cfg.inactive_after:
+                    continue
+                to, reason = State.FAILED, Reason.INACTIVE
+                message = f"no RPC and no state change for {idle:.0f} s"
+            else:
+                continue
+            async with self._locked(session):
+                await session.stop(to, reason, message)
+                self.registry.put(self._record(session, should_run=False))
+            self.metrics.cleanups.inc()
+            stopped += 1
+            log.info("session_cleaned_up", session=session.id, idle=round(idle), to_state=to.value)
+        return stopped
+
+    async def shutdown(self) -> None:
+        """Close every browser and end every stream; sessions keep their desired state."""
+        self.closing = True
+        async with trio.open_nursery() as nursery:
+            for session in list(self.sessions.values()):
+                nursery.start_soon(self._shutdown_one, session)
+        self.hub.finish_all("shutdown", lambda sid: self.sessions[sid].status() if sid in self.sessions else None)
+
+    async def _shutdown_one(self, session: Session) -> None:
+        await session.stop_runner()
+        if session.state in ACTIVE:
+            session.transition(State.STOPPED, Reason.SHUTDOWN, "daemon shutting down")
+
+    def _record(self, session: Session, should_run: bool) -> SessionRecord:
+        return SessionRecord(session.id, session.owner_uid, session.created_at, should_run)

@@ -1,0 +1,439 @@
+"""The RPC server: Unix socket listener, one handler per connection, dispatch, watch streams.
+
+The server decodes frames with ``protocol``, calls the manager and encodes the
+answer. It never touches a driver or a browser.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import stat
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import msgspec
+import structlog
+import trio
+
+from .._version import __version__
+from ..errors import InternalError, InvalidArgument, ProtocolError, Unavailable, WaDaemonError
+from ..protocol import (
+    METHODS,
+    PROTOCOL_VERSION,
+    Cancel,
+    ClientMessage,
+    Deleted,
+    End,
+    Error,
+    Event,
+    FrameDecoder,
+    Hello,
+    History,
+    LocalProtocolError,
+    Metrics,
+    MetricsParams,
+    Pong,
+    RemoteProtocolError,
+    Reply,
+    Request,
+    SessionList,
+    SessionParams,
+    Snapshot,
+    VersionInfo,
+    WatchParams,
+    Welcome,
+    decode_as,
+    encode_frame,
+    to_raw,
+)
+from .hub import Final
+from .manager import SessionManager
+from .session import utcnow
+
+log = structlog.get_logger("wa_daemon.server")
+
+_RECV_CHUNK = 65536
+_PEERCRED = struct.Struct("3i")
+
+
+class AlreadyRunning(Exception):
+    """Another daemon holds the socket's lock file."""
+
+
+# ---------------------------------------------------------------------------- binding
+
+
+@dataclass
+class BoundSocket:
+    sock: trio.socket.SocketType
+    path: Path
+    lock_fd: int
+
+    closed: bool = False
+
+    def close(self) -> None:
+        """Close and unlink the socket, then drop the lock (in that order, so a
+        successor that takes the lock never sees our socket file). Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        self.sock.close()
+        try:
+            if stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+        os.close(self.lock_fd)
+
+
+@contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def bind_unix_socket(path: Path, mode: int = 0o660, backlog: int = 512) -> BoundSocket:
+    """Bind the RPC socket at ``path``, owning it through an flock'd ``path.lock``.
+
+    The lock decides who owns the path: a live daemon holds it, so a second one
+    refuses to start; a socket file without a lock holder is stale (a crash left
+    it) and is replaced. The socket is created under a umask, so it is never
+    more permissive than ``mode``, not even for an instant.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    lock_path = path.with_name(path.name + ".lock")
+    lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(lock_fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(lock_fd)
+        raise AlreadyRunning(f"another wa-daemon (pid {holder}) is serving {path}") from None
+    try:
+        os.ftruncate(lock_fd, 0)
+        os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise OSError(errno.EEXIST, f"{path} exists and is not a socket; refusing to replace it")
+            path.unlink()  # stale: its daemon is gone, since we hold the lock
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with _umask(0o777 & ~mode):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                os.set_inheritable(sock.fileno(), False)
+                # A path is bound synchronously: no await, so the umask cannot leak to other tasks.
+                sock._sock.bind(str(path))  # noqa: SLF001
+            os.chmod(path, mode)
+            sock.listen(backlog)
+        except BaseException:
+            sock.close()
+            raise
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    return BoundSocket(sock, path, lock_fd)
+
+
+def peer_credentials(sock: trio.socket.SocketType) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the peer, from SO_PEERCRED."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    pid, uid, gid = _PEERCRED.unpack(raw)
+    return pid, uid, gid
+
+
+# ---------------------------------------------------------------------------- connections
+
+
+class _Connection:
+    def __init__(self, server: Server, stream: trio.SocketStream, cid: int) -> None:
+        self.server = server
+        self.stream = stream
+        self.cid = cid
+        try:
+            self.pid, self.uid, self.gid = peer_credentials(stream.socket)
+        except OSError:
+            self.pid = self.uid = self.gid = -1
+        self.log = log.bind(conn=cid, peer_pid=self.pid, peer_uid=self.uid)
+        self.max_frame = server.manager.config.max_frame
+        self.decoder = FrameDecoder(ClientMessage, self.max_frame)
+        self.send_lock = trio.Lock()
+        self.inflight: dict[int, trio.CancelScope] = {}
+        self.greeted = False
+        self.broken = False
+        self.scope = trio.CancelScope()
+
+    async def send(self, message: msgspec.Struct) -> None:
+        try:
+            data = encode_frame(message, self.max_frame)
+        except LocalProtocolError as exc:
+            rid = getattr(message, "id", None)
+            self.log.error("reply_too_large", error=str(exc))
+            data = encode_frame(Error(rid, InternalError.code, f"the reply is too large: {exc}"))
+        if self.broken:
+            return
+        async with self.send_lock:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.broken = True  # the client went away; the read side will notice and end
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            try:
+                await self._read_loop(nursery)
+            except RemoteProtocolError as exc:
+                self.server.manager.metrics.protocol_errors.inc()
+                self.log.warning("protocol_error", error=str(exc), fatal=True)
+                await self.send(Error(None, ProtocolError.code, str(exc)))
+            # The client is gone or broke the protocol: nothing it asked for is owed any more.
+            nursery.cancel_scope.cancel()
+
+    async def _read_loop(self, nursery: trio.Nursery) -> None:
+        hello_deadline = trio.current_time() + self.server.hello_timeout
+        while True:
+            with trio.move_on_at(hello_deadline if not self.greeted else float("inf")) as cs:
+                try:
+                    data = await self.stream.receive_some(_RECV_CHUNK)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+            if cs.cancelled_caught:
+                raise RemoteProtocolError(f"no hello within {self.server.hello_timeout:g} s")
+            if not data:
+                self.decoder.receive_eof()
+                return
+            self.decoder.receive_data(data)
+            while True:
+                try:
+                    msg = self.decoder.next_message()
+                except RemoteProtocolError as exc:
+                    if exc.fatal:
+                        raise
+                    self.server.manager.metrics.protocol_errors.inc()
+                    self.log.warning("protocol_error", error=str(exc), fatal=False)
+                    await self.send(Error(exc.request_id, ProtocolError.code, str(exc)))
+                    continue
+                if msg is None:
+                    break
+                if not await self._dispatch(msg, nursery):
+                    return
+
+    async def _dispatch(self, msg: Any, nursery: trio.Nursery) -> bool:
+        """Handle one message; False ends the connection."""
+        if isinstance(msg, Hello):
+            if self.greeted:
+                await self.send(Error(None, ProtocolError.code, "hello was already exchanged"))
+                return True
+            if msg.protocol != PROTOCOL_VERSION:
+                await self.send(
+                    Error(
+                        None,
+                        ProtocolError.code,
+                        f"unsupported protocol version {msg.protocol}; this daemon speaks {PROTOCOL_VERSION}",
+                        {"supported": [PROTOCOL_VERSION]},
+                    )
+                )
+                return False
+            self.greeted = True
+            await self.send(Welcome(PROTOCOL_VERSION, f"wa-daemon/{__version__}", self.max_frame))
+            return True
+        if not self.greeted:
+            raise RemoteProtocolError("the first message must be hello")
+        if isinstance(msg, Cancel):
+            scope = self.inflight.get(msg.id)
+            if scope is not None:
+                scope.cancel()
+            return True
+        assert isinstance(msg, Request)
+        if self.server.draining:
+            await self.send(Error(msg.id, Unavailable.code, "the daemon is shutting down"))
+            return True
+        if msg.id in self.inflight:
+            await self.send(Error(msg.id, ProtocolError.code, f"request id {msg.id} is already in flight"))
+            return True
+        limit = self.server.manager.config.max_inflight_per_connection
+        if len(self.inflight) >= limit:
+            await self.send(
+                Error(msg.id, "busy", f"more than {limit} requests in flight on this connection", {"limit": limit})
+            )
+            return True
+        scope = trio.CancelScope()
+        self.inflight[msg.id] = scope
+        nursery.start_soon(self._serve_request, msg, scope)
+        return True
+
+    async def _serve_request(self, req: Request, scope: trio.CancelScope) -> None:
+        server = self.server
+        started = time.perf_counter()
+        session: str | None = None
+        outcome = "ok"
+        try:
+            method = METHODS.get(req.method)
+            if method is None:
+                raise InvalidArgument(
+                    f"unknown method {req.method!r}", {"method": req.method, "known": sorted(METHODS)}
+                )
+            try:
+                params = decode_as(req.params, method.params)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                raise InvalidArgument(f"invalid params for {req.method}: {exc}", {"method": req.method}) from None
+            session = getattr(params, "session", None)
+            if method.stream:
+                await self._stream(req.id, params, scope)
+                outcome = "stream_end"
+            else:
+                with scope:
+                    result = await server.handlers[req.method](params, self)
+                    await self.send(Reply(req.id, to_raw(result)))
+                if scope.cancelled_caught:
+                    outcome = "cancelled"
+                    await self.send(Error(req.id, Unavailable.code, "cancelled by the client"))
+        except WaDaemonError as exc:
+            outcome = exc.code
+            await self.send(Error(req.id, exc.code, exc.message, exc.details))
+        except Exception:
+            outcome = "internal"
+            self.log.exception("rpc_internal_error", id=req.id, method=req.method)
+            await self.send(
+                Error(req.id, InternalError.code, "internal error; the daemon log has the details", {"request": req.id})
+            )
+        finally:
+            self.inflight.pop(req.id, None)
+            elapsed = time.perf_counter() - started
+            if req.method in METHODS:
+                server.manager.metrics.rpc_duration.labels(req.method).observe(elapsed)
+            self.log.info(
+                "rpc", id=req.id, method=req.method, session=session, result=outcome, ms=round(elapsed * 1e3, 3)
+            )
+
+    async def _stream(self, rid: int, params: WatchParams, scope: trio.CancelScope) -> None:
+        manager = self.server.manager
+        sub, snapshots = manager.subscribe(params.session, params.until)
+        final: Final | None = None
+        try:
+            with scope:
+                for status in snapshots:
+                    await self.send(Event(rid, to_raw(Snapshot(status))))
+                    if status.qr is not None:
+                        sub.mark_qr_sent(status.session, trio.current_time())
+                with trio.move_on_after(params.timeout):
+                    while True:
+                        item = await sub.next()
+                        if isinstance(item, Final):
+                            final = item
+                            break
+                        await self.send(Event(rid, to_raw(item)))
+                if final is None:
+                    final = Final("timeout", None)
+        finally:
+            manager.unsubscribe(sub)
+        if final is None:  # the client cancelled the stream
+            final = Final("cancelled", None)
+        status = final.status
+        if status is None and params.session is not None and params.session in manager.sessions:
+            status = manager.sessions[params.session].status()
+        await self.send(End(rid, final.reason, status))
+
+
+Handler = Callable[[Any, _Connection], Awaitable[Any]]
+
+
+class Server:
+    def __init__(self, manager: SessionManager, *, hello_timeout: float = 10.0) -> None:
+        self.manager = manager
+        self.hello_timeout = hello_timeout
+        self._next_cid = 0
+        self._conns: set[_Connection] = set()
+        self.draining = False  # shutting down: new requests get `unavailable`
+        m = manager
+        self.handlers: dict[str, Handler] = {
+            "connect": lambda p, c: m.connect(p.session, owner_uid=c.uid if c.uid >= 0 else None),
+            "disconnect": lambda p, c: m.disconnect(p.session),
+            "logout": lambda p, c: m.logout(p.session),
+            "delete": self._delete,
+            "status": self._sync(lambda p: m.status(p.session)),
+            "list": self._sync(lambda p: SessionList(m.list(p.states))),
+            "qr": self._sync(lambda p: m.qr(p.session)),
+            "history": self._sync(lambda p: History(p.session, m.history(p.session, p.limit))),
+            "metrics": self._sync(self._metrics),
+            "ping": self._sync(lambda p: Pong(utcnow())),
+            "version": self._sync(lambda p: VersionInfo(__version__, PROTOCOL_VERSION, m.driver.name)),
+            "simulate": lambda p, c: m.simulate(p.session, p.action),
+        }
+        assert set(self.handlers) | {"watch"} == set(METHODS), "every method needs a handler"
+
+    @staticmethod
+    def _sync(fn: Callable[[Any], Any]) -> Handler:
+        async def handler(params: Any, conn: _Connection) -> Any:
+            return fn(params)
+
+        return handler
+
+    async def _delete(self, params: SessionParams, conn: _Connection) -> Deleted:
+        await self.manager.delete(params.session)
+        return Deleted(params.session)
+
+    def _metrics(self, params: MetricsParams) -> Metrics:
+        metrics = self.manager.metrics
+        return Metrics(metrics.samples(), metrics.exposition() if params.prometheus else None)
+
+    async def accept_loop(self, bound: BoundSocket, handlers: trio.Nursery) -> None:
+        """Accept until cancelled; each connection's handler runs in ``handlers``,
+        so the daemon can stop accepting while in-flight calls still finish."""
+        listener = trio.SocketListener(bound.sock)
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                # EMFILE and friends: back off and keep the accept loop alive.
+                log.error("accept_failed", error=str(exc), errno=exc.errno)
+                await trio.sleep(0.1)
+                continue
+            self._next_cid += 1
+            handlers.start_soon(self._handle, stream, self._next_cid)
+
+    @property
+    def inflight(self) -> int:
+        return sum(len(c.inflight) for c in self._conns)
+
+    async def _handle(self, stream: trio.SocketStream, cid: int) -> None:
+        metrics = self.manager.metrics
+        metrics.connections.inc()
+        conn: _Connection | None = None
+        try:
+            conn = _Connection(self, stream, cid)
+            conn.log.debug("connection_open")
+            self._conns.add(conn)
+            with conn.scope:
+                await conn.run()
+        except Exception:
+            # One connection's bug must never reach the accept loop or other clients.
+            log.exception("connection_handler_crashed", conn=cid)
+        finally:
+            if conn is not None:
+                self._conns.discard(conn)
+            metrics.connections.dec()
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._conns)
+
+    def close_connections(self) -> None:
+        for conn in list(self._conns):
+            conn.scope.cancel()

@@ -1,0 +1,445 @@
+"""One session: its state, its QR cache and debounce, and the task that drives its browser.
+
+The session's fields are its last known state: status, qr and history read
+them without waiting, whatever the runner task or an operation is doing.
+State changes happen only through :meth:`Session.transition`, which checks the
+table in ``states``; page events that do not change state (a QR refresh, the
+phone going offline) never call it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import structlog
+import trio
+
+from ..protocol import (
+    QrCode,
+    QrUpdated,
+    Reason,
+    SessionError,
+    SessionStatus,
+    State,
+    StateChanged,
+    Transition,
+)
+from .config import Config
+from .drivers.base import (
+    AppShown,
+    Browser,
+    BrowserGone,
+    Conflict,
+    Driver,
+    LaunchError,
+    LaunchOptions,
+    Loading,
+    LoggedOut,
+    PageEvent,
+    PhoneOffline,
+    QrExpired,
+    QrShown,
+)
+from .hub import Hub
+from .metrics import DaemonMetrics
+from .states import NEEDS_REASON, is_allowed
+
+log = structlog.get_logger("wa_daemon.session")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class SessionContext:
+    """What every session shares with the manager."""
+
+    config: Config
+    driver: Driver
+    hub: Hub
+    metrics: DaemonMetrics
+    launch_slots: trio.Semaphore
+    nursery: trio.Nursery
+    rng: random.Random
+
+
+@dataclass(frozen=True)
+class _Terminal:
+    state: State
+    reason: Reason
+    message: str
+    wipe_auth: bool = False
+
+
+@dataclass(frozen=True)
+class _Gone:
+    kind: str
+    message: str
+
+
+class Session:
+    def __init__(self, session_id: str, ctx: SessionContext, owner_uid: int | None = None) -> None:
+        self.id = session_id
+        self.ctx = ctx
+        self.owner_uid = owner_uid
+        self.created_at = utcnow()
+        self.log = log.bind(session=session_id)
+
+        self.state = State.STOPPED
+        self.since = self.created_at
+        self.reason: str | None = None
+        self.message: str | None = None
+        self.last_error: str | None = None
+        self.attempt = 0  # reconnect attempts in the current incident
+        self.phone_offline = False
+        self.history: deque[Transition] = deque(maxlen=ctx.config.history_size)
+
+        self.qr: QrCode | None = None
+        self._qr_seq = 0
+        self._qr_refreshes = 0
+        self._qr_deadline: float | None = None
+        self._qr_pending: QrCode | None = None
+        self._qr_flush_at: float | None = None
+
+        # trio clock times
+        now = trio.current_time()
+        self.last_touch = now
+        self.state_changed_at = now
+        self.last_attempt_at: float | None = None
+        self._connected_since: float | None = None
+
+        self.lock = trio.Lock()  # held by connect/disconnect/logout/delete, never by reads
+        self.deleted = False
+        self._browser: Browser | None = None
+        self._runner: trio.CancelScope | None = None
+        self._runner_done = trio.Event()
+        self._runner_done.set()
+
+    # ------------------------------------------------------------------ reads
+
+    def status(self) -> SessionStatus:
+        return SessionStatus(
+            session=self.id,
+            state=self.state,
+            since=self.since,
+            attempt=self.attempt,
+            reason=self.reason,
+            message=self.message,
+            last_error=self.last_error,
+            qr=self.qr,
+            phone_offline=self.phone_offline,
+            owner_uid=self.owner_uid,
+            created_at=self.created_at,
+            busy=self.lock.locked(),
+        )
+
+    def touch(self) -> None:
+        self.last_touch = trio.current_time()
+
+    @property
+    def running(self) -> bool:
+        return self._runner is not None
+
+    # ------------------------------------------------------------------ transitions
+
+    def transition(self, to: State, reason: Reason | str, message: str = "") -> bool:
+        """Move to ``to`` if the table allows it. A forbidden move is a bug: logged, counted, ignored."""
+        src = self.state
+        reason = Reason(reason).value if isinstance(reason, Reason) else reason
+        if not is_allowed(src, to):
+            self.ctx.metrics.invalid_transitions.labels(src.value, to.value).inc()
+            self.log.error("invalid_transition", from_state=src.value, to_state=to.value, reason=reason)
+            return False
+        if to in NEEDS_REASON and not reason:
+            reason = Reason.INTERNAL_ERROR.value
+        if to != State.WAITING_QR:
+            self.qr = None
+            self._qr_pending = None
+            self._qr_flush_at = None
+            self._qr_deadline = None
+        if to != State.CONNECTED:
+            self.phone_offline = False
+        record = Transition(
+            at=utcnow(), from_state=src, to_state=to, reason=reason, attempt=self.attempt, message=message
+        )
+        self.state = to
+        self.since = record.at
+        self.reason = reason
+        self.message = message or None
+        self.state_changed_at = trio.current_time()
+        self.history.append(record)
+        self.ctx.metrics.transitions.labels(src.value, to.value).inc()
+        self.log.info(
+            "state_changed",
+            from_state=src.value,
+            to_state=to.value,
+            reason=reason,
+            attempt=self.attempt,
+            message=message or None,
+        )
+        self.ctx.hub.publish(StateChanged(record, self.status()))
+        return True
+
+    def _error(self, code: str, message: str) -> None:
+        self.last_error = message
+        self.ctx.hub.publish(SessionError(self.id, code, message))
+
+    # ------------------------------------------------------------------ operations (caller holds self.lock)
+
+    def begin(self, reason: Reason = Reason.CONNECT_REQUESTED) -> None:
+        """Start a new attempt from a restartable state: STARTING, then the runner takes over."""
+        self.attempt = 0
+        self._connected_since = None
+        self.last_attempt_at = trio.current_time()
+        if not self.transition(State.STARTING, reason):
+            return
+        scope = trio.CancelScope()
+        done = trio.Event()
+        self._runner = scope
+        self._runner_done = done
+        self.ctx.nursery.start_soon(self._run, scope, done)
+
+    async def stop_runner(self) -> None:
+        """Cancel the runner and wait until its browser is closed."""
+        if self._runner is not None:
+            self._runner.cancel()
+        await self._runner_done.wait()
+
+    # Shielded: once begun, a stop runs to its end even if the client that asked
+    # vanishes, or the session would be left in a live state with no browser.
+    # Each step is bounded by browser_stop_timeout.
+
+    async def stop(self, to: State, reason: Reason, message: str = "") -> None:
+        with trio.CancelScope(shield=True):
+            await self.stop_runner()
+            if self.state != to:
+                self.transition(to, reason, message)
+
+    async def logout(self) -> None:
+        with trio.CancelScope(shield=True):
+            browser = self._browser
+            if browser is not None and self.state in (State.CONNECTED, State.AUTHENTICATING):
+                with trio.move_on_after(self.ctx.config.browser_stop_timeout):
+                    await browser.logout()
+            await self.stop_runner()
+            await self.ctx.driver.wipe_auth(self.id)
+            if self.state != State.LOGGED_OUT:
+                self.transition(State.LOGGED_OUT, Reason.LOGOUT_REQUESTED, "logged out on request; auth wiped")
+
+    # ------------------------------------------------------------------ the runner
+
+    async def _run(self, scope: trio.CancelScope, done: trio.Event) -> None:
+        try:
+            with scope:
+                await self._lifecycle()
+        except Exception as exc:  # a bug in a session must not take the daemon down
+            self.log.exception("session_runner_crashed")
+            self.last_error = f"internal error: {type(exc).__name__}: {exc}"
+            if self._browser is not None:
+                await self._close_browser(self._browser)
+            self.transition(State.FAILED, Reason.INTERNAL_ERROR, self.last_error)
+        finally:
+            self._runner = None
+            done.set()
+
+    async def _lifecycle(self) -> None:
+        relaunching = False
+        while True:
+            try:
+                browser = await self._launch()
+            except LaunchError as exc:
+                self.ctx.metrics.launches.labels("error").inc()
+                self._error(Reason.LAUNCH_ERROR.value, f"launch failed: {exc}")
+                if not relaunching:
+                    self.transition(State.FAILED, Reason.LAUNCH_ERROR, str(exc))
+                    return
+                if not await self._reconnect_after(Reason.LAUNCH_ERROR, str(exc)):
+                    return
+                continue
+            try:
+                outcome = await self._drive(browser)
+            finally:
+                await self._close_browser(browser)
+            if isinstance(outcome, _Terminal):
+                if outcome.wipe_auth:
+                    await self.ctx.driver.wipe_auth(self.id)
+                self.transition(outcome.state, outcome.reason, outcome.message)
+                return
+            self.ctx.metrics.browser_crashes.labels(outcome.kind).inc()
+            self._error(Reason.BROWSER_CRASHED.value, f"{outcome.kind}: {outcome.message}")
+            reason = Reason.CONNECTION_LOST if outcome.kind == "connection_lost" else Reason.BROWSER_CRASHED
+            if not await self._reconnect_after(reason, f"{outcome.kind}: {outcome.message}"):
+                return
+            relaunching = True
+
+    async def _launch(self) -> Browser:
+        metrics = self.ctx.metrics
+        metrics.launch_queue.inc()
+        queued = True
+        try:
+            async with self.ctx.launch_slots:
+                metrics.launch_queue.dec()
+                queued = False
+                browser = await self.ctx.driver.launch(LaunchOptions(session_id=self.id))
+        finally:
+            if queued:
+                metrics.launch_queue.dec()
+        self._browser = browser
+        metrics.launches.labels("ok").inc()
+        return browser
+
+    async def _close_browser(self, browser: Browser) -> None:
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(self.ctx.config.browser_stop_timeout) as cs:
+                await browser.close()
+            if cs.cancelled_caught:
+                self.log.error("browser_close_timeout", timeout=self.ctx.config.browser_stop_timeout)
+        self._browser = None
+
+    async def _reconnect_after(self, reason: Reason, message: str) -> bool:
+        """Count a reconnect attempt and sleep its backoff; False (and FAILED) once the cap is hit."""
+        cfg = self.ctx.config
+        now = trio.current_time()
+        if self._connected_since is not None and now - self._connected_since >= cfg.reconnect_reset_after:
+            self.attempt = 0  # the previous incident is over: the session held for long enough
+        self._connected_since = None
+        if self.attempt >= cfg.reconnect_max_attempts:
+            self.transition(
+                State.FAILED,
+                Reason.MAX_RECONNECTS,
+                f"gave up after {self.attempt} reconnect attempts; last error: {message}",
+            )
+            return False
+        self.attempt += 1
+        self.ctx.metrics.reconnects.inc()
+        if self.state != State.RECONNECTING:
+            self.transition(State.RECONNECTING, reason, message)
+        delay = self._backoff(self.attempt)
+        self.log.info("reconnect_scheduled", attempt=self.attempt, delay=round(delay, 3), reason=reason.value)
+        await trio.sleep(delay)
+        return True
+
+    def _backoff(self, attempt: int) -> float:
+        cfg = self.ctx.config
+        base = cfg.reconnect_delay(attempt)
+        return base * self.ctx.rng.uniform(1 - cfg.reconnect_jitter, 1 + cfg.reconnect_jitter)
+
+    async def _drive(self, browser: Browser) -> _Terminal | _Gone:
+        """Follow the page until the browser is gone or the session reaches an end."""
+        while True:
+            wake = math.inf
+            if self.state == State.WAITING_QR and self._qr_deadline is not None:
+                wake = self._qr_deadline
+            if self._qr_flush_at is not None:
+                wake = min(wake, self._qr_flush_at)
+            event: PageEvent | None = None
+            with trio.move_on_at(wake):
+                try:
+                    event = await browser.events.receive()
+                except (trio.EndOfChannel, trio.ClosedResourceError):
+                    return _Gone("exited", "the browser's event stream ended")
+            now = trio.current_time()
+            if self._qr_flush_at is not None and now >= self._qr_flush_at:
+                self._flush_qr()
+            if event is None:
+                if self._qr_deadline is not None and now >= self._qr_deadline:
+                    return _Terminal(
+                        State.FAILED,
+                        Reason.QR_TIMEOUT,
+                        f"no scan within {self.ctx.config.qr_timeout:g} s",
+                    )
+                continue
+            outcome = await self._on_page_event(browser, event)
+            if outcome is not None:
+                return outcome
+
+    async def _on_page_event(self, browser: Browser, event: PageEvent) -> _Terminal | _Gone | None:
+        cfg = self.ctx.config
+        if isinstance(event, QrShown):
+            return self._on_qr(event)
+        if isinstance(event, QrExpired):
+            if self.state == State.WAITING_QR and self._qr_budget_left():
+                self.log.info("qr_reload", refreshes=self._qr_refreshes)
+                await browser.reload_qr()
+                return None
+            return _Terminal(State.FAILED, Reason.QR_TIMEOUT, "the QR codes ran out without a scan")
+        if isinstance(event, Loading):
+            if self.state in (State.STARTING, State.WAITING_QR, State.RECONNECTING):
+                why = Reason.QR_SCANNED if self.state == State.WAITING_QR else Reason.AUTH_RESTORED
+                self.transition(State.AUTHENTICATING, why)
+            return None
+        if isinstance(event, AppShown):
+            if self.state != State.CONNECTED and self.transition(State.CONNECTED, Reason.APP_LOADED):
+                self._connected_since = trio.current_time()
+            return None
+        if isinstance(event, LoggedOut):
+            return _Terminal(
+                State.LOGGED_OUT,
+                Reason.LOGGED_OUT_BY_PHONE,
+                "the phone unlinked this device; auth wiped",
+                wipe_auth=True,
+            )
+        if isinstance(event, Conflict):
+            if cfg.takeover_on_conflict:
+                self.log.info("conflict_takeover")
+                await browser.take_over()
+                return None
+            return _Terminal(State.FAILED, Reason.CONFLICT, "WhatsApp is open in another window")
+        if isinstance(event, PhoneOffline):
+            self.phone_offline = event.offline and self.state == State.CONNECTED
+            self.log.info("phone_offline" if event.offline else "phone_online")
+            return None
+        if isinstance(event, BrowserGone):
+            return _Gone(event.kind, event.message)
+        raise AssertionError(f"unknown page event {event!r}")
+
+    # ------------------------------------------------------------------ QR
+
+    def _qr_budget_left(self) -> bool:
+        cfg = self.ctx.config
+        if self._qr_deadline is not None and trio.current_time() >= self._qr_deadline:
+            return False
+        return cfg.qr_max_refreshes is None or self._qr_refreshes < cfg.qr_max_refreshes
+
+    def _on_qr(self, event: QrShown) -> _Terminal | None:
+        cfg = self.ctx.config
+        self.ctx.metrics.qr_generated.inc()
+        if self.state == State.WAITING_QR:
+            # A refresh: the same phase goes on, no transition.
+            self._qr_refreshes += 1
+            if cfg.qr_max_refreshes is not None and self._qr_refreshes > cfg.qr_max_refreshes:
+                return _Terminal(
+                    State.FAILED, Reason.QR_TIMEOUT, f"no scan after {cfg.qr_max_refreshes} QR refreshes"
+                )
+        else:
+            if not self.transition(State.WAITING_QR, Reason.QR_SHOWN):
+                return None
+            self._qr_deadline = trio.current_time() + cfg.qr_timeout
+            self._qr_refreshes = 0
+            self._qr_seq = 0
+        self._qr_seq += 1
+        now = utcnow()
+        qr = QrCode(
+            session=self.id,
+            data=event.ref,
+            generated_at=now,
+            expires_at=now + timedelta(seconds=event.ttl),
+            seq=self._qr_seq,
+        )
+        self.qr = qr
+        self._qr_pending = qr
+        if self._qr_flush_at is None:
+            # Trailing edge: the window opens now and delivers whatever QR is latest when it closes.
+            self._qr_flush_at = trio.current_time() + cfg.qr_debounce
+        return None
+
+    def _flush_qr(self) -> None:
+        pending, self._qr_pending, self._qr_flush_at = self._qr_pending, None, None
+        if pending is not None and self.state == State.WAITING_QR:
+            self.ctx.metrics.qr_events.inc()
+            self.ctx.hub.publish(QrUpdated(pending))

@@ -1,0 +1,483 @@
+"""The wire protocol, sans I/O: message types, framing and a capped decoder.
+
+Nothing here touches a socket. Server and clients feed received bytes into a
+:class:`FrameDecoder` and get messages out; they turn messages into bytes with
+:func:`encode_frame`. ``docs/protocol.md`` is the prose version of this module.
+
+Frame: a 4-byte big-endian unsigned length, then that many bytes holding one
+msgpack map. Every map has a ``type`` key naming the message.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import struct
+from datetime import datetime
+from typing import Annotated, Any, Final, Literal, Union
+
+import msgspec
+
+from .errors import ProtocolError, WaDaemonError, error_from_wire
+
+PROTOCOL_VERSION: Final = 1
+DEFAULT_MAX_FRAME: Final = 1 << 20
+HEADER: Final = struct.Struct(">I")
+
+SESSION_ID_RULE: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_SESSION_ID_RE: Final = re.compile(SESSION_ID_RULE)
+
+SessionId = Annotated[str, msgspec.Meta(pattern=SESSION_ID_RULE)]
+
+
+class LocalProtocolError(ProtocolError):
+    """We were about to send something the protocol forbids (e.g. a frame over the cap)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol forbids.
+
+    ``fatal`` is True when framing itself is broken (oversized or truncated frame):
+    the byte stream cannot be resynchronised and the connection must close. A
+    well-framed message that does not decode is not fatal; ``request_id`` is its
+    ``id`` when one could be read, so the error can be answered to that request.
+    """
+
+    def __init__(self, message: str, *, fatal: bool = True, request_id: int | None = None) -> None:
+        super().__init__(message)
+        self.fatal = fatal
+        self.request_id = request_id
+
+
+def validate_session_id(value: object) -> str:
+    """Return ``value`` if it is a valid session id, else raise InvalidArgument naming the rule."""
+    from .errors import InvalidArgument
+
+    # fullmatch, not match: "$" would accept a trailing newline.
+    if not isinstance(value, str) or _SESSION_ID_RE.fullmatch(value) is None:
+        raise InvalidArgument(
+            f"invalid session id {value!r}: must match {SESSION_ID_RULE}",
+            {"rule": SESSION_ID_RULE},
+        )
+    return value
+
+
+# --------------------------------------------------------------------------- states
+
+
+class State(str, enum.Enum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    WAITING_QR = "waiting_qr"
+    AUTHENTICATING = "authenticating"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    FAILED = "failed"
+    LOGGED_OUT = "logged_out"
+
+
+class Reason(str, enum.Enum):
+    """Machine-readable reasons. ``failed`` and ``logged_out`` always carry one."""
+
+    # why a session failed / logged out
+    QR_TIMEOUT = "qr_timeout"
+    MAX_RECONNECTS = "max_reconnects"
+    LAUNCH_ERROR = "launch_error"
+    BROWSER_CRASHED = "browser_crashed"
+    CONFLICT = "conflict"
+    LOGGED_OUT_BY_PHONE = "logged_out_by_phone"
+    INACTIVE = "inactive"
+    # other transitions
+    CONNECT_REQUESTED = "connect_requested"
+    DISCONNECT_REQUESTED = "disconnect_requested"
+    LOGOUT_REQUESTED = "logout_requested"
+    QR_SHOWN = "qr_shown"
+    QR_SCANNED = "qr_scanned"
+    APP_LOADED = "app_loaded"
+    CONNECTION_LOST = "connection_lost"
+    RECONNECT_ATTEMPT = "reconnect_attempt"
+    SHUTDOWN = "shutdown"
+    AUTH_RESTORED = "auth_restored"
+    IDLE_TIMEOUT = "idle_timeout"
+    INTERNAL_ERROR = "internal_error"
+
+
+# --------------------------------------------------------------------------- data
+
+
+class QrCode(msgspec.Struct, frozen=True):
+    session: str
+    data: str  # the payload a phone scans; a login credential
+    generated_at: datetime
+    expires_at: datetime
+    seq: int  # 1 for the first QR of a login phase, +1 per refresh
+
+
+class Transition(msgspec.Struct, frozen=True):
+    at: datetime
+    from_state: State
+    to_state: State
+    reason: str
+    attempt: int
+    message: str = ""
+
+
+class SessionStatus(msgspec.Struct, frozen=True):
+    session: str
+    state: State
+    since: datetime
+    attempt: int  # reconnect attempt of the current incident, 0 when none
+    reason: str | None = None
+    message: str | None = None
+    last_error: str | None = None
+    qr: QrCode | None = None
+    phone_offline: bool = False
+    owner_uid: int | None = None
+    created_at: datetime | None = None
+    busy: bool = False  # an operation (launch, stop) holds the session's lock
+
+
+class SessionList(msgspec.Struct, frozen=True):
+    sessions: list[SessionStatus]
+
+
+class History(msgspec.Struct, frozen=True):
+    session: str
+    transitions: list[Transition]
+
+
+class Deleted(msgspec.Struct, frozen=True):
+    session: str
+
+
+class Sample(msgspec.Struct, frozen=True):
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+class Metrics(msgspec.Struct, frozen=True):
+    samples: list[Sample]
+    prometheus: str | None = None
+
+
+class Pong(msgspec.Struct, frozen=True):
+    server_time: datetime
+
+
+class VersionInfo(msgspec.Struct, frozen=True):
+    server: str
+    protocol: int
+    driver: str
+
+
+# --------------------------------------------------------------------------- params
+
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=86400)]
+
+
+class NoParams(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class SessionParams(msgspec.Struct, forbid_unknown_fields=True):
+    session: SessionId
+
+
+class ListParams(msgspec.Struct, forbid_unknown_fields=True):
+    states: list[State] | None = None
+
+
+class HistoryParams(msgspec.Struct, forbid_unknown_fields=True):
+    session: SessionId
+    limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 100
+
+
+class WatchParams(msgspec.Struct, forbid_unknown_fields=True):
+    session: SessionId | None = None  # None: every session
+    until: list[State] = []  # end the stream once the session reaches one of these
+    timeout: Seconds = 300.0
+
+
+class MetricsParams(msgspec.Struct, forbid_unknown_fields=True):
+    prometheus: bool = False
+
+
+SimulateAction = Literal["scan", "logout", "crash", "disconnect", "conflict", "refresh_qr", "offline", "online"]
+
+
+class SimulateParams(msgspec.Struct, forbid_unknown_fields=True):
+    session: SessionId
+    action: SimulateAction
+
+
+# --------------------------------------------------------------------------- watch events
+
+
+class Snapshot(msgspec.Struct, tag="snapshot", tag_field="type", frozen=True):
+    status: SessionStatus
+
+
+class StateChanged(msgspec.Struct, tag="state", tag_field="type", frozen=True):
+    transition: Transition
+    status: SessionStatus
+
+
+class QrUpdated(msgspec.Struct, tag="qr", tag_field="type", frozen=True):
+    qr: QrCode
+
+
+class SessionError(msgspec.Struct, tag="session_error", tag_field="type", frozen=True):
+    session: str
+    code: str
+    message: str
+
+
+WatchEvent = Union[Snapshot, StateChanged, QrUpdated, SessionError]
+
+
+# --------------------------------------------------------------------------- methods
+
+
+class Method(msgspec.Struct, frozen=True):
+    params: type[msgspec.Struct]
+    result: Any  # the result type, or the event type for streams
+    stream: bool = False
+
+
+METHODS: Final[dict[str, Method]] = {
+    "connect": Method(SessionParams, SessionStatus),
+    "disconnect": Method(SessionParams, SessionStatus),
+    "logout": Method(SessionParams, SessionStatus),
+    "delete": Method(SessionParams, Deleted),
+    "status": Method(SessionParams, SessionStatus),
+    "list": Method(ListParams, SessionList),
+    "qr": Method(SessionParams, QrCode),
+    "history": Method(HistoryParams, History),
+    "watch": Method(WatchParams, WatchEvent, stream=True),
+    "metrics": Method(MetricsParams, Metrics),
+    "ping": Method(NoParams, Pong),
+    "version": Method(NoParams, VersionInfo),
+    "simulate": Method(SimulateParams, SessionStatus),
+}
+
+# --------------------------------------------------------------------------- envelopes
+
+_EMPTY_MAP: Final = msgspec.Raw(b"\x80")
+
+
+class Hello(msgspec.Struct, tag="hello", tag_field="type"):
+    protocol: int
+    client: str = ""
+
+
+class Welcome(msgspec.Struct, tag="welcome", tag_field="type"):
+    protocol: int
+    server: str
+    max_frame: int
+
+
+class Request(msgspec.Struct, tag="request", tag_field="type"):
+    id: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+    method: str
+    params: msgspec.Raw = _EMPTY_MAP
+
+
+class Cancel(msgspec.Struct, tag="cancel", tag_field="type"):
+    id: int
+
+
+class Reply(msgspec.Struct, tag="reply", tag_field="type"):
+    id: int
+    result: msgspec.Raw
+
+
+class Error(msgspec.Struct, tag="error", tag_field="type"):
+    id: int | None  # None: about the connection, not one request
+    code: str
+    message: str
+    details: dict[str, Any] = {}
+
+
+class Event(msgspec.Struct, tag="event", tag_field="type"):
+    id: int
+    event: msgspec.Raw
+
+
+EndReason = Literal["cancelled", "until", "timeout", "deleted", "shutdown"]
+
+
+class End(msgspec.Struct, tag="end", tag_field="type"):
+    id: int
+    reason: EndReason
+    status: SessionStatus | None = None  # the watched session's final status
+
+
+ClientMessage = Union[Hello, Request, Cancel]
+ServerMessage = Union[Welcome, Reply, Error, Event, End]
+
+# --------------------------------------------------------------------------- coding
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode(obj: Any) -> bytes:
+    """msgpack bytes of any protocol value (no frame header)."""
+    return _encoder.encode(obj)
+
+
+def encode_frame(message: msgspec.Struct, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    body = _encoder.encode(message)
+    if len(body) > max_frame:
+        raise LocalProtocolError(f"frame of {len(body)} bytes exceeds the limit of {max_frame}")
+    return HEADER.pack(len(body)) + body
+
+
+def to_raw(obj: Any) -> msgspec.Raw:
+    return msgspec.Raw(_encoder.encode(obj))
+
+
+_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+
+
+def decode_as(raw: bytes | msgspec.Raw, type_: Any) -> Any:
+    """Decode ``raw`` as ``type_``; msgspec errors pass through for the caller to map."""
+    dec = _decoders.get(type_)
+    if dec is None:
+        dec = _decoders[type_] = msgspec.msgpack.Decoder(type_)
+    return dec.decode(raw)
+
+
+class FrameDecoder:
+    """Turns a byte stream into messages of one union type, with a hard size cap.
+
+    The buffer never holds more than one frame header plus ``max_frame`` bytes of
+    body: a length prefix over the cap is rejected before any body is buffered.
+    """
+
+    def __init__(self, message_type: Any, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(message_type)
+        self.max_frame = max_frame
+        self._buf = bytearray()
+        self._need: int | None = None  # body length of the frame being read
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def receive_data(self, data: bytes) -> None:
+        self._buf += data
+        # Check the header eagerly so an oversized prefix fails before its body arrives.
+        if self._need is None and len(self._buf) >= HEADER.size:
+            self._read_header()
+
+    def _read_header(self) -> None:
+        (length,) = HEADER.unpack_from(self._buf)
+        if length > self.max_frame:
+            self._buf.clear()
+            raise RemoteProtocolError(f"frame of {length} bytes exceeds the limit of {self.max_frame}")
+        del self._buf[: HEADER.size]
+        self._need = length
+
+    def next_message(self) -> Any | None:
+        """The next complete message, or None when more bytes are needed."""
+        if self._need is None:
+            if len(self._buf) < HEADER.size:
+                return None
+            self._read_header()
+        assert self._need is not None
+        if len(self._buf) < self._need:
+            return None
+        body = bytes(self._buf[: self._need])
+        del self._buf[: self._need]
+        self._need = None
+        if len(self._buf) >= HEADER.size:
+            self._read_header()
+        try:
+            return self._decoder.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise RemoteProtocolError(
+                f"malformed message: {exc}", fatal=False, request_id=_salvage_id(body)
+            ) from None
+
+    def receive_eof(self) -> None:
+        """Call at end of stream: a partial frame left over is a protocol error."""
+        if self._buf or self._need:
+            pending = len(self._buf)
+            self._buf.clear()
+            self._need = None
+            raise RemoteProtocolError(f"connection closed inside a frame ({pending} bytes pending)")
+
+
+def _salvage_id(body: bytes) -> int | None:
+    try:
+        obj = msgspec.msgpack.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    if isinstance(obj, dict):
+        rid = obj.get("id")
+        if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid < 2**63:
+            return rid
+    return None
+
+
+# --------------------------------------------------------------------------- client side
+
+
+def error_from_message(msg: Error) -> WaDaemonError:
+    return error_from_wire(msg.code, msg.message, msg.details)
+
+
+class ClientProtocol:
+    """The client half of a connection, sans I/O: bytes to send out, messages in.
+
+    Both clients drive one of these; they differ only in how they move bytes.
+    """
+
+    def __init__(self, client_name: str = "wa_daemon", max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.client_name = client_name
+        self.decoder = FrameDecoder(ServerMessage, max_frame)
+        self._next_id = 0
+
+    def hello(self) -> bytes:
+        return encode_frame(Hello(PROTOCOL_VERSION, self.client_name))
+
+    def check_welcome(self, msg: Any) -> Welcome:
+        """Validate the answer to hello; adopt the daemon's frame limit."""
+        if isinstance(msg, Error):
+            raise error_from_message(msg)
+        if not isinstance(msg, Welcome):
+            raise RemoteProtocolError(f"expected welcome, got {type(msg).__name__}")
+        if msg.protocol != PROTOCOL_VERSION:
+            raise RemoteProtocolError(
+                f"the daemon speaks protocol {msg.protocol}; this client speaks {PROTOCOL_VERSION}"
+            )
+        self.decoder.max_frame = max(self.decoder.max_frame, msg.max_frame)
+        return msg
+
+    def request(self, method: str, params: msgspec.Struct) -> tuple[int, bytes]:
+        if method not in METHODS:
+            raise LocalProtocolError(f"unknown method {method!r}")
+        self._next_id += 1
+        rid = self._next_id
+        return rid, encode_frame(Request(rid, method, to_raw(params)))
+
+    def cancel(self, rid: int) -> bytes:
+        return encode_frame(Cancel(rid))
+
+    @staticmethod
+    def result(method: str, msg: Reply | Error) -> Any:
+        """The typed result of a reply, or raise the error it carries."""
+        if isinstance(msg, Error):
+            raise error_from_message(msg)
+        try:
+            return decode_as(msg.result, METHODS[method].result)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise RemoteProtocolError(f"malformed {method} result: {exc}") from None
+
+    @staticmethod
+    def event(msg: Event) -> WatchEvent:
+        try:
+            return decode_as(msg.event, WatchEvent)  # type: ignore[no-any-return]
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise RemoteProtocolError(f"malformed watch event: {exc}") from None
