@@ -37,7 +37,6 @@ from .protocol import (
 )
 
 __all__ = [
-    "__version__",
     "AsyncClient",
     "AsyncWatch",
     "Busy",
@@ -63,6 +62,8 @@ __all__ = [
     "StateChanged",
     "Transition",
     "Unavailable",
+    "WaDaemonError",
     "Watch",
     "WatchEvent",
+    "__version__",
 ]

@@ -16,6 +16,7 @@ Method names are the RPC method names; results are the typed structs of
 
 from __future__ import annotations
 
+import builtins
 import math
 import os
 import socket
@@ -27,6 +28,8 @@ from typing import Any
 import anyio
 import anyio.abc
 import msgspec
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from typing_extensions import Self
 
 from .errors import ConnectionLost, DaemonUnreachable, Unavailable, WaDaemonError
 from .paths import resolve_socket_path
@@ -58,7 +61,7 @@ from .protocol import (
     error_from_message,
 )
 
-__all__ = ["Client", "AsyncClient", "Watch", "AsyncWatch"]
+__all__ = ["AsyncClient", "AsyncWatch", "Client", "Watch"]
 
 DEFAULT_TIMEOUT = 120.0
 _CHUNK = 65536
@@ -97,7 +100,7 @@ class _SyncConnection:
             self.sock.close()
             raise
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | bytearray) -> None:
         try:
             self.sock.sendall(data)
         except (BrokenPipeError, ConnectionResetError) as exc:
@@ -156,7 +159,7 @@ class Watch(Iterator[WatchEvent]):
                 pass
         self._conn.close()
 
-    def __enter__(self) -> Watch:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -223,7 +226,7 @@ class Client:
     def status(self, session: str) -> SessionStatus:
         return self._call("status", SessionParams(session))  # type: ignore[no-any-return]
 
-    def list(self, states: Iterable[State | str] | None = None) -> list[SessionStatus]:
+    def list(self, states: Iterable[State | str] | None = None) -> builtins.list[SessionStatus]:
         params = ListParams([State(s) for s in states] if states is not None else None)
         result: SessionList = self._call("list", params)
         return result.sessions
@@ -231,7 +234,7 @@ class Client:
     def qr(self, session: str) -> QrCode:
         return self._call("qr", SessionParams(session))  # type: ignore[no-any-return]
 
-    def history(self, session: str, limit: int = 100) -> list[Transition]:
+    def history(self, session: str, limit: int = 100) -> builtins.list[Transition]:
         return self._call("history", HistoryParams(session, limit)).transitions  # type: ignore[no-any-return]
 
     def metrics(self, prometheus: bool = False) -> Metrics:
@@ -270,7 +273,7 @@ class Client:
                 self._conn.close()
                 self._conn = None
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -284,7 +287,7 @@ class AsyncWatch:
     """An async watch stream; iterate it inside ``async with``. ``end`` is set when
     the daemon ends the stream; leaving the block early cancels it."""
 
-    def __init__(self, client: AsyncClient, rid: int, receive: anyio.abc.ObjectReceiveStream[Any]) -> None:
+    def __init__(self, client: AsyncClient, rid: int, receive: MemoryObjectReceiveStream[Any]) -> None:
         self._client = client
         self._rid = rid
         self._receive = receive
@@ -321,7 +324,7 @@ class AsyncWatch:
                     pass
         self._receive.close()
 
-    async def __aenter__(self) -> AsyncWatch:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -349,17 +352,17 @@ class AsyncClient:
         self._stream: anyio.abc.SocketStream | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._send_lock = anyio.Lock()
-        self._pending: dict[int, anyio.abc.ObjectSendStream[Any]] = {}
-        self._streams: dict[int, anyio.abc.ObjectSendStream[Any]] = {}
+        self._pending: dict[int, MemoryObjectSendStream[Any]] = {}
+        self._streams: dict[int, MemoryObjectSendStream[Any]] = {}
         self._failure: WaDaemonError | None = None
 
-    async def __aenter__(self) -> AsyncClient:
+    async def __aenter__(self) -> Self:
         try:
             self._stream = await anyio.connect_unix(self.socket_path)
         except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError, PermissionError) as exc:
             raise _unreachable(self.socket_path, exc) from None
         try:
-            await self._stream.send(self._proto.hello())
+            await self._stream.send(bytes(self._proto.hello()))
             with anyio.fail_after(self.timeout):
                 self._proto.check_welcome(await self._receive_one())
         except BaseException:
@@ -423,12 +426,12 @@ class AsyncClient:
     def _lost(self) -> WaDaemonError:
         return self._failure or ConnectionLost("the daemon closed the connection")
 
-    async def _send(self, data: bytes) -> None:
+    async def _send(self, data: bytes | bytearray) -> None:
         if self._stream is None:
             raise Unavailable("the client is not open; use `async with AsyncClient() as c:`")
         async with self._send_lock:
             try:
-                await self._stream.send(data)
+                await self._stream.send(bytes(data))
             except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
                 raise ConnectionLost(f"the daemon closed the connection: {exc!r}") from None
 
@@ -467,7 +470,7 @@ class AsyncClient:
     async def status(self, session: str) -> SessionStatus:
         return await self._call("status", SessionParams(session))  # type: ignore[no-any-return]
 
-    async def list(self, states: Iterable[State | str] | None = None) -> list[SessionStatus]:
+    async def list(self, states: Iterable[State | str] | None = None) -> builtins.list[SessionStatus]:
         params = ListParams([State(s) for s in states] if states is not None else None)
         result: SessionList = await self._call("list", params)
         return result.sessions
@@ -475,7 +478,7 @@ class AsyncClient:
     async def qr(self, session: str) -> QrCode:
         return await self._call("qr", SessionParams(session))  # type: ignore[no-any-return]
 
-    async def history(self, session: str, limit: int = 100) -> list[Transition]:
+    async def history(self, session: str, limit: int = 100) -> builtins.list[Transition]:
         result = await self._call("history", HistoryParams(session, limit))
         return result.transitions  # type: ignore[no-any-return]
 

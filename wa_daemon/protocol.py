@@ -14,7 +14,7 @@ import enum
 import re
 import struct
 from datetime import datetime
-from typing import Annotated, Any, Final, Literal, Union
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -27,7 +27,8 @@ HEADER: Final = struct.Struct(">I")
 SESSION_ID_RULE: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _SESSION_ID_RE: Final = re.compile(SESSION_ID_RULE)
 
-SessionId = Annotated[str, msgspec.Meta(pattern=SESSION_ID_RULE)]
+# msgspec searches with re.search, where "$" also matches before a final newline.
+SessionId = Annotated[str, msgspec.Meta(pattern=SESSION_ID_RULE[:-1] + r"\Z")]
 
 
 class LocalProtocolError(ProtocolError):
@@ -95,7 +96,6 @@ class Reason(str, enum.Enum):
     QR_SCANNED = "qr_scanned"
     APP_LOADED = "app_loaded"
     CONNECTION_LOST = "connection_lost"
-    RECONNECT_ATTEMPT = "reconnect_attempt"
     SHUTDOWN = "shutdown"
     AUTH_RESTORED = "auth_restored"
     IDLE_TIMEOUT = "idle_timeout"
@@ -105,7 +105,7 @@ class Reason(str, enum.Enum):
 # --------------------------------------------------------------------------- data
 
 
-class QrCode(msgspec.Struct, frozen=True):
+class QrCode(msgspec.Struct, frozen=True, gc=False):
     session: str
     data: str  # the payload a phone scans; a login credential
     generated_at: datetime
@@ -113,7 +113,7 @@ class QrCode(msgspec.Struct, frozen=True):
     seq: int  # 1 for the first QR of a login phase, +1 per refresh
 
 
-class Transition(msgspec.Struct, frozen=True):
+class Transition(msgspec.Struct, frozen=True, gc=False):
     at: datetime
     from_state: State
     to_state: State
@@ -122,7 +122,7 @@ class Transition(msgspec.Struct, frozen=True):
     message: str = ""
 
 
-class SessionStatus(msgspec.Struct, frozen=True):
+class SessionStatus(msgspec.Struct, frozen=True, gc=False):
     session: str
     state: State
     since: datetime
@@ -190,7 +190,7 @@ class ListParams(msgspec.Struct, forbid_unknown_fields=True):
 
 class HistoryParams(msgspec.Struct, forbid_unknown_fields=True):
     session: SessionId
-    limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 100
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
 
 
 class WatchParams(msgspec.Struct, forbid_unknown_fields=True):
@@ -233,7 +233,7 @@ class SessionError(msgspec.Struct, tag="session_error", tag_field="type", frozen
     message: str
 
 
-WatchEvent = Union[Snapshot, StateChanged, QrUpdated, SessionError]
+WatchEvent = Snapshot | StateChanged | QrUpdated | SessionError
 
 
 # --------------------------------------------------------------------------- methods
@@ -289,7 +289,14 @@ class Cancel(msgspec.Struct, tag="cancel", tag_field="type"):
 
 class Reply(msgspec.Struct, tag="reply", tag_field="type"):
     id: int
-    result: msgspec.Raw
+    result: msgspec.Raw  # decoded later, by the method's result type
+
+
+class OutReply(msgspec.Struct, tag="reply", tag_field="type"):
+    """The server's view of a reply: the result is encoded in place, not pre-encoded."""
+
+    id: int
+    result: Any
 
 
 class Error(msgspec.Struct, tag="error", tag_field="type"):
@@ -304,6 +311,11 @@ class Event(msgspec.Struct, tag="event", tag_field="type"):
     event: msgspec.Raw
 
 
+class OutEvent(msgspec.Struct, tag="event", tag_field="type"):
+    id: int
+    event: Any
+
+
 EndReason = Literal["cancelled", "until", "timeout", "deleted", "shutdown"]
 
 
@@ -313,8 +325,8 @@ class End(msgspec.Struct, tag="end", tag_field="type"):
     status: SessionStatus | None = None  # the watched session's final status
 
 
-ClientMessage = Union[Hello, Request, Cancel]
-ServerMessage = Union[Welcome, Reply, Error, Event, End]
+ClientMessage = Hello | Request | Cancel
+ServerMessage = Welcome | Reply | Error | Event | End
 
 # --------------------------------------------------------------------------- coding
 
@@ -326,11 +338,15 @@ def encode(obj: Any) -> bytes:
     return _encoder.encode(obj)
 
 
-def encode_frame(message: msgspec.Struct, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
-    body = _encoder.encode(message)
-    if len(body) > max_frame:
-        raise LocalProtocolError(f"frame of {len(body)} bytes exceeds the limit of {max_frame}")
-    return HEADER.pack(len(body)) + body
+def encode_frame(message: msgspec.Struct, max_frame: int = DEFAULT_MAX_FRAME) -> bytearray:
+    # Encoding straight after a reserved header copies a large body once, not twice.
+    buf = bytearray(HEADER.size)
+    _encoder.encode_into(message, buf, HEADER.size)
+    length = len(buf) - HEADER.size
+    if length > max_frame:
+        raise LocalProtocolError(f"frame of {length} bytes exceeds the limit of {max_frame}")
+    HEADER.pack_into(buf, 0, length)
+    return buf
 
 
 def to_raw(obj: Any) -> msgspec.Raw:
@@ -391,8 +407,6 @@ class FrameDecoder:
         body = bytes(self._buf[: self._need])
         del self._buf[: self._need]
         self._need = None
-        if len(self._buf) >= HEADER.size:
-            self._read_header()
         try:
             return self._decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -439,7 +453,7 @@ class ClientProtocol:
         self.decoder = FrameDecoder(ServerMessage, max_frame)
         self._next_id = 0
 
-    def hello(self) -> bytes:
+    def hello(self) -> bytearray:
         return encode_frame(Hello(PROTOCOL_VERSION, self.client_name))
 
     def check_welcome(self, msg: Any) -> Welcome:
@@ -455,14 +469,14 @@ class ClientProtocol:
         self.decoder.max_frame = max(self.decoder.max_frame, msg.max_frame)
         return msg
 
-    def request(self, method: str, params: msgspec.Struct) -> tuple[int, bytes]:
+    def request(self, method: str, params: msgspec.Struct) -> tuple[int, bytearray]:
         if method not in METHODS:
             raise LocalProtocolError(f"unknown method {method!r}")
         self._next_id += 1
         rid = self._next_id
         return rid, encode_frame(Request(rid, method, to_raw(params)))
 
-    def cancel(self, rid: int) -> bytes:
+    def cancel(self, rid: int) -> bytearray:
         return encode_frame(Cancel(rid))
 
     @staticmethod

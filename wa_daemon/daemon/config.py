@@ -62,12 +62,14 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     # sessions
     takeover_on_conflict: bool = True  # answer "open in another window" with "Use here"
-    history_size: Count = 100
+    history_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
     browser_stop_timeout: PositiveSeconds = 10.0
 
     # RPC
     max_frame: Annotated[int, msgspec.Meta(ge=1024, le=64 << 20)] = DEFAULT_MAX_FRAME
     max_inflight_per_connection: Count = 128
+    hello_timeout: PositiveSeconds = 10.0  # a connection that has not said hello by then is closed
+    send_timeout: PositiveSeconds = 30.0  # a client that stops reading its replies is closed after this
     watch_qr_interval: NonNegSeconds = 3.0
     watch_queue_size: Annotated[int, msgspec.Meta(ge=4, le=100_000)] = 64
     shutdown_timeout: PositiveSeconds = 30.0
@@ -78,9 +80,9 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         """A validated copy with ``changes`` applied."""
         return from_mapping({**msgspec.to_builtins(self), **changes})
 
-    def reconnect_delay(self, attempt: int) -> float:
-        """The un-jittered delay before reconnect ``attempt`` (1-based)."""
-        delay = self.reconnect_base_delay * self.reconnect_factor ** (attempt - 1)
+    def reconnect_delay(self, attempt: int, jitter: float = 1.0) -> float:
+        """The delay before reconnect ``attempt`` (1-based), scaled by ``jitter``, then capped."""
+        delay = self.reconnect_base_delay * self.reconnect_factor ** (attempt - 1) * jitter
         return float(min(delay, self.reconnect_max_delay))
 
 

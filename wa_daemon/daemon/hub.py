@@ -14,7 +14,15 @@ from dataclasses import dataclass
 
 import trio
 
-from ..protocol import EndReason, QrUpdated, SessionError, SessionStatus, State, StateChanged, WatchEvent
+from ..protocol import (
+    EndReason,
+    QrUpdated,
+    SessionError,
+    SessionStatus,
+    State,
+    StateChanged,
+    WatchEvent,
+)
 
 
 @dataclass(frozen=True)

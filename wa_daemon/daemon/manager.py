@@ -7,11 +7,13 @@ watch) never take it: they answer from the session's last known state.
 
 from __future__ import annotations
 
+import builtins
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
+import msgspec
 import structlog
 import trio
 
@@ -75,13 +77,21 @@ class SessionManager:
         session.touch()
         return session.status()
 
-    def list(self, states: Iterable[State] | None = None) -> list[SessionStatus]:
+    def _listed(self, states: Iterable[State] | None) -> builtins.list[Session]:
         wanted = set(states) if states else None
         return [
-            s.status()
-            for s in sorted(self.sessions.values(), key=lambda s: s.id)
-            if wanted is None or s.state in wanted
+            self.sessions[sid]
+            for sid in sorted(self.sessions)
+            if wanted is None or self.sessions[sid].state in wanted
         ]
+
+    def list(self, states: Iterable[State] | None = None) -> builtins.list[SessionStatus]:
+        return [s.status() for s in self._listed(states)]
+
+    def list_raw(self, states: Iterable[State] | None = None) -> dict[str, builtins.list[msgspec.Raw]]:
+        """The ``list`` result as pre-encoded statuses: a SessionList on the wire,
+        built from bytes each session already holds instead of re-encoding them all."""
+        return {"sessions": [s.status_raw() for s in self._listed(states)]}
 
     def qr(self, session_id: str) -> QrCode:
         session = self.get(session_id)
@@ -93,7 +103,7 @@ class SessionManager:
             )
         return session.qr
 
-    def history(self, session_id: str, limit: int = 100) -> list[Transition]:
+    def history(self, session_id: str, limit: int = 100) -> builtins.list[Transition]:
         session = self.get(session_id)
         session.touch()
         return list(session.history)[-limit:]
@@ -157,7 +167,7 @@ class SessionManager:
             self.metrics.connect_attempts.labels("started").inc()
             self.registry.put(self._record(session, should_run=True))
             session.begin()
-            return session.status()
+        return session.status()  # after the lock: `busy` describes others' operations, not ours
 
     async def disconnect(self, session_id: str) -> SessionStatus:
         session = self.get(session_id)
@@ -165,7 +175,7 @@ class SessionManager:
         async with self._locked(session):
             await session.stop(State.STOPPED, Reason.DISCONNECT_REQUESTED, "disconnected on request")
             self.registry.put(self._record(session, should_run=False))
-            return session.status()
+        return session.status()
 
     async def logout(self, session_id: str) -> SessionStatus:
         session = self.get(session_id)
@@ -173,7 +183,7 @@ class SessionManager:
         async with self._locked(session):
             await session.logout()
             self.registry.put(self._record(session, should_run=False))
-            return session.status()
+        return session.status()
 
     async def delete(self, session_id: str) -> None:
         session = self.get(session_id)
@@ -183,8 +193,8 @@ class SessionManager:
             session.deleted = True
             del self.sessions[session_id]
             self.registry.remove(session_id)
-            self.hub.finish_session(session_id, "deleted", session.status())
-            log.info("session_deleted", session=session_id)
+        self.hub.finish_session(session_id, "deleted", session.status())
+        log.info("session_deleted", session=session_id)
 
     async def simulate(self, session_id: str, action: str) -> SessionStatus:
         """Play the phone's (or fate's) part on a scripted session."""
@@ -202,8 +212,11 @@ class SessionManager:
 
     # ------------------------------------------------------------------ watch
 
-    def subscribe(self, session_id: str | None, until: Iterable[State]) -> tuple[Subscriber, list[SessionStatus]]:
+    def subscribe(
+        self, session_id: str | None, until: Iterable[State]
+    ) -> tuple[Subscriber, builtins.list[SessionStatus]]:
         """Register a watcher; returns it with the snapshot(s) to send first."""
+        self._check_open()
         if session_id is not None:
             session = self.get(session_id)
             session.touch()

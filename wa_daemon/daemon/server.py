@@ -13,18 +13,18 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import msgspec
 import structlog
 import trio
 
 from .._version import __version__
-from ..errors import InternalError, InvalidArgument, ProtocolError, Unavailable, WaDaemonError
+from ..errors import Busy, InternalError, InvalidArgument, ProtocolError, Unavailable, WaDaemonError
 from ..protocol import (
     METHODS,
     PROTOCOL_VERSION,
@@ -33,26 +33,25 @@ from ..protocol import (
     Deleted,
     End,
     Error,
-    Event,
     FrameDecoder,
     Hello,
     History,
     LocalProtocolError,
     Metrics,
     MetricsParams,
+    OutEvent,
+    OutReply,
     Pong,
     RemoteProtocolError,
-    Reply,
     Request,
-    SessionList,
     SessionParams,
+    SessionStatus,
     Snapshot,
     VersionInfo,
     WatchParams,
     Welcome,
     decode_as,
     encode_frame,
-    to_raw,
 )
 from .hub import Final
 from .manager import SessionManager
@@ -131,18 +130,18 @@ def bind_unix_socket(path: Path, mode: int = 0o660, backlog: int = 512) -> Bound
             if not stat.S_ISSOCK(st.st_mode):
                 raise OSError(errno.EEXIST, f"{path} exists and is not a socket; refusing to replace it")
             path.unlink()  # stale: its daemon is gone, since we hold the lock
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            # A plain socket binds synchronously: no checkpoint, so the process-wide
+            # umask cannot leak into another task while it is narrowed.
             with _umask(0o777 & ~mode):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                os.set_inheritable(sock.fileno(), False)
-                # A path is bound synchronously: no await, so the umask cannot leak to other tasks.
-                sock._sock.bind(str(path))  # noqa: SLF001
+                raw.bind(str(path))
             os.chmod(path, mode)
-            sock.listen(backlog)
+            raw.listen(backlog)
         except BaseException:
-            sock.close()
+            raw.close()
             raise
+        sock = trio.socket.from_stdlib_socket(raw)
     except BaseException:
         os.close(lock_fd)
         raise
@@ -182,15 +181,25 @@ class _Connection:
             data = encode_frame(message, self.max_frame)
         except LocalProtocolError as exc:
             rid = getattr(message, "id", None)
-            self.log.error("reply_too_large", error=str(exc))
-            data = encode_frame(Error(rid, InternalError.code, f"the reply is too large: {exc}"))
-        if self.broken:
-            return
+            self.log.error("reply_too_large", error=exc.message)
+            data = encode_frame(Error(rid, InternalError.code, f"the reply is too large: {exc.message}"))
         async with self.send_lock:
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self.broken = True  # the client went away; the read side will notice and end
+            if self.broken:
+                return
+            timeout = self.server.manager.config.send_timeout
+            # Shielded: a cancel in the middle of send_all would leave half a frame
+            # on the wire and desynchronise the stream for good. The timeout bounds
+            # the wait on a client that stopped reading.
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(timeout) as cs:
+                    try:
+                        await self.stream.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        self.broken = True  # the client went away; the read side will notice and end
+            if cs.cancelled_caught:
+                self.broken = True
+                self.log.warning("client_not_reading", send_timeout=timeout)
+                self.scope.cancel()
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -198,21 +207,28 @@ class _Connection:
                 await self._read_loop(nursery)
             except RemoteProtocolError as exc:
                 self.server.manager.metrics.protocol_errors.inc()
-                self.log.warning("protocol_error", error=str(exc), fatal=True)
-                await self.send(Error(None, ProtocolError.code, str(exc)))
+                self.log.warning("protocol_error", error=exc.message, fatal=True)
+                await self.send(Error(None, ProtocolError.code, exc.message))
             # The client is gone or broke the protocol: nothing it asked for is owed any more.
             nursery.cancel_scope.cancel()
 
+    async def _receive(self) -> bytes:
+        try:
+            return await self.stream.receive_some(_RECV_CHUNK)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
+
     async def _read_loop(self, nursery: trio.Nursery) -> None:
-        hello_deadline = trio.current_time() + self.server.hello_timeout
+        hello_timeout = self.server.manager.config.hello_timeout
+        hello_deadline = trio.current_time() + hello_timeout
         while True:
-            with trio.move_on_at(hello_deadline if not self.greeted else float("inf")) as cs:
-                try:
-                    data = await self.stream.receive_some(_RECV_CHUNK)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return
-            if cs.cancelled_caught:
-                raise RemoteProtocolError(f"no hello within {self.server.hello_timeout:g} s")
+            if self.greeted:
+                data = await self._receive()
+            else:
+                with trio.move_on_at(hello_deadline) as cs:
+                    data = await self._receive()
+                if cs.cancelled_caught:
+                    raise RemoteProtocolError(f"no hello within {hello_timeout:g} s")
             if not data:
                 self.decoder.receive_eof()
                 return
@@ -224,8 +240,8 @@ class _Connection:
                     if exc.fatal:
                         raise
                     self.server.manager.metrics.protocol_errors.inc()
-                    self.log.warning("protocol_error", error=str(exc), fatal=False)
-                    await self.send(Error(exc.request_id, ProtocolError.code, str(exc)))
+                    self.log.warning("protocol_error", error=exc.message, fatal=False)
+                    await self.send(Error(exc.request_id, ProtocolError.code, exc.message))
                     continue
                 if msg is None:
                     break
@@ -262,13 +278,18 @@ class _Connection:
         if self.server.draining:
             await self.send(Error(msg.id, Unavailable.code, "the daemon is shutting down"))
             return True
+        if msg.method in self.server.inline:
+            # Reads answer from memory without waiting: serving them here, without
+            # a task of their own, halves their cost. Replies keep request order.
+            await self._serve_request(msg, None)
+            return True
         if msg.id in self.inflight:
             await self.send(Error(msg.id, ProtocolError.code, f"request id {msg.id} is already in flight"))
             return True
         limit = self.server.manager.config.max_inflight_per_connection
         if len(self.inflight) >= limit:
             await self.send(
-                Error(msg.id, "busy", f"more than {limit} requests in flight on this connection", {"limit": limit})
+                Error(msg.id, Busy.code, f"more than {limit} requests in flight on this connection", {"limit": limit})
             )
             return True
         scope = trio.CancelScope()
@@ -276,7 +297,7 @@ class _Connection:
         nursery.start_soon(self._serve_request, msg, scope)
         return True
 
-    async def _serve_request(self, req: Request, scope: trio.CancelScope) -> None:
+    async def _serve_request(self, req: Request, scope: trio.CancelScope | None) -> None:
         server = self.server
         started = time.perf_counter()
         session: str | None = None
@@ -292,13 +313,15 @@ class _Connection:
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 raise InvalidArgument(f"invalid params for {req.method}: {exc}", {"method": req.method}) from None
             session = getattr(params, "session", None)
-            if method.stream:
+            if scope is None:
+                await self.send(OutReply(req.id, await server.handlers[req.method](params, self)))
+            elif method.stream:
                 await self._stream(req.id, params, scope)
                 outcome = "stream_end"
             else:
                 with scope:
                     result = await server.handlers[req.method](params, self)
-                    await self.send(Reply(req.id, to_raw(result)))
+                    await self.send(OutReply(req.id, result))
                 if scope.cancelled_caught:
                     outcome = "cancelled"
                     await self.send(Error(req.id, Unavailable.code, "cancelled by the client"))
@@ -312,38 +335,41 @@ class _Connection:
                 Error(req.id, InternalError.code, "internal error; the daemon log has the details", {"request": req.id})
             )
         finally:
-            self.inflight.pop(req.id, None)
+            if scope is not None:
+                self.inflight.pop(req.id, None)
             elapsed = time.perf_counter() - started
-            if req.method in METHODS:
-                server.manager.metrics.rpc_duration.labels(req.method).observe(elapsed)
+            histogram = server.rpc_histograms.get(req.method)
+            if histogram is not None:
+                histogram.observe(elapsed)
             self.log.info(
                 "rpc", id=req.id, method=req.method, session=session, result=outcome, ms=round(elapsed * 1e3, 3)
             )
 
-    async def _stream(self, rid: int, params: WatchParams, scope: trio.CancelScope) -> None:
+    async def _stream(self, rid: int, params: WatchParams, scope: trio.CancelScope | None) -> None:
+        assert scope is not None
         manager = self.server.manager
         sub, snapshots = manager.subscribe(params.session, params.until)
         final: Final | None = None
         try:
             with scope:
-                for status in snapshots:
-                    await self.send(Event(rid, to_raw(Snapshot(status))))
-                    if status.qr is not None:
-                        sub.mark_qr_sent(status.session, trio.current_time())
+                for snap in snapshots:
+                    await self.send(OutEvent(rid, Snapshot(snap)))
+                    if snap.qr is not None:
+                        sub.mark_qr_sent(snap.session, trio.current_time())
                 with trio.move_on_after(params.timeout):
                     while True:
                         item = await sub.next()
                         if isinstance(item, Final):
                             final = item
                             break
-                        await self.send(Event(rid, to_raw(item)))
+                        await self.send(OutEvent(rid, item))
                 if final is None:
                     final = Final("timeout", None)
         finally:
             manager.unsubscribe(sub)
         if final is None:  # the client cancelled the stream
             final = Final("cancelled", None)
-        status = final.status
+        status: SessionStatus | None = final.status
         if status is None and params.session is not None and params.session in manager.sessions:
             status = manager.sessions[params.session].status()
         await self.send(End(rid, final.reason, status))
@@ -353,9 +379,12 @@ Handler = Callable[[Any, _Connection], Awaitable[Any]]
 
 
 class Server:
-    def __init__(self, manager: SessionManager, *, hello_timeout: float = 10.0) -> None:
+    # Methods that never wait: served in the connection's read loop, no task.
+    inline = frozenset({"status", "list", "qr", "history", "metrics", "ping", "version"})
+
+    def __init__(self, manager: SessionManager) -> None:
         self.manager = manager
-        self.hello_timeout = hello_timeout
+        self.rpc_histograms = {m: manager.metrics.rpc_duration.labels(m) for m in METHODS}
         self._next_cid = 0
         self._conns: set[_Connection] = set()
         self.draining = False  # shutting down: new requests get `unavailable`
@@ -366,7 +395,7 @@ class Server:
             "logout": lambda p, c: m.logout(p.session),
             "delete": self._delete,
             "status": self._sync(lambda p: m.status(p.session)),
-            "list": self._sync(lambda p: SessionList(m.list(p.states))),
+            "list": self._sync(lambda p: m.list_raw(p.states)),
             "qr": self._sync(lambda p: m.qr(p.session)),
             "history": self._sync(lambda p: History(p.session, m.history(p.session, p.limit))),
             "metrics": self._sync(self._metrics),

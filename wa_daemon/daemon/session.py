@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+import msgspec
 import structlog
 import trio
 
@@ -27,6 +28,7 @@ from ..protocol import (
     State,
     StateChanged,
     Transition,
+    to_raw,
 )
 from .config import Config
 from .drivers.base import (
@@ -82,7 +84,20 @@ class _Gone:
     message: str
 
 
+# Fields that SessionStatus shows: setting any of them drops the cached status.
+_STATUS_FIELDS = frozenset(
+    {"state", "since", "attempt", "reason", "message", "last_error", "qr", "phone_offline", "owner_uid"}
+)
+
+
 class Session:
+    _status_cache: tuple[SessionStatus, msgspec.Raw] | None = None
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _STATUS_FIELDS:
+            object.__setattr__(self, "_status_cache", None)
+        object.__setattr__(self, name, value)
+
     def __init__(self, session_id: str, ctx: SessionContext, owner_uid: int | None = None) -> None:
         self.id = session_id
         self.ctx = ctx
@@ -115,6 +130,7 @@ class Session:
 
         self.lock = trio.Lock()  # held by connect/disconnect/logout/delete, never by reads
         self.deleted = False
+        self._stop_requested = False  # the browser is going away on purpose: not a crash
         self._browser: Browser | None = None
         self._runner: trio.CancelScope | None = None
         self._runner_done = trio.Event()
@@ -123,6 +139,23 @@ class Session:
     # ------------------------------------------------------------------ reads
 
     def status(self) -> SessionStatus:
+        return self._cached_status()[0]
+
+    def status_raw(self) -> msgspec.Raw:
+        """The status, msgpack-encoded: ``list`` of many sessions reuses these bytes."""
+        return self._cached_status()[1]
+
+    def _cached_status(self) -> tuple[SessionStatus, msgspec.Raw]:
+        # Status is read far more often than it changes (status polls, list of
+        # thousands); build it once per change. ``busy`` is not a field: check it.
+        cached = self._status_cache
+        if cached is None or cached[0].busy != self.lock.locked():
+            status = self._build_status()
+            cached = (status, to_raw(status))
+            object.__setattr__(self, "_status_cache", cached)
+        return cached
+
+    def _build_status(self) -> SessionStatus:
         return SessionStatus(
             session=self.id,
             state=self.state,
@@ -195,6 +228,7 @@ class Session:
         """Start a new attempt from a restartable state: STARTING, then the runner takes over."""
         self.attempt = 0
         self._connected_since = None
+        self._stop_requested = False
         self.last_attempt_at = trio.current_time()
         if not self.transition(State.STARTING, reason):
             return
@@ -224,6 +258,9 @@ class Session:
         with trio.CancelScope(shield=True):
             browser = self._browser
             if browser is not None and self.state in (State.CONNECTED, State.AUTHENTICATING):
+                # The page logout ends the browser's event stream; the runner must
+                # not mistake that for a crash and start reconnecting.
+                self._stop_requested = True
                 with trio.move_on_after(self.ctx.config.browser_stop_timeout):
                     await browser.logout()
             await self.stop_runner()
@@ -270,6 +307,8 @@ class Session:
                     await self.ctx.driver.wipe_auth(self.id)
                 self.transition(outcome.state, outcome.reason, outcome.message)
                 return
+            if self._stop_requested:
+                return  # the operation that asked for the stop sets the state
             self.ctx.metrics.browser_crashes.labels(outcome.kind).inc()
             self._error(Reason.BROWSER_CRASHED.value, f"{outcome.kind}: {outcome.message}")
             reason = Reason.CONNECTION_LOST if outcome.kind == "connection_lost" else Reason.BROWSER_CRASHED
@@ -326,8 +365,7 @@ class Session:
 
     def _backoff(self, attempt: int) -> float:
         cfg = self.ctx.config
-        base = cfg.reconnect_delay(attempt)
-        return base * self.ctx.rng.uniform(1 - cfg.reconnect_jitter, 1 + cfg.reconnect_jitter)
+        return cfg.reconnect_delay(attempt, self.ctx.rng.uniform(1 - cfg.reconnect_jitter, 1 + cfg.reconnect_jitter))
 
     async def _drive(self, browser: Browser) -> _Terminal | _Gone:
         """Follow the page until the browser is gone or the session reaches an end."""
@@ -417,9 +455,9 @@ class Session:
                     State.FAILED, Reason.QR_TIMEOUT, f"no scan after {cfg.qr_max_refreshes} QR refreshes"
                 )
         else:
-            if not self.transition(State.WAITING_QR, Reason.QR_SHOWN):
+            if not is_allowed(self.state, State.WAITING_QR):
+                self.transition(State.WAITING_QR, Reason.QR_SHOWN)  # logged and counted as the bug it is
                 return None
-            self._qr_deadline = trio.current_time() + cfg.qr_timeout
             self._qr_refreshes = 0
             self._qr_seq = 0
         self._qr_seq += 1
@@ -432,6 +470,10 @@ class Session:
             seq=self._qr_seq,
         )
         self.qr = qr
+        if self.state != State.WAITING_QR:
+            # Set before the transition so its state event already carries the QR.
+            self.transition(State.WAITING_QR, Reason.QR_SHOWN)
+            self._qr_deadline = trio.current_time() + cfg.qr_timeout
         self._qr_pending = qr
         if self._qr_flush_at is None:
             # Trailing edge: the window opens now and delivers whatever QR is latest when it closes.
