@@ -14,7 +14,7 @@ from .config import Config
 from .drivers.base import Driver
 from .drivers.scripted import ScriptedDriver
 from .manager import SessionManager
-from .server import Server, bind_unix_socket
+from .server import BoundSocket, Server, bind_unix_socket
 
 log = structlog.get_logger("wa_daemon")
 
@@ -38,11 +38,11 @@ class Daemon:
     def request_stop(self) -> None:
         self._stop.set()
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, bound: BoundSocket | None = None, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until :meth:`request_stop`; then stop accepting, stop every session,
         end every stream, let in-flight calls answer, and return."""
         cfg = self.config
-        bound = bind_unix_socket(self.socket_path)
+        bound = bound or bind_unix_socket(self.socket_path)
         try:
             async with trio.open_nursery() as sessions:
                 self.driver = make_driver(cfg, sessions)

@@ -16,7 +16,7 @@ from .._version import __version__
 from .app import Daemon
 from .config import Config, from_mapping
 from .log import configure
-from .server import AlreadyRunning
+from .server import AlreadyRunning, BoundSocket, bind_unix_socket
 
 EXIT_OK = 0
 EXIT_CONFIG = 78  # EX_CONFIG: systemd will not restart-loop on a bad configuration
@@ -65,9 +65,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _serve(daemon: Daemon) -> None:
-    async with trio.open_nursery() as nursery:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+async def _serve(daemon: Daemon, bound: BoundSocket) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
 
             async def on_signal() -> None:
                 async for signum in signals:
@@ -75,7 +75,7 @@ async def _serve(daemon: Daemon) -> None:
                     daemon.request_stop()
 
             nursery.start_soon(on_signal)
-            await daemon.run()
+            await daemon.run(bound=bound)
             nursery.cancel_scope.cancel()
 
 
@@ -87,14 +87,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wa-daemon: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     configure(config.log_level)
+    daemon = Daemon(config)
     try:
-        trio.run(_serve, Daemon(config))
+        # Bound before the event loop starts, so "already running" is a plain
+        # message and exit code, not an error from inside the loop.
+        bound = bind_unix_socket(daemon.socket_path)
     except AlreadyRunning as exc:
         print(f"wa-daemon: {exc}", file=sys.stderr)
         return EXIT_IN_USE
     except OSError as exc:
-        print(f"wa-daemon: cannot serve: {exc}", file=sys.stderr)
+        print(f"wa-daemon: cannot serve on {daemon.socket_path}: {exc}", file=sys.stderr)
         return 1
+    trio.run(_serve, daemon, bound)
     return EXIT_OK
 
 

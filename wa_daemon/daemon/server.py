@@ -72,7 +72,7 @@ class AlreadyRunning(Exception):
 
 @dataclass
 class BoundSocket:
-    sock: trio.socket.SocketType
+    sock: socket.socket  # listening; wrapped for trio by the accept loop
     path: Path
     lock_fd: int
 
@@ -141,11 +141,10 @@ def bind_unix_socket(path: Path, mode: int = 0o660, backlog: int = 512) -> Bound
         except BaseException:
             raw.close()
             raise
-        sock = trio.socket.from_stdlib_socket(raw)
     except BaseException:
         os.close(lock_fd)
         raise
-    return BoundSocket(sock, path, lock_fd)
+    return BoundSocket(raw, path, lock_fd)
 
 
 def peer_credentials(sock: trio.socket.SocketType) -> tuple[int, int, int]:
@@ -423,7 +422,7 @@ class Server:
     async def accept_loop(self, bound: BoundSocket, handlers: trio.Nursery) -> None:
         """Accept until cancelled; each connection's handler runs in ``handlers``,
         so the daemon can stop accepting while in-flight calls still finish."""
-        listener = trio.SocketListener(bound.sock)
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(bound.sock))
         while True:
             try:
                 stream = await listener.accept()
