@@ -355,7 +355,7 @@ class Fleet:
     def _spawn(self, name: str, cmd: Callable[[str], list[str]]) -> Server:
         path = str(self.tmp / f"{name}.sock")
         stderr_path = self.tmp / f"{name}.stderr"
-        err = open(stderr_path, "wb")  # noqa: SIM115 - closed in close()
+        err = open(stderr_path, "wb")
         self._files.append(err)
         proc = subprocess.Popen(
             cmd(path),
@@ -484,7 +484,7 @@ class Results:
         a, b = self.series.get(num), self.series.get(den)
         if a is None or b is None:
             return float("nan")
-        ratios = [x / y for x, y in zip(a.values, b.values) if y]
+        ratios = [x / y for x, y in zip(a.values, b.values, strict=False) if y]
         return statistics.median(ratios) if ratios else float("nan")
 
 

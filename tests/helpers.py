@@ -119,7 +119,7 @@ class DaemonProcess:
 
     def __init__(self, sock: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.sock = sock
-        self.log = open(sock.parent / "daemon.log", "ab")  # noqa: SIM115
+        self.log = open(sock.parent / "daemon.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "wa_daemon.daemon.main", "--socket", str(sock), *args],
             stdout=self.log,

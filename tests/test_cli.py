@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from wactl import main as wactl_main
-from wactl import render
 
 from wa_daemon import Client, __version__
 from wa_daemon.errors import (
@@ -50,6 +48,8 @@ from wa_daemon.protocol import (
     StateChanged,
     Transition,
 )
+from wactl import main as wactl_main
+from wactl import render
 
 pytestmark = pytest.mark.slow
 

@@ -6,12 +6,11 @@ import pytest
 import trio
 import trio.testing
 
+from wa_daemon.daemon.hub import Final
 from wa_daemon.errors import LimitExceeded, NotFound, RateLimited
 from wa_daemon.protocol import QrUpdated, Reason, State, StateChanged
-from wa_daemon.daemon.hub import Final
 
 from .helpers import open_manager, wait_state
-
 
 
 def invalid_transitions(manager) -> float:  # type: ignore[no-untyped-def]
@@ -164,7 +163,7 @@ async def test_launches_limited_and_queued_in_order(autojump_clock: trio.testing
 
 async def test_qr_events_debounced_trailing_edge_latest_delivered(autojump_clock: trio.testing.MockClock) -> None:
     async with open_manager(qr_debounce=2.0) as (m, driver):
-        sub, _ = m.subscribe("a", []) if False else (None, None)  # noqa: F841
+        sub, _ = m.subscribe("a", []) if False else (None, None)
         await m.connect("a")
         sub, _ = m.subscribe("a", [])
         got: list[tuple[float, str]] = []
@@ -214,7 +213,7 @@ async def test_qr_events_at_most_one_per_2s_under_steady_refresh(autojump_clock:
                 driver.simulate("a", "refresh_qr")
             await trio.sleep(3)
             n.cancel_scope.cancel()
-        gaps = [b - a for a, b in zip(times, times[1:])]
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
         assert len(times) >= 9
         assert min(gaps) >= 2.0 - 1e-6
 
@@ -278,7 +277,7 @@ async def test_reconnect_backoff_5_15_45_then_failed(autojump_clock: trio.testin
             await wait_state(m, "a", State.RECONNECTING)
             assert m.status("a").attempt == expected_attempt
             await wait_state(m, "a", State.CONNECTED)  # auth kept: no QR
-        delays = [lt - ct for ct, lt in zip(crash_times, launch_times)]
+        delays = [lt - ct for ct, lt in zip(crash_times, launch_times, strict=False)]
         assert delays == pytest.approx([5, 15, 45], abs=0.05)
         driver.simulate("a", "crash")
         await wait_state(m, "a", State.FAILED)
@@ -483,7 +482,7 @@ async def test_watch_coalesces_qr_per_subscriber_and_keeps_final(autojump_clock:
         await m.connect("a")
         await wait_state(m, "a", State.WAITING_QR)
         sub, _ = m.subscribe("a", [State.CONNECTED])
-        sub.mark_qr_sent("a", trio.current_time())
+        sub.mark_qr_sent(m.status("a").qr, trio.current_time())  # type: ignore[arg-type]
         got: list[tuple[float, object]] = []
 
         async def collect() -> None:
@@ -503,7 +502,7 @@ async def test_watch_coalesces_qr_per_subscriber_and_keeps_final(autojump_clock:
             await trio.sleep(4)
             driver.simulate("a", "scan")
         qr_times = [t for t, ev in got if isinstance(ev, QrUpdated)]
-        assert all(b - a >= 3.0 - 1e-6 for a, b in zip(qr_times, qr_times[1:]))
+        assert all(b - a >= 3.0 - 1e-6 for a, b in zip(qr_times, qr_times[1:], strict=False))
         last_qr = [ev for _, ev in got if isinstance(ev, QrUpdated)][-1]
         assert last_qr.qr == latest  # type: ignore[union-attr]
         assert isinstance(got[-1][1], Final) and got[-1][1].reason == "until"
@@ -513,7 +512,7 @@ async def test_watch_coalesces_qr_per_subscriber_and_keeps_final(autojump_clock:
 async def test_slow_subscriber_queue_is_bounded_and_final_kept(autojump_clock: trio.testing.MockClock) -> None:
     async with open_manager(watch_queue_size=8, connect_min_interval=0, qr_debounce=0) as (m, driver):
         sub, _ = m.subscribe(None, [])  # never read until the end
-        for i in range(30):
+        for _i in range(30):
             await m.connect("a")
             await wait_state(m, "a", State.WAITING_QR)
             await m.disconnect("a")

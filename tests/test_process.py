@@ -71,10 +71,10 @@ def test_blocking_client_is_thread_safe(daemon: DaemonProcess) -> None:
 
         def worker(n: int) -> None:
             try:
-                for i in range(50):
+                for _i in range(50):
                     wa.connect(f"t{n}")
                     assert wa.status(f"t{n}").session == f"t{n}"
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 errors.append(exc)
 
         threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.lowlevel
 
 from wa_daemon import AsyncClient, NotFound, RateLimited, State
 from wa_daemon.errors import InvalidArgument, LimitExceeded
@@ -183,7 +184,7 @@ async def test_slow_watcher_does_not_block_others(sock_dir: Path) -> None:
                 await reach(wa, "busy", "waiting_qr")
                 for _ in range(300):  # enough QR traffic to fill the stalled socket's buffers
                     await wa.simulate("busy", "refresh_qr")
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
                 async with await wa.watch("busy", until=["connected"]) as events:
                     await wa.simulate("busy", "scan")
                     async for _ in events:

@@ -29,7 +29,6 @@ import anyio
 import anyio.abc
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from typing_extensions import Self
 
 from .errors import ConnectionLost, DaemonUnreachable, Unavailable, WaDaemonError
 from .paths import resolve_socket_path
@@ -83,28 +82,29 @@ def _unreachable(path: str, exc: OSError) -> DaemonUnreachable:
 class _SyncConnection:
     def __init__(self, path: str, timeout: float | None, name: str) -> None:
         self.proto = ClientProtocol(name)
+        self.timeout = timeout
+        self.closed = False
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:
             self.sock.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError, PermissionError) as exc:
+        except OSError as exc:  # missing, refused, path too long, timed out...: all "not there"
             self.sock.close()
             raise _unreachable(path, exc) from None
-        except OSError:
-            self.sock.close()
-            raise
         try:
-            self.sock.sendall(self.proto.hello())
+            self.send(self.proto.hello())
             self.proto.check_welcome(self.receive())
         except BaseException:
-            self.sock.close()
+            self.close()
             raise
 
     def send(self, data: bytes | bytearray) -> None:
         try:
             self.sock.sendall(data)
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            raise ConnectionLost(f"the daemon closed the connection: {exc}") from None
+        except TimeoutError:
+            raise Unavailable(f"the daemon did not take the request within {self.timeout:g} s") from None
+        except OSError as exc:
+            raise ConnectionLost(f"the daemon closed the connection: {exc.strerror or exc}") from None
 
     def receive(self) -> Any:
         while True:
@@ -113,13 +113,16 @@ class _SyncConnection:
                 return msg
             try:
                 data = self.sock.recv(_CHUNK)
-            except ConnectionResetError as exc:
-                raise ConnectionLost(f"the daemon closed the connection: {exc}") from None
+            except TimeoutError:
+                raise Unavailable(f"no answer from the daemon within {self.timeout:g} s") from None
+            except OSError as exc:
+                raise ConnectionLost(f"the daemon closed the connection: {exc.strerror or exc}") from None
             if not data:
                 raise ConnectionLost("the daemon closed the connection")
             self.proto.decoder.receive_data(data)
 
     def close(self) -> None:
+        self.closed = True
         self.sock.close()
 
 
@@ -152,14 +155,14 @@ class Watch(Iterator[WatchEvent]):
 
     def close(self) -> None:
         """Cancel the stream (the daemon answers with an End we do not wait for)."""
-        if self.end is None:
+        if self.end is None and not self._conn.closed:
             try:
                 self._conn.send(self._conn.proto.cancel(self._rid))
             except WaDaemonError:
                 pass
         self._conn.close()
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Watch:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -273,7 +276,7 @@ class Client:
                 self._conn.close()
                 self._conn = None
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -324,7 +327,7 @@ class AsyncWatch:
                     pass
         self._receive.close()
 
-    async def __aenter__(self) -> Self:
+    async def __aenter__(self) -> AsyncWatch:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -356,10 +359,10 @@ class AsyncClient:
         self._streams: dict[int, MemoryObjectSendStream[Any]] = {}
         self._failure: WaDaemonError | None = None
 
-    async def __aenter__(self) -> Self:
+    async def __aenter__(self) -> AsyncClient:
         try:
             self._stream = await anyio.connect_unix(self.socket_path)
-        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError, PermissionError) as exc:
+        except OSError as exc:
             raise _unreachable(self.socket_path, exc) from None
         try:
             await self._stream.send(bytes(self._proto.hello()))

@@ -16,6 +16,7 @@ import trio
 
 from ..protocol import (
     EndReason,
+    QrCode,
     QrUpdated,
     SessionError,
     SessionStatus,
@@ -58,6 +59,7 @@ class Subscriber:
         self._events: deque[WatchEvent] = deque()
         self._qr: dict[str, QrUpdated] = {}
         self._qr_sent_at: dict[str, float] = {}
+        self._qr_last: dict[str, QrCode] = {}  # the QR this watcher last saw, per session
         self._final: Final | None = None
         self._wakeup = trio.Event()
         self.dropped = 0
@@ -75,6 +77,8 @@ class Subscriber:
         if self._final is not None:
             return
         if isinstance(event, QrUpdated):
+            if self._qr_last.get(event.qr.session) == event.qr:
+                return  # already shown, e.g. in the snapshot that opened the stream
             self._qr[event.qr.session] = event  # only the latest QR is worth showing
         else:
             if isinstance(event, StateChanged) and event.transition.to_state != State.WAITING_QR:
@@ -123,13 +127,15 @@ class Subscriber:
             if due <= now:
                 del self._qr[sid]
                 self._qr_sent_at[sid] = now
+                self._qr_last[sid] = ev.qr
                 return ev, now
             next_due = min(next_due, due)
         return None, next_due
 
-    def mark_qr_sent(self, session: str, at: float) -> None:
+    def mark_qr_sent(self, qr: QrCode, at: float) -> None:
         """Count a QR delivered outside the stream (in a snapshot) against the interval."""
-        self._qr_sent_at[session] = at
+        self._qr_sent_at[qr.session] = at
+        self._qr_last[qr.session] = qr
 
     async def next(self) -> WatchEvent | Final:
         while True:

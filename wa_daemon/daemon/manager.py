@@ -217,6 +217,9 @@ class SessionManager:
     ) -> tuple[Subscriber, builtins.list[SessionStatus]]:
         """Register a watcher; returns it with the snapshot(s) to send first."""
         self._check_open()
+        until = frozenset(until)
+        if until and session_id is None:
+            raise InvalidArgument("`until` needs a session: a watch of all sessions has no single final state")
         if session_id is not None:
             session = self.get(session_id)
             session.touch()
@@ -225,7 +228,7 @@ class SessionManager:
             snapshots = self.list()
         sub = Subscriber(
             session_id,
-            frozenset(until),
+            until,
             self.config.watch_queue_size,
             self.config.watch_qr_interval,
             on_drop=self.metrics.watch_dropped.inc,

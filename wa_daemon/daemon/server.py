@@ -354,7 +354,7 @@ class _Connection:
                 for snap in snapshots:
                     await self.send(OutEvent(rid, Snapshot(snap)))
                     if snap.qr is not None:
-                        sub.mark_qr_sent(snap.session, trio.current_time())
+                        sub.mark_qr_sent(snap.qr, trio.current_time())
                 with trio.move_on_after(params.timeout):
                     while True:
                         item = await sub.next()
