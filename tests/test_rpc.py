@@ -83,8 +83,9 @@ async def test_idempotent_connect_200_concurrent_over_the_socket(sock_dir: Path)
                     for i in range(200):
                         n.start_soon(caller, a if i % 2 else b)
             assert len(results) == 200
-            assert d.driver.launches + len(d.driver.live) >= 0  # driver exists
-            await trio.sleep(1)  # let the one launch happen
+            assert {r.state for r in results} == {State.STARTING}
+            async with AsyncClient(d.socket_path) as wa:
+                await reach(wa, "one", "waiting_qr")  # the one launch has happened
             assert d.driver.launches == 1  # type: ignore[union-attr]
 
 
