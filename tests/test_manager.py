@@ -119,6 +119,16 @@ async def test_rate_limit_once_per_5s_with_retry_after(autojump_clock: trio.test
         assert rl[0].value == 1
 
 
+async def test_delete_does_not_reset_the_rate_limit(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_manager() as (m, _):
+        await m.connect("a")
+        await m.delete("a")
+        with pytest.raises(RateLimited):
+            await m.connect("a")
+        await trio.sleep(5)
+        assert (await m.connect("a")).state == State.STARTING
+
+
 async def test_max_sessions_limit(autojump_clock: trio.testing.MockClock) -> None:
     async with open_manager(max_sessions=3) as (m, _):
         for sid in "abc":

@@ -47,6 +47,7 @@ class SessionManager:
         self.registry: Registry = registry or MemoryRegistry()
         self.hub = Hub(on_count=self.metrics.watch_subscribers.set)
         self.sessions: dict[str, Session] = {}
+        self._deleted_attempts: dict[str, float] = {}  # last attempt of deleted sessions, for the rate limit
         self.closing = False
         self._ctx = SessionContext(
             config=config,
@@ -143,6 +144,8 @@ class SessionManager:
                     {"limit": self.config.max_sessions},
                 )
             session = self.sessions[session_id] = Session(session_id, self._ctx, owner_uid)
+            # Deleting and re-creating a session must not reset its rate limit.
+            session.last_attempt_at = self._deleted_attempts.pop(session_id, None)
             self.registry.put(self._record(session, should_run=False))
         session.touch()
         if session.state in ACTIVE:
@@ -192,6 +195,8 @@ class SessionManager:
             await self.driver.wipe_auth(session_id)
             session.deleted = True
             del self.sessions[session_id]
+            if session.last_attempt_at is not None:
+                self._deleted_attempts[session_id] = session.last_attempt_at
             self.registry.remove(session_id)
         self.hub.finish_session(session_id, "deleted", session.status())
         log.info("session_deleted", session=session_id)
@@ -255,6 +260,9 @@ class SessionManager:
         cfg = self.config
         now = trio.current_time()
         stopped = 0
+        for sid, at in list(self._deleted_attempts.items()):
+            if now - at >= cfg.connect_min_interval:
+                del self._deleted_attempts[sid]
         for session in list(self.sessions.values()):
             if session.lock.locked() or self.hub.watchers_of(session.id):
                 continue  # somebody is acting on it or watching it right now
