@@ -26,7 +26,7 @@ from wa_daemon.daemon.manager import SessionManager
 from wa_daemon.protocol import State
 
 # Fast, deterministic defaults for logic tests; each test overrides what it checks.
-FAST = {"scripted": {"launch_delay": 0.5, "auth_delay": 1.0}}
+FAST = {"driver": "scripted", "scripted": {"launch_delay": 0.5, "auth_delay": 1.0}}
 
 
 def make_config(**overrides: Any) -> Config:

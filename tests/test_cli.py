@@ -159,6 +159,8 @@ def running_daemon(
         str(sock),
         "--state-dir",
         str(directory),
+        "--driver",
+        "scripted",
     ]
     for key, value in {**FAST, **(settings or {})}.items():
         cmd += ["--set", f"{key}={value}"]

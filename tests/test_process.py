@@ -17,7 +17,7 @@ from wa_daemon.protocol import QrUpdated, Snapshot, StateChanged
 
 from .helpers import DaemonProcess
 
-FAST = ["--set", "scripted.launch_delay=0.05", "--set", "scripted.auth_delay=0.1", "--set", "qr_debounce=0.1"]
+FAST = ["--driver", "scripted", "--set", "scripted.launch_delay=0.05", "--set", "scripted.auth_delay=0.1", "--set", "qr_debounce=0.1"]
 
 
 @pytest.fixture
@@ -164,7 +164,7 @@ def test_default_socket_path_from_environment(sock_dir: Path) -> None:
     sock = sock_dir / "env.sock"
     env = {"WA_DAEMON_SOCKET": str(sock)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wa_daemon.daemon.main"],
+        [sys.executable, "-m", "wa_daemon.daemon.main", "--driver", "scripted"],
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

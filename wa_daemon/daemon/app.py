@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import structlog
 import trio
 
-from ..paths import default_socket_path
+from ..paths import default_socket_path, default_state_dir
 from .config import Config
 from .drivers.base import Driver
 from .drivers.scripted import ScriptedDriver
@@ -22,7 +24,23 @@ log = structlog.get_logger("wa_daemon")
 def make_driver(config: Config, nursery: trio.Nursery) -> Driver:
     if config.driver == "scripted":
         return ScriptedDriver(nursery, config.scripted)
-    raise ValueError(f"unknown driver {config.driver!r}")
+    from .drivers.chromium import ChromiumConfig, ChromiumDriver
+
+    driver = ChromiumDriver(
+        nursery,
+        ChromiumConfig(
+            executable=config.chromium_path,
+            state_dir=Path(config.state_dir) if config.state_dir else default_state_dir(),
+            url=config.whatsapp_url,
+            launch_timeout=config.launch_timeout,
+            hang_check_interval=config.hang_check_interval,
+            hang_check_timeout=config.hang_check_timeout,
+            extra_args=tuple(config.chromium_args),
+            user_agent=config.user_agent,
+        ),
+    )
+    driver.start()
+    return driver
 
 
 class Daemon:
@@ -38,13 +56,21 @@ class Daemon:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def _browser_loop(self) -> AbstractAsyncContextManager[Any]:
+        """The asyncio loop pyppeteer runs on, inside trio; only the Chromium driver needs it."""
+        if self.config.driver != "chromium":
+            return contextlib.nullcontext()
+        from .drivers.chromium import open_browser_loop
+
+        return open_browser_loop()
+
     async def run(self, *, bound: BoundSocket | None = None, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until :meth:`request_stop`; then stop accepting, stop every session,
         end every stream, let in-flight calls answer, and return."""
         cfg = self.config
         bound = bound or bind_unix_socket(self.socket_path)
         try:
-            async with trio.open_nursery() as sessions:
+            async with self._browser_loop(), trio.open_nursery() as sessions:
                 self.driver = make_driver(cfg, sessions)
                 manager = self.manager = SessionManager(cfg, self.driver, sessions, rng=self._rng)
                 server = self.server = Server(manager)

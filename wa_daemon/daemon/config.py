@@ -33,8 +33,17 @@ class ScriptedConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     socket_path: str | None = None  # None: paths.default_socket_path()
     state_dir: str | None = None  # None: paths.default_state_dir()
-    driver: Literal["scripted"] = "scripted"
+    driver: Literal["chromium", "scripted"] = "chromium"
     scripted: ScriptedConfig = msgspec.field(default_factory=ScriptedConfig)
+
+    # the Chromium driver
+    whatsapp_url: str = "https://web.whatsapp.com/"
+    chromium_path: str = "/usr/bin/chromium"
+    chromium_args: list[str] = []  # appended to the built-in flags (drivers/chromium.py)
+    user_agent: str | None = None  # None: a desktop Chrome UA of the installed version
+    launch_timeout: PositiveSeconds = 30.0
+    hang_check_interval: PositiveSeconds = 10.0
+    hang_check_timeout: PositiveSeconds = 10.0
 
     # admission
     max_sessions: Count = 50

@@ -44,7 +44,7 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 
 def build_config(args: argparse.Namespace) -> Config:
     data: dict[str, Any] = _parse_set(args.set)
-    for key in ("socket_path", "state_dir", "driver", "log_level"):
+    for key in ("socket_path", "state_dir", "driver", "log_level", "whatsapp_url"):
         value = getattr(args, key)
         if value is not None:
             data[key] = value
@@ -57,7 +57,10 @@ def parser() -> argparse.ArgumentParser:
                    "/run/wa-daemon/wa-daemon.sock for root, $XDG_RUNTIME_DIR/wa-daemon/wa-daemon.sock otherwise)")
     p.add_argument("--state-dir", dest="state_dir", help="state directory (default /var/lib/wa-daemon for root, "
                    "$XDG_STATE_HOME/wa-daemon otherwise)")
-    p.add_argument("--driver", choices=["scripted"], help="browser driver (scripted: in-memory, for tests)")
+    p.add_argument("--driver", choices=["chromium", "scripted"],
+                   help="browser driver (default chromium; scripted: in-memory, for tests and load tests)")
+    p.add_argument("--wa-url", dest="whatsapp_url", help="WhatsApp Web URL (default https://web.whatsapp.com/; "
+                   "point it at wa-daemon-sim to work offline)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any configuration key, e.g. --set qr_timeout=60 --set scripted.auto_scan_after=3")

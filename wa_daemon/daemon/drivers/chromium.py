@@ -1,0 +1,526 @@
+"""The Chromium driver: the daemon owns each Chromium process; pyppeteer only speaks CDP.
+
+We start Chromium ourselves (not ``pyppeteer.launch``, whose launcher polls with
+blocking ``urlopen``, installs signal handlers and orphans the browser from an
+atexit hook that fails under trio-asyncio), in a new process group with the
+parent-death signal set, read the DevTools endpoint it prints, and attach
+pyppeteer with ``pyppeteer.connect`` through trio-asyncio. Exit is noticed at
+once from a pidfd, not by polling; closing always ends with the whole process
+group killed and reaped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+import trio
+import trio_asyncio
+
+from .base import (
+    AppShown,
+    BrowserGone,
+    Conflict,
+    LaunchError,
+    LaunchOptions,
+    Loading,
+    LoggedOut,
+    PageEvent,
+    PhoneOffline,
+    QrExpired,
+    QrShown,
+)
+from .page import BINDING, CLICK_RELOAD, CLICK_USE_HERE, POST_LOGOUT_MARKER, desktop_user_agent, watcher_script
+
+log = structlog.get_logger("wa_daemon.chromium")
+T = TypeVar("T")
+
+_DEVTOOLS_RE = re.compile(rb"DevTools listening on (ws://\S+)")
+_SINGLETONS = ("SingletonLock", "SingletonSocket", "SingletonCookie")
+_PR_SET_PDEATHSIG = 1
+_EVENT_BUFFER = 1024
+
+# WhatsApp Web's QR rotation: the first ref of a cycle lasts 60 s, later ones 20 s.
+FIRST_QR_TTL = 60.0
+NEXT_QR_TTL = 20.0
+
+# Each flag and why. Memory-saving flags are not here: see docs/performance.md.
+CHROMIUM_FLAGS: tuple[str, ...] = (
+    "--headless",  # no display on a server
+    "--no-sandbox",  # the setuid/namespace sandbox is unavailable to root and in most containers;
+    # isolation comes from one profile per session and the systemd hardening of the unit
+    "--disable-dev-shm-usage",  # /dev/shm is tiny in containers; filling it crashes renderers ("Target closed")
+    "--disable-gpu",  # no GPU on servers; avoids the GPU process and its failures
+    "--no-first-run",  # no first-run UI or import on a fresh profile
+    "--no-default-browser-check",
+    "--disable-background-networking",  # no calls home: refused on closed networks, noise otherwise
+    "--disable-component-update",  # never download components at run time
+    "--disable-sync",
+    "--disable-extensions",
+    "--disable-default-apps",
+    "--disable-blink-features=AutomationControlled",  # navigator.webdriver stays false, as in a normal browser
+    "--disable-features=Translate,MediaRouter,OptimizationHints",  # background features a headless session never uses
+    "--mute-audio",
+    "--password-store=basic",  # no keyring prompts on a server
+    "--remote-debugging-address=127.0.0.1",
+    "--remote-debugging-port=0",  # a free port, printed on stderr: no port clashes between sessions
+)
+
+_aio_logging_quieted = False
+
+
+def _quiet_library_logs() -> None:
+    global _aio_logging_quieted
+    if not _aio_logging_quieted:
+        # pyppeteer and websockets log "Target closed" style noise on every browser exit.
+        for name in ("pyppeteer", "websockets"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        _aio_logging_quieted = True
+
+
+@contextlib.asynccontextmanager
+async def open_browser_loop() -> AsyncIterator[None]:
+    """The asyncio loop pyppeteer runs on, inside trio.
+
+    trio-asyncio turns every asyncio error nobody retrieved into an exception in
+    its own nursery, which would take the daemon down. pyppeteer leaves such
+    futures behind whenever a browser dies mid-call ("Target closed"): expected,
+    and already reported as BrowserGone by the exit and hang watchers, so they
+    are logged, never raised.
+    """
+
+    def on_error(loop: Any, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        log.debug("asyncio_error", message=context.get("message"), error=repr(exc) if exc else None)
+
+    async with trio_asyncio.open_loop() as loop:
+        loop.set_exception_handler(on_error)
+        yield
+
+
+def _set_parent_death_signal() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+async def _aio(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    """Await an asyncio coroutine function (pyppeteer) from trio."""
+    result: T = await trio_asyncio.aio_as_trio(fn)(*args, **kwargs)
+    return result
+
+
+def chromium_version(executable: str) -> str:
+    try:
+        out = subprocess.run([executable, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
+    except OSError:
+        return ""
+    match = re.search(r"(\d+\.\d+\.\d+\.\d+)", out)
+    return match.group(1) if match else ""
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of a process group (field 5 of /proc/PID/stat)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+async def kill_group(pgid: int, timeout: float = 5.0) -> bool:
+    """SIGKILL a process group and wait until none of it runs. False if some survived."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    with trio.move_on_after(timeout):
+        while group_members(pgid):
+            await trio.sleep(0.01)
+        return True
+    return False
+
+
+def clear_singletons(profile: Path) -> None:
+    """Remove Chromium's profile locks; a lock naming another host makes Chromium refuse the profile."""
+    for name in _SINGLETONS:
+        with contextlib.suppress(FileNotFoundError):
+            (profile / name).unlink()
+
+
+def find_orphans(sessions_dir: Path) -> list[int]:
+    """Pids of Chromium processes whose --user-data-dir lies under ``sessions_dir``."""
+    needle = f"--user-data-dir={sessions_dir.resolve()}/".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def kill_orphans(sessions_dir: Path) -> int:
+    """Kill Chromium processes left over from a previous daemon; clear stale locks."""
+    pids = find_orphans(sessions_dir)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            try:
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+    if sessions_dir.is_dir():
+        for profile in sessions_dir.glob("*/profile"):
+            clear_singletons(profile)
+    if pids:
+        log.warning("orphans_killed", count=len(pids), pids=pids)
+    return len(pids)
+
+
+@dataclass
+class ChromiumConfig:
+    executable: str
+    state_dir: Path
+    url: str
+    launch_timeout: float = 30.0
+    hang_check_interval: float = 10.0
+    hang_check_timeout: float = 10.0
+    extra_args: tuple[str, ...] = ()
+    user_agent: str | None = None
+
+
+class ChromiumBrowser:
+    def __init__(self, driver: ChromiumDriver, session_id: str, profile: Path) -> None:
+        self.driver = driver
+        self.session_id = session_id
+        self.profile = profile
+        self.log = log.bind(session=session_id)
+        self._send, self._recv = trio.open_memory_channel[PageEvent](_EVENT_BUFFER)
+        self._scopes: set[trio.CancelScope] = set()  # the browser's helper tasks
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pid = 0
+        self.exited = trio.Event()
+        self.returncode: int | None = None
+        self.browser: Any = None  # pyppeteer Browser
+        self.page: Any = None
+        self._closing = False
+        self._gone = False
+        self._snapshot: dict[str, Any] = {}
+        self._refs_in_cycle = 0
+
+    @property
+    def events(self) -> trio.MemoryReceiveChannel[PageEvent]:
+        return self._recv
+
+    # ------------------------------------------------------------------ process
+
+    def _spawn(self, argv: list[str]) -> None:
+        # Popen from the event loop's own thread: the parent-death signal fires when the
+        # *thread* that forked exits, so a worker thread (trio's open_process) would
+        # kill Chromium as soon as its thread is recycled.
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group: one killpg ends every child
+            preexec_fn=_set_parent_death_signal,  # prctl only: takes no lock, safe between fork and exec
+            close_fds=True,
+        )
+        self.pid = self.proc.pid
+
+    async def _watch_exit(self) -> None:
+        """Notice the exit at once (pidfd), reap it, and clean the group and the locks."""
+        assert self.proc is not None
+        pidfd = os.pidfd_open(self.pid)
+        try:
+            await trio.lowlevel.wait_readable(pidfd)
+        finally:
+            os.close(pidfd)
+        self.returncode = self.proc.wait()
+        # Renderers and zygotes outlive a killed browser for a moment: end them all
+        # before anyone may reuse the profile.
+        if not await kill_group(self.pid):
+            self.log.error("chromium_group_survived", pgid=self.pid, pids=group_members(self.pid))
+        clear_singletons(self.profile)
+        self.exited.set()
+        kind = "crashed" if self.returncode and self.returncode < 0 else "exited"
+        self._emit_gone(kind, f"chromium exited with status {self.returncode}")
+
+    async def _read_endpoint(self, stderr: trio.lowlevel.FdStream) -> str:
+        buf = b""
+        while True:
+            chunk = await stderr.receive_some(65536)
+            if not chunk:
+                tail = buf.decode(errors="replace").strip().splitlines()[-5:]
+                raise LaunchError("chromium exited before it was ready: " + " | ".join(tail))
+            buf += chunk
+            match = _DEVTOOLS_RE.search(buf)
+            if match:
+                return match.group(1).decode()
+            buf = buf[-8192:]
+
+    async def _drain(self, stderr: trio.lowlevel.FdStream) -> None:
+        # Chromium blocks once the pipe is full: keep reading and drop what it says.
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError, OSError):
+            while await stderr.receive_some(65536):
+                pass
+        await stderr.aclose()
+
+    # ------------------------------------------------------------------ launch
+
+    async def launch(self, user_agent: str) -> None:
+        cfg = self.driver.config
+        self.profile.mkdir(parents=True, exist_ok=True, mode=0o700)
+        clear_singletons(self.profile)
+        argv = [
+            cfg.executable,
+            *CHROMIUM_FLAGS,
+            *cfg.extra_args,
+            f"--user-agent={user_agent}",
+            f"--user-data-dir={self.profile}",
+            "about:blank",
+        ]
+        try:
+            self._spawn(argv)
+        except OSError as exc:
+            raise LaunchError(f"cannot start {cfg.executable}: {exc.strerror or exc}") from None
+        assert self.proc is not None and self.proc.stderr is not None
+        stderr_fd = os.dup(self.proc.stderr.fileno())
+        self.proc.stderr.close()
+        os.set_blocking(stderr_fd, False)
+        stderr = trio.lowlevel.FdStream(stderr_fd)
+        nursery = self.driver.nursery
+        nursery.start_soon(self._run_scoped, self._watch_exit)
+        try:
+            with trio.fail_after(cfg.launch_timeout):
+                endpoint = await self._read_endpoint(stderr)
+            nursery.start_soon(self._run_scoped, self._drain, stderr)
+            with trio.fail_after(cfg.launch_timeout):
+                await self._attach(endpoint, user_agent)
+        except BaseException as exc:
+            await self.close()
+            if isinstance(exc, trio.TooSlowError):
+                raise LaunchError(f"chromium not ready within {cfg.launch_timeout:g} s") from None
+            if isinstance(exc, Exception) and not isinstance(exc, LaunchError):
+                raise LaunchError(f"cannot attach to chromium: {type(exc).__name__}: {exc}") from None
+            raise
+        nursery.start_soon(self._run_scoped, self._hang_check)
+
+    async def _run_scoped(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        scope = trio.CancelScope()
+        self._scopes.add(scope)
+        try:
+            with scope:
+                await fn(*args)
+        finally:
+            self._scopes.discard(scope)
+
+    async def _attach(self, endpoint: str, user_agent: str) -> None:
+        import pyppeteer  # the browser stack is imported only when a browser is started
+
+        _quiet_library_logs()
+        self.browser = await _aio(pyppeteer.connect, browserWSEndpoint=endpoint, defaultViewport=None)
+        self.browser.on("disconnected", lambda *_: self._emit_gone("cdp_lost", "the DevTools connection dropped"))
+        pages = await _aio(self.browser.pages)
+        self.page = pages[0] if pages else await _aio(self.browser.newPage)
+        page = self.page
+        page.on("error", lambda *_: self._emit_gone("crashed", "the page crashed"))
+        page.on("close", lambda *_: self._emit_gone("crashed", "the page was closed"))
+        page.on("framenavigated", self._on_navigated)
+        await _aio(page.setUserAgent, user_agent)
+        await _aio(page.exposeFunction, BINDING, self._on_report)
+        await _aio(page.evaluateOnNewDocument, watcher_script())
+        try:
+            await _aio(page.goto, self.driver.config.url, waitUntil="domcontentloaded", timeout=0)
+        except Exception as exc:  # pyppeteer raises plain exceptions for net errors
+            raise LaunchError(f"cannot open {self.driver.config.url}: {exc}") from None
+
+    # ------------------------------------------------------------------ page → events
+
+    def _emit(self, event: PageEvent) -> None:
+        if self._gone:
+            return
+        try:
+            self._send.send_nowait(event)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            self.log.error("page_event_dropped", event=type(event).__name__)
+
+    def _emit_gone(self, kind: str, message: str) -> None:
+        if self._closing or self._gone:
+            return
+        self.log.warning("browser_gone", kind=kind, message=message)
+        self._emit(BrowserGone(kind, message))
+        self._gone = True
+        self._send.close()
+
+    def _on_navigated(self, frame: Any) -> None:
+        if self.page is not None and frame is self.page.mainFrame and POST_LOGOUT_MARKER in (frame.url or ""):
+            self._emit(LoggedOut())
+
+    def _on_report(self, key: str) -> None:
+        """Called by the page's watcher (through the CDP binding) when what it shows changed."""
+        try:
+            snap = json.loads(key)
+        except (TypeError, ValueError):
+            return
+        prev, self._snapshot = self._snapshot, snap
+        if POST_LOGOUT_MARKER in str(snap.get("url", "")) and POST_LOGOUT_MARKER not in str(prev.get("url", "")):
+            self._emit(LoggedOut())
+            return
+        if snap.get("blocked") and not prev.get("blocked"):
+            self._emit_gone("blocked", "WhatsApp Web refused this browser (user agent)")
+            return
+        ref = snap.get("ref")
+        if ref and ref != prev.get("ref"):
+            ttl = FIRST_QR_TTL if self._refs_in_cycle == 0 else NEXT_QR_TTL
+            self._refs_in_cycle += 1
+            self._emit(QrShown(ref, ttl))
+        if snap.get("reload") and not prev.get("reload"):
+            self._refs_in_cycle = 0
+            self._emit(QrExpired())
+        if snap.get("loading") and not snap.get("app") and (
+            not prev.get("loading") or snap.get("percent") != prev.get("percent")
+        ):
+            self._emit(Loading(snap.get("percent")))
+        if snap.get("app") and not prev.get("app"):
+            self._emit(AppShown())
+        if snap.get("conflict") and not prev.get("conflict"):
+            self._emit(Conflict())
+        if bool(snap.get("offline")) != bool(prev.get("offline")):
+            self._emit(PhoneOffline(bool(snap.get("offline"))))
+
+    async def _hang_check(self) -> None:
+        """A renderer that stops answering a trivial evaluate is as lost as a crashed one."""
+        cfg = self.driver.config
+        while True:
+            await trio.sleep(cfg.hang_check_interval)
+            try:
+                with trio.fail_after(cfg.hang_check_timeout):
+                    await _aio(self.page.evaluate, "1", force_expr=True)
+            except trio.TooSlowError:
+                self._emit_gone("hung", f"the page did not answer within {cfg.hang_check_timeout:g} s")
+                return
+            except Exception as exc:  # "Target closed", "Session closed"...
+                self._emit_gone("cdp_lost", f"{type(exc).__name__}: {exc}")
+                return
+
+    # ------------------------------------------------------------------ actions
+
+    async def _page_call(self, script: str) -> bool:
+        if self.page is None or self._gone:
+            return False
+        try:
+            with trio.fail_after(self.driver.config.hang_check_timeout):
+                return bool(await _aio(self.page.evaluate, script))
+        except Exception as exc:  # a dead page is reported by the exit/hang watchers
+            self.log.warning("page_call_failed", error=f"{type(exc).__name__}: {exc}")
+            return False
+
+    async def reload_qr(self) -> None:
+        await self._page_call(CLICK_RELOAD)
+
+    async def take_over(self) -> None:
+        await self._page_call(CLICK_USE_HERE)
+
+    async def logout(self) -> None:
+        # The session wipes the profile afterwards: that is what unlinks this side.
+        await self.close()
+
+    async def close(self) -> None:
+        """Politely close, then SIGTERM and SIGKILL the group; always reaped. Never raises."""
+        self._closing = True
+        with trio.CancelScope(shield=True):
+            if self.browser is not None and not self.exited.is_set():
+                with trio.move_on_after(3), contextlib.suppress(Exception):
+                    await _aio(self.browser.close)
+            if self.proc is not None:
+                for sig, grace in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
+                    if self.exited.is_set():
+                        break
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(self.pid, sig)
+                    with trio.move_on_after(grace):
+                        await self.exited.wait()
+                if not self.exited.is_set():  # the watcher never ran (spawn failed half-way)
+                    self.proc.kill()
+                    self.proc.wait()
+            if self.browser is not None:
+                # Ends pyppeteer's websocket tasks, which would otherwise outlive the browser.
+                with trio.move_on_after(1), contextlib.suppress(Exception):
+                    await _aio(self.browser.disconnect)
+            for scope in list(self._scopes):
+                scope.cancel()
+            self._send.close()
+            self.driver.live.pop(self.session_id, None)
+
+
+@dataclass
+class ChromiumDriver:
+    nursery: trio.Nursery
+    config: ChromiumConfig
+    name: str = "chromium"
+    live: dict[str, ChromiumBrowser] = field(default_factory=dict)
+    launches: int = 0
+    _user_agent: str | None = None
+
+    @property
+    def sessions_dir(self) -> Path:
+        return self.config.state_dir / "sessions"
+
+    def profile_of(self, session_id: str) -> Path:
+        return self.sessions_dir / session_id / "profile"
+
+    def start(self) -> None:
+        """Start-up housekeeping: the state directory exists, no orphan holds a profile."""
+        self.sessions_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        kill_orphans(self.sessions_dir)
+
+    def user_agent(self) -> str:
+        if self._user_agent is None:
+            self._user_agent = self.config.user_agent or desktop_user_agent(
+                chromium_version(self.config.executable)
+            )
+        return self._user_agent
+
+    async def launch(self, options: LaunchOptions) -> ChromiumBrowser:
+        sid = options.session_id
+        if sid in self.live:
+            raise LaunchError(f"profile of session {sid!r} is in use by a running browser")
+        self.launches += 1
+        browser = ChromiumBrowser(self, sid, self.profile_of(sid))
+        self.live[sid] = browser
+        try:
+            await browser.launch(self.user_agent())
+        except BaseException:
+            self.live.pop(sid, None)
+            raise
+        return browser
+
+    async def wipe_auth(self, session_id: str) -> None:
+        profile = self.profile_of(session_id)
+        await trio.to_thread.run_sync(lambda: shutil.rmtree(profile, ignore_errors=True))
+
+    async def aclose(self) -> None:
+        for browser in list(self.live.values()):
+            await browser.close()
