@@ -538,3 +538,22 @@ async def test_slow_subscriber_queue_is_bounded_and_final_kept(autojump_clock: t
         states = [e for e in events if isinstance(e, StateChanged)]
         assert states[-1].transition.to_state == State.STOPPED  # the newest state survives
         assert sub.dropped > 0
+
+
+def test_sqlite_registry_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from datetime import datetime, timezone
+
+    from wa_daemon.daemon.registry import SessionRecord, SqliteRegistry
+
+    path = tmp_path / "state" / "registry.sqlite3"
+    reg = SqliteRegistry(path)
+    created = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    reg.put(SessionRecord("a", 1000, created, True))
+    reg.put(SessionRecord("b", None, created, False))
+    reg.put(SessionRecord("a", 1000, created, False))
+    reg.remove("b")
+    reg.close()
+    again = SqliteRegistry(path)
+    assert again.load() == [SessionRecord("a", 1000, created, False)]
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    again.close()

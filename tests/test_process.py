@@ -182,3 +182,34 @@ def test_default_socket_path_from_environment(sock_dir: Path) -> None:
     finally:
         proc.terminate()
         assert proc.wait(15) == 0
+
+
+def test_sessions_survive_a_daemon_crash(sock_dir: Path) -> None:
+    state = sock_dir / "state"
+    args = (*FAST, "--state-dir", str(state))
+    first = DaemonProcess(sock_dir / "d.sock", *args)
+    try:
+        first.wait_ready()
+        with Client(first.sock, timeout=20) as wa:
+            wa.connect("keep")
+            wa.connect("parked")
+            wait_for(wa, "parked", "waiting_qr")
+            wa.disconnect("parked")
+            wa.connect("gone")
+            wa.delete("gone")
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(10)
+    finally:
+        first.stop()
+    assert (state / "registry.sqlite3").exists()
+    second = DaemonProcess(sock_dir / "d.sock", *args)
+    try:
+        second.wait_ready()
+        with Client(second.sock, timeout=20) as wa:
+            assert [s.session for s in wa.list()] == ["keep", "parked"]
+            assert wa.status("parked").state == State.STOPPED
+            history = wa.history("keep")
+            assert history[0].reason == "restored"
+            wait_for(wa, "keep", "waiting_qr")
+    finally:
+        assert second.stop() == 0

@@ -97,6 +97,7 @@ class Reason(str, enum.Enum):
     APP_LOADED = "app_loaded"
     CONNECTION_LOST = "connection_lost"
     SHUTDOWN = "shutdown"
+    RESTORED = "restored"  # started again after a daemon restart
     AUTH_RESTORED = "auth_restored"
     IDLE_TIMEOUT = "idle_timeout"
     INTERNAL_ERROR = "internal_error"

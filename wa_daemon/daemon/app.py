@@ -16,6 +16,7 @@ from .config import Config
 from .drivers.base import Driver
 from .drivers.scripted import ScriptedDriver
 from .manager import SessionManager
+from .registry import MemoryRegistry, Registry, SqliteRegistry
 from .server import BoundSocket, Server, bind_unix_socket
 
 log = structlog.get_logger("wa_daemon")
@@ -30,7 +31,7 @@ def make_driver(config: Config, nursery: trio.Nursery) -> Driver:
         nursery,
         ChromiumConfig(
             executable=config.chromium_path,
-            state_dir=Path(config.state_dir) if config.state_dir else default_state_dir(),
+            state_dir=state_dir_of(config),
             url=config.whatsapp_url,
             launch_timeout=config.launch_timeout,
             hang_check_interval=config.hang_check_interval,
@@ -41,6 +42,19 @@ def make_driver(config: Config, nursery: trio.Nursery) -> Driver:
     )
     driver.start()
     return driver
+
+
+def state_dir_of(config: Config) -> Path:
+    return Path(config.state_dir) if config.state_dir else default_state_dir()
+
+
+def make_registry(config: Config) -> Registry:
+    kind = config.registry
+    if kind == "auto":
+        kind = "sqlite" if config.driver == "chromium" or config.state_dir else "memory"
+    if kind == "memory":
+        return MemoryRegistry()
+    return SqliteRegistry(state_dir_of(config) / "registry.sqlite3")
 
 
 class Daemon:
@@ -72,7 +86,11 @@ class Daemon:
         try:
             async with self._browser_loop(), trio.open_nursery() as sessions:
                 self.driver = make_driver(cfg, sessions)
-                manager = self.manager = SessionManager(cfg, self.driver, sessions, rng=self._rng)
+                registry = make_registry(cfg)
+                manager = self.manager = SessionManager(
+                    cfg, self.driver, sessions, registry=registry, rng=self._rng
+                )
+                manager.restore()
                 server = self.server = Server(manager)
                 async with trio.open_nursery() as connections:
                     async with trio.open_nursery() as front:
@@ -95,4 +113,6 @@ class Daemon:
                 sessions.cancel_scope.cancel()
         finally:
             bound.close()
+            if self.manager is not None:
+                self.manager.registry.close()
         log.info("daemon_stopped")

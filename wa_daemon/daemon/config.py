@@ -45,6 +45,10 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     hang_check_interval: PositiveSeconds = 10.0
     hang_check_timeout: PositiveSeconds = 10.0
 
+    # "auto": SQLite in the state directory with the Chromium driver or an explicit
+    # state_dir, memory otherwise (scripted runs leave nothing behind)
+    registry: Literal["auto", "sqlite", "memory"] = "auto"
+
     # admission
     max_sessions: Count = 50
     max_concurrent_launches: Count = 2

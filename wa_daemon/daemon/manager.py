@@ -248,6 +248,27 @@ class SessionManager:
         if sub.session is not None and sub.session in self.sessions:
             self.sessions[sub.session].touch()
 
+    def restore(self) -> int:
+        """Recreate the registry's sessions; those that should run start again.
+
+        Starts go through the launch slots like any other, so a restart of many
+        sessions queues instead of stampeding. Returns how many were started.
+        """
+        started = 0
+        for record in self.registry.load():
+            if record.session in self.sessions:
+                continue
+            session = Session(record.session, self._ctx, record.owner_uid)
+            session.created_at = record.created_at
+            self.sessions[record.session] = session
+            if record.should_run:
+                session.begin(Reason.RESTORED)
+                started += 1
+        if len(self.sessions) > self.config.max_sessions:
+            log.warning("restored_over_limit", sessions=len(self.sessions), limit=self.config.max_sessions)
+        log.info("sessions_restored", sessions=len(self.sessions), started=started)
+        return started
+
     # ------------------------------------------------------------------ upkeep
 
     async def cleanup_loop(self) -> None:
