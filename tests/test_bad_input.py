@@ -132,6 +132,10 @@ async def test_wrong_param_types_and_invalid_ids(sock_dir: Path) -> None:
                 {"session": "--remote-debugging-port=1"},
                 {"session": "a" * 10_000},
                 {"session": "ok", "extra": 1},
+                {"session": "ok", "whatsapp_url": "file:///etc/passwd"},
+                {"session": "ok", "whatsapp_url": "http://a b/"},
+                {"session": "ok", "whatsapp_url": "--user-data-dir=/tmp"},
+                {"session": "ok", "idle_timeout": -5},
                 {},
             ]
             payload = b"".join(

@@ -411,6 +411,44 @@ async def test_phone_offline_is_a_flag_not_a_state(autojump_clock: trio.testing.
         assert not m.status("a").phone_offline
 
 
+async def test_long_phone_outage_reconnects_after_grace(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_manager(phone_offline_grace=120, reconnect_jitter=0) as (m, driver):
+        await m.connect("a")
+        await wait_state(m, "a", State.WAITING_QR)
+        driver.simulate("a", "scan")
+        await wait_state(m, "a", State.CONNECTED)
+        driver.simulate("a", "offline")
+        await trio.sleep(119)
+        assert m.status("a").state == State.CONNECTED and m.status("a").phone_offline
+        await trio.sleep(2)
+        st = m.status("a")
+        assert st.state == State.RECONNECTING and st.reason == Reason.CONNECTION_LOST.value
+        await wait_state(m, "a", State.CONNECTED)
+        assert not m.status("a").phone_offline
+
+
+async def test_connect_options_are_remembered(autojump_clock: trio.testing.MockClock) -> None:
+    from wa_daemon.daemon.registry import SessionOptions
+
+    async with open_manager(connect_min_interval=0) as (m, driver):
+        seen = []
+        real_launch = driver.launch
+
+        async def spy(options):  # type: ignore[no-untyped-def]
+            seen.append(options.url)
+            return await real_launch(options)
+
+        driver.launch = spy  # type: ignore[method-assign]
+        await m.connect("a", options=SessionOptions(whatsapp_url="http://127.0.0.1:9/", takeover_on_conflict=False))
+        await wait_state(m, "a", State.WAITING_QR)
+        await m.disconnect("a")
+        await m.connect("a", options=SessionOptions(idle_timeout=60))
+        await wait_state(m, "a", State.WAITING_QR)
+        assert seen == ["http://127.0.0.1:9/", "http://127.0.0.1:9/"]
+        assert m.sessions["a"].options == SessionOptions("http://127.0.0.1:9/", False, 60)
+        assert m.registry.load()[0].options == m.sessions["a"].options
+
+
 async def test_inactive_sweep_stops_untouched_sessions_only(autojump_clock: trio.testing.MockClock) -> None:
     async with open_manager(qr_timeout=7200) as (m, driver):
         for sid in ("idle", "touched", "linked"):

@@ -34,6 +34,7 @@ from .errors import ConnectionLost, DaemonUnreachable, Unavailable, WaDaemonErro
 from .paths import resolve_socket_path
 from .protocol import (
     ClientProtocol,
+    ConnectParams,
     Deleted,
     End,
     Error,
@@ -214,8 +215,16 @@ class Client:
 
     # -- methods ---------------------------------------------------------------
 
-    def connect(self, session: str) -> SessionStatus:
-        return self._call("connect", SessionParams(session))  # type: ignore[no-any-return]
+    def connect(
+        self,
+        session: str,
+        *,
+        whatsapp_url: str | None = None,
+        takeover_on_conflict: bool | None = None,
+        idle_timeout: float | None = None,
+    ) -> SessionStatus:
+        params = ConnectParams(session, whatsapp_url, takeover_on_conflict, idle_timeout)
+        return self._call("connect", params)  # type: ignore[no-any-return]
 
     def disconnect(self, session: str) -> SessionStatus:
         return self._call("disconnect", SessionParams(session))  # type: ignore[no-any-return]
@@ -458,8 +467,16 @@ class AsyncClient:
 
     # -- methods ---------------------------------------------------------------
 
-    async def connect(self, session: str) -> SessionStatus:
-        return await self._call("connect", SessionParams(session))  # type: ignore[no-any-return]
+    async def connect(
+        self,
+        session: str,
+        *,
+        whatsapp_url: str | None = None,
+        takeover_on_conflict: bool | None = None,
+        idle_timeout: float | None = None,
+    ) -> SessionStatus:
+        params = ConnectParams(session, whatsapp_url, takeover_on_conflict, idle_timeout)
+        return await self._call("connect", params)  # type: ignore[no-any-return]
 
     async def disconnect(self, session: str) -> SessionStatus:
         return await self._call("disconnect", SessionParams(session))  # type: ignore[no-any-return]

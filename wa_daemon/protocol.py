@@ -185,6 +185,19 @@ class SessionParams(msgspec.Struct, forbid_unknown_fields=True):
     session: SessionId
 
 
+# Where a session's browser goes: http(s) only, no whitespace or NUL (it reaches a command line).
+WebUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s\x00]+\Z", max_length=2048)]
+
+
+class ConnectParams(msgspec.Struct, forbid_unknown_fields=True):
+    """``connect``; the options apply from the next attempt on and are remembered."""
+
+    session: SessionId
+    whatsapp_url: WebUrl | None = None  # e.g. a wa-daemon-sim URL for tests
+    takeover_on_conflict: bool | None = None  # None: the daemon's setting
+    idle_timeout: Seconds | None = None  # stop when connected and untouched this long
+
+
 class ListParams(msgspec.Struct, forbid_unknown_fields=True):
     states: list[State] | None = None
 
@@ -247,7 +260,7 @@ class Method(msgspec.Struct, frozen=True):
 
 
 METHODS: Final[dict[str, Method]] = {
-    "connect": Method(SessionParams, SessionStatus),
+    "connect": Method(ConnectParams, SessionStatus),
     "disconnect": Method(SessionParams, SessionStatus),
     "logout": Method(SessionParams, SessionStatus),
     "delete": Method(SessionParams, Deleted),

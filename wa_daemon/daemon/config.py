@@ -75,6 +75,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     # sessions
     takeover_on_conflict: bool = True  # answer "open in another window" with "Use here"
+    phone_offline_grace: PositiveSeconds = 120.0  # phone unreachable this long: reconnect
     history_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
     browser_stop_timeout: PositiveSeconds = 10.0
 

@@ -1,19 +1,165 @@
-"""structlog set-up: JSON lines for journald when not on a TTY, readable console on a TTY."""
+"""structlog set-up: JSON lines for journald when not on a TTY, readable console on a TTY.
+
+The JSON path carries one ``rpc`` line per call at ``info``, so it is on every
+RPC's way and kept lean (docs/performance.md has the figures):
+
+- the timestamp's date and time are formatted once per second, not per line;
+- the line is rendered straight to bytes (no str round trip);
+- lines go to the file descriptor from :class:`LineWriter`, which inside the
+  event loop writes all the lines of one loop pass with one ``write(2)``,
+  instead of ``print`` plus a flush (two ``write(2)`` under PYTHONUNBUFFERED)
+  per line.
+
+The lines themselves are unchanged: same keys, same order, same timestamp text.
+"""
 
 from __future__ import annotations
 
+import atexit
+import io
 import logging
+import os
+import select
 import sys
+import threading
+import time
 from typing import Any, TextIO
 
 import msgspec
 import structlog
+import trio
+from structlog.typing import EventDict, WrappedLogger
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
+# Lines buffered past this size are written at once instead of at the flusher's turn.
+_FLUSH_AT = 1 << 16
 
-def _json(obj: Any, **_: Any) -> str:
-    return msgspec.json.encode(obj, enc_hook=str).decode()
+
+class _JsonLine:
+    """The last processors of the JSON chain in one: ``timestamp`` (the text of
+    ``TimeStamper(fmt="iso", utc=True)``), ``dict_tracebacks`` for lines that carry
+    ``exc_info``, then the JSON rendering, as bytes."""
+
+    def __init__(self) -> None:
+        self._encode = msgspec.json.Encoder(enc_hook=str).encode
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> bytes:
+        second, ns = divmod(time.time_ns(), 1_000_000_000)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        micro = ns // 1000
+        # datetime.isoformat(), which TimeStamper uses, leaves out a zero fraction.
+        event_dict["timestamp"] = f"{self._prefix}.{micro:06d}Z" if micro else f"{self._prefix}Z"
+        if "exc_info" in event_dict:
+            event_dict = structlog.processors.dict_tracebacks(logger, method_name, event_dict)
+        return self._encode(event_dict)
+
+
+class LineWriter:
+    """A structlog logger that writes rendered lines to a file descriptor.
+
+    Inside a trio run, lines are gathered and written by a flusher task on the
+    event loop's next pass: under load one ``write(2)`` carries every line of
+    that pass, and a line still reaches the pipe (journald) within the pass, not
+    after a timer. Lines leave whole and in order. Nothing stays behind: trio
+    cancels the flusher when the run's main task exits, and it writes what is
+    left on its way out. Outside the event loop (before and after the run, other
+    threads), each line is written at once, after anything still buffered.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buf = bytearray()
+        self._token: trio.lowlevel.TrioToken | None = None  # the run whose flusher is live
+        self._wake = trio.Event()
+        self._lock = threading.Lock()  # lines may come from other threads too
+        atexit.register(self.flush)  # belt and braces: a run that died without its finally
+
+    def msg(self, message: bytes) -> None:
+        with self._lock:
+            self._buf += message
+            self._buf += b"\n"
+            if len(self._buf) >= _FLUSH_AT or not self._flush_soon():
+                self._write_buffer()
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+    def _flush_soon(self) -> bool:
+        """Leave the buffer to this run's flusher task; False when there is none."""
+        try:
+            token = trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            return False  # not in the event loop's thread
+        if token is not self._token:
+            self._wake = trio.Event()
+            try:
+                trio.lowlevel.spawn_system_task(self._flusher, token, name="wa_daemon.log.flusher")
+            except RuntimeError:
+                return False  # the run is ending and takes no new tasks
+            self._token = token
+        self._wake.set()
+        return True
+
+    async def _flusher(self, token: trio.lowlevel.TrioToken) -> None:
+        # A system task: it must never raise (flush does not), and trio cancels
+        # it once the main task has exited.
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                self.flush()
+        finally:
+            if self._token is token:
+                self._token = None
+            self.flush()
+
+    def flush(self) -> None:
+        """Write everything buffered. Never raises: if the descriptor is gone
+        (journald stopped), there is nowhere left to write the lines to."""
+        with self._lock:
+            self._write_buffer()
+
+    def _write_buffer(self) -> None:
+        data, self._buf = self._buf, bytearray()
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self._fd, view) :]  # a pipe may take a long batch in parts
+            except BlockingIOError:
+                # Somebody made the descriptor non-blocking: wait, as print() would block.
+                poller = select.poll()
+                poller.register(self._fd, select.POLLOUT)
+                poller.poll()
+            except OSError:
+                return
+
+
+class _TextLineWriter:
+    """The same for a stream without a file descriptor (io.StringIO and friends)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def msg(self, message: bytes) -> None:
+        self._stream.write(message.decode() + "\n")
+        self._stream.flush()
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+def _line_writer(stream: TextIO) -> LineWriter | _TextLineWriter:
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return _TextLineWriter(stream)
+    stream.flush()  # whatever was printed before comes out before our first line
+    return LineWriter(fd)
 
 
 def configure(level: str = "info", *, stream: TextIO | None = None, json: bool | None = None) -> None:
@@ -23,18 +169,20 @@ def configure(level: str = "info", *, stream: TextIO | None = None, json: bool |
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if json:
-        processors += [
-            structlog.processors.dict_tracebacks,
-            structlog.processors.JSONRenderer(serializer=_json),
-        ]
+        writer = _line_writer(stream)
+        processors.append(_JsonLine())
+        factory: Any = lambda *args: writer  # noqa: E731 - one writer, shared by every logger
     else:
-        processors += [structlog.dev.ConsoleRenderer()]
+        processors += [
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.dev.ConsoleRenderer(),
+        ]
+        factory = structlog.PrintLoggerFactory(stream)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=factory,
         cache_logger_on_first_use=False,  # SIGHUP may change the level later
     )

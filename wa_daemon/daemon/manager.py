@@ -23,7 +23,7 @@ from .config import Config
 from .drivers.base import Driver
 from .hub import Hub, Subscriber
 from .metrics import DaemonMetrics
-from .registry import MemoryRegistry, Registry, SessionRecord
+from .registry import MemoryRegistry, Registry, SessionOptions, SessionRecord
 from .session import Session, SessionContext
 from .states import ACTIVE, RESTARTABLE
 
@@ -131,8 +131,13 @@ class SessionManager:
         if self.closing:
             raise Unavailable("the daemon is shutting down")
 
-    async def connect(self, session_id: str, owner_uid: int | None = None) -> SessionStatus:
-        """Start the session unless it is already on its way; idempotent."""
+    async def connect(
+        self, session_id: str, owner_uid: int | None = None, options: SessionOptions | None = None
+    ) -> SessionStatus:
+        """Start the session unless it is already on its way; idempotent.
+
+        ``options`` (fields left None keep their current value) take effect from
+        the next attempt, and are remembered for reconnects and restarts."""
         self._check_open()
         validate_session_id(session_id)
         session = self.sessions.get(session_id)
@@ -168,6 +173,8 @@ class SessionManager:
                         {"retry_after": round(wait, 3), "session": session_id},
                     )
             self.metrics.connect_attempts.labels("started").inc()
+            if options is not None:
+                session.options = _merge(session.options, options)
             self.registry.put(self._record(session, should_run=True))
             session.begin()
         return session.status()  # after the lock: `busy` describes others' operations, not ours
@@ -260,6 +267,7 @@ class SessionManager:
                 continue
             session = Session(record.session, self._ctx, record.owner_uid)
             session.created_at = record.created_at
+            session.options = record.options
             self.sessions[record.session] = session
             if record.should_run:
                 session.begin(Reason.RESTORED)
@@ -289,7 +297,8 @@ class SessionManager:
                 continue  # somebody is acting on it or watching it right now
             idle = now - max(session.last_touch, session.state_changed_at)
             if session.state == State.CONNECTED:
-                if cfg.connected_idle_timeout is None or idle < cfg.connected_idle_timeout:
+                limit = session.options.idle_timeout or cfg.connected_idle_timeout
+                if limit is None or idle < limit:
                     continue
                 to, reason = State.STOPPED, Reason.IDLE_TIMEOUT
                 message = f"connected with no RPC for {idle:.0f} s"
@@ -322,4 +331,9 @@ class SessionManager:
             session.transition(State.STOPPED, Reason.SHUTDOWN, "daemon shutting down")
 
     def _record(self, session: Session, should_run: bool) -> SessionRecord:
-        return SessionRecord(session.id, session.owner_uid, session.created_at, should_run)
+        return SessionRecord(session.id, session.owner_uid, session.created_at, should_run, session.options)
+
+
+def _merge(current: SessionOptions, new: SessionOptions) -> SessionOptions:
+    changes = {f: getattr(new, f) for f in new.__struct_fields__ if getattr(new, f) is not None}
+    return msgspec.structs.replace(current, **changes)

@@ -17,11 +17,20 @@ from typing import Protocol
 import msgspec
 
 
+class SessionOptions(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Per-session settings given to ``connect``; None falls back to the daemon's configuration."""
+
+    whatsapp_url: str | None = None
+    takeover_on_conflict: bool | None = None
+    idle_timeout: float | None = None
+
+
 class SessionRecord(msgspec.Struct, frozen=True):
     session: str
     owner_uid: int | None
     created_at: datetime
     should_run: bool
+    options: SessionOptions = SessionOptions()
 
 
 class Registry(Protocol):
@@ -68,6 +77,7 @@ class SqliteRegistry:
             owner_uid  INTEGER,
             created_at TEXT NOT NULL,
             should_run INTEGER NOT NULL,
+            options    TEXT NOT NULL DEFAULT '{}',
             updated_at TEXT NOT NULL
         )
     """
@@ -83,20 +93,27 @@ class SqliteRegistry:
 
     def load(self) -> list[SessionRecord]:
         rows = self._db.execute(
-            "SELECT session, owner_uid, created_at, should_run FROM sessions ORDER BY created_at, session"
+            "SELECT session, owner_uid, created_at, should_run, options FROM sessions ORDER BY created_at, session"
         ).fetchall()
-        return [SessionRecord(sid, uid, datetime.fromisoformat(created), bool(run)) for sid, uid, created, run in rows]
+        return [
+            SessionRecord(
+                sid, uid, datetime.fromisoformat(created), bool(run), msgspec.json.decode(opts, type=SessionOptions)
+            )
+            for sid, uid, created, run, opts in rows
+        ]
 
     def put(self, record: SessionRecord) -> None:
         self._db.execute(
-            "INSERT INTO sessions (session, owner_uid, created_at, should_run, updated_at)"
-            " VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT(session) DO UPDATE SET should_run = excluded.should_run, updated_at = excluded.updated_at",
+            "INSERT INTO sessions (session, owner_uid, created_at, should_run, options, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(session) DO UPDATE SET should_run = excluded.should_run,"
+            " options = excluded.options, updated_at = excluded.updated_at",
             (
                 record.session,
                 record.owner_uid,
                 record.created_at.isoformat(),
                 int(record.should_run),
+                msgspec.json.encode(record.options).decode(),
                 datetime.now(timezone.utc).isoformat(),
             ),
         )

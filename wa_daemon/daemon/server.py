@@ -55,6 +55,7 @@ from ..protocol import (
 )
 from .hub import Final
 from .manager import SessionManager
+from .registry import SessionOptions
 from .session import utcnow
 
 log = structlog.get_logger("wa_daemon.server")
@@ -175,30 +176,71 @@ class _Connection:
         self.broken = False
         self.scope = trio.CancelScope()
 
-    async def send(self, message: msgspec.Struct) -> None:
+    def _frame(self, message: msgspec.Struct) -> bytearray:
         try:
-            data = encode_frame(message, self.max_frame)
+            return encode_frame(message, self.max_frame)
         except LocalProtocolError as exc:
             rid = getattr(message, "id", None)
             self.log.error("reply_too_large", error=exc.message)
-            data = encode_frame(Error(rid, InternalError.code, f"the reply is too large: {exc.message}"))
-        async with self.send_lock:
+            return encode_frame(Error(rid, InternalError.code, f"the reply is too large: {exc.message}"))
+
+    async def send(self, message: msgspec.Struct) -> None:
+        await self.send_frame(self._frame(message))
+
+    async def send_frame(self, data: bytearray) -> None:
+        lock = self.send_lock
+        if not lock.locked():
+            # Fast path. Nobody is in the middle of a frame, so write straight to
+            # the socket: a reply the kernel takes whole (nearly all of them) then
+            # costs one write(2), with no lock, cancel scopes or trip through the
+            # scheduler. Nothing here can be cancelled half-way: it does not wait.
             if self.broken:
                 return
-            timeout = self.server.manager.config.send_timeout
-            # Shielded: a cancel in the middle of send_all would leave half a frame
-            # on the wire and desynchronise the stream for good. The timeout bounds
-            # the wait on a client that stopped reading.
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(timeout) as cs:
-                    try:
-                        await self.stream.send_all(data)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        self.broken = True  # the client went away; the read side will notice and end
-            if cs.cancelled_caught:
-                self.broken = True
-                self.log.warning("client_not_reading", send_timeout=timeout)
-                self.scope.cancel()
+            sent = self._write_now(data)
+            if sent == len(data) or self.broken:
+                return
+            # The socket buffer is full: the rest waits for the client under the
+            # lock. Nothing ran since the check above, so the lock is still free.
+            lock.acquire_nowait()
+            rest: bytearray | memoryview = memoryview(data)[sent:]
+        else:
+            await lock.acquire()
+            rest = data
+        try:
+            await self._send_locked(rest)
+        finally:
+            lock.release()
+
+    def _write_now(self, data: bytearray) -> int:
+        """Write what the socket takes without waiting; how many bytes that was."""
+        # fileno() is -1 once the stream is closed: never write to a reused fd number.
+        fd = self.stream.socket.fileno()
+        try:
+            return os.write(fd, data) if fd >= 0 else 0
+        except BlockingIOError:
+            return 0
+        except OSError:
+            self.broken = True  # the client went away; the read side will notice and end
+            return 0
+
+    async def _send_locked(self, data: bytearray | memoryview) -> None:
+        """The slow path of :meth:`send`, with the send lock held."""
+        if self.broken:
+            return
+        timeout = self.server.manager.config.send_timeout
+        # Shielded: a cancel in the middle of send_all would leave half a frame
+        # on the wire and desynchronise the stream for good. The timeout bounds
+        # the wait on a client that stopped reading.
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(timeout) as cs:
+                try:
+                    await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self.broken = True  # the client went away; the read side will notice and end
+        if cs.cancelled_caught:
+            self.broken = True
+            self.log.warning("client_not_reading", send_timeout=timeout)
+            self.scope.cancel()
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -277,10 +319,11 @@ class _Connection:
         if self.server.draining:
             await self.send(Error(msg.id, Unavailable.code, "the daemon is shutting down"))
             return True
-        if msg.method in self.server.inline:
+        read = self.server.reads.get(msg.method)
+        if read is not None:
             # Reads answer from memory without waiting: serving them here, without
             # a task of their own, halves their cost. Replies keep request order.
-            await self._serve_request(msg, None)
+            await self._serve_read(msg, read)
             return True
         if msg.id in self.inflight:
             await self.send(Error(msg.id, ProtocolError.code, f"request id {msg.id} is already in flight"))
@@ -296,7 +339,41 @@ class _Connection:
         nursery.start_soon(self._serve_request, msg, scope)
         return True
 
-    async def _serve_request(self, req: Request, scope: trio.CancelScope | None) -> None:
+    async def _serve_read(self, req: Request, read: _Read) -> None:
+        """Serve one read (a method that never waits) in the read loop."""
+        started = time.perf_counter()
+        session: str | None = None
+        outcome = "ok"
+        try:
+            try:
+                params = read.decode(req.params)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                raise InvalidArgument(f"invalid params for {req.method}: {exc}", {"method": req.method}) from None
+            session = getattr(params, "session", None)
+            data = self._frame(OutReply(req.id, read.handler(params)))
+        except WaDaemonError as exc:
+            outcome = exc.code
+            data = self._frame(Error(req.id, exc.code, exc.message, exc.details))
+        except Exception:
+            outcome = "internal"
+            self.log.exception("rpc_internal_error", id=req.id, method=req.method)
+            data = self._frame(
+                Error(req.id, InternalError.code, "internal error; the daemon log has the details", {"request": req.id})
+            )
+        try:
+            await self.send_frame(data)
+        finally:
+            self._done(req, session, outcome, started, read.histogram)
+
+    def _done(self, req: Request, session: str | None, outcome: str, started: float, histogram: Any) -> None:
+        """Every RPC ends here: one metrics observation and one log line."""
+        elapsed = time.perf_counter() - started
+        if histogram is not None:
+            histogram.observe(elapsed)
+        self.log.info("rpc", id=req.id, method=req.method, session=session, result=outcome, ms=round(elapsed * 1e3, 3))
+
+    async def _serve_request(self, req: Request, scope: trio.CancelScope) -> None:
+        """Serve one operation or stream, in a task of its own that ``Cancel`` can cancel."""
         server = self.server
         started = time.perf_counter()
         session: str | None = None
@@ -312,9 +389,7 @@ class _Connection:
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 raise InvalidArgument(f"invalid params for {req.method}: {exc}", {"method": req.method}) from None
             session = getattr(params, "session", None)
-            if scope is None:
-                await self.send(OutReply(req.id, await server.handlers[req.method](params, self)))
-            elif method.stream:
+            if method.stream:
                 await self._stream(req.id, params, scope)
                 outcome = "stream_end"
             else:
@@ -334,18 +409,10 @@ class _Connection:
                 Error(req.id, InternalError.code, "internal error; the daemon log has the details", {"request": req.id})
             )
         finally:
-            if scope is not None:
-                self.inflight.pop(req.id, None)
-            elapsed = time.perf_counter() - started
-            histogram = server.rpc_histograms.get(req.method)
-            if histogram is not None:
-                histogram.observe(elapsed)
-            self.log.info(
-                "rpc", id=req.id, method=req.method, session=session, result=outcome, ms=round(elapsed * 1e3, 3)
-            )
+            self.inflight.pop(req.id, None)
+            self._done(req, session, outcome, started, server.rpc_histograms.get(req.method))
 
-    async def _stream(self, rid: int, params: WatchParams, scope: trio.CancelScope | None) -> None:
-        assert scope is not None
+    async def _stream(self, rid: int, params: WatchParams, scope: trio.CancelScope) -> None:
         manager = self.server.manager
         sub, snapshots = manager.subscribe(params.session, params.until)
         final: Final | None = None
@@ -377,10 +444,16 @@ class _Connection:
 Handler = Callable[[Any, _Connection], Awaitable[Any]]
 
 
-class Server:
-    # Methods that never wait: served in the connection's read loop, no task.
-    inline = frozenset({"status", "list", "qr", "history", "metrics", "ping", "version"})
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """A method that never waits, with what serving it needs, looked up once per request."""
 
+    decode: Callable[[Any], Any]  # the params decoder
+    handler: Callable[[Any], Any]  # params -> result, synchronous
+    histogram: Any  # its rpc_duration child
+
+
+class Server:
     def __init__(self, manager: SessionManager) -> None:
         self.manager = manager
         self.rpc_histograms = {m: manager.metrics.rpc_duration.labels(m) for m in METHODS}
@@ -389,27 +462,31 @@ class Server:
         self.draining = False  # shutting down: new requests get `unavailable`
         m = manager
         self.handlers: dict[str, Handler] = {
-            "connect": lambda p, c: m.connect(p.session, owner_uid=c.uid if c.uid >= 0 else None),
+            "connect": lambda p, c: m.connect(
+                p.session,
+                owner_uid=c.uid if c.uid >= 0 else None,
+                options=SessionOptions(p.whatsapp_url, p.takeover_on_conflict, p.idle_timeout),
+            ),
             "disconnect": lambda p, c: m.disconnect(p.session),
             "logout": lambda p, c: m.logout(p.session),
             "delete": self._delete,
-            "status": self._sync(lambda p: m.status(p.session)),
-            "list": self._sync(lambda p: m.list_raw(p.states)),
-            "qr": self._sync(lambda p: m.qr(p.session)),
-            "history": self._sync(lambda p: History(p.session, m.history(p.session, p.limit))),
-            "metrics": self._sync(self._metrics),
-            "ping": self._sync(lambda p: Pong(utcnow())),
-            "version": self._sync(lambda p: VersionInfo(__version__, PROTOCOL_VERSION, m.driver.name)),
             "simulate": lambda p, c: m.simulate(p.session, p.action),
         }
-        assert set(self.handlers) | {"watch"} == set(METHODS), "every method needs a handler"
-
-    @staticmethod
-    def _sync(fn: Callable[[Any], Any]) -> Handler:
-        async def handler(params: Any, conn: _Connection) -> Any:
-            return fn(params)
-
-        return handler
+        # Methods that never wait: served in the connection's read loop, no task.
+        read_handlers: dict[str, Callable[[Any], Any]] = {
+            "status": lambda p: m.status(p.session),
+            "list": lambda p: m.list_raw(p.states),
+            "qr": lambda p: m.qr(p.session),
+            "history": lambda p: History(p.session, m.history(p.session, p.limit)),
+            "metrics": self._metrics,
+            "ping": lambda p: Pong(utcnow()),
+            "version": lambda p: VersionInfo(__version__, PROTOCOL_VERSION, m.driver.name),
+        }
+        self.reads = {
+            name: _Read(msgspec.msgpack.Decoder(METHODS[name].params).decode, fn, self.rpc_histograms[name])
+            for name, fn in read_handlers.items()
+        }
+        assert set(self.handlers) | set(self.reads) | {"watch"} == set(METHODS), "every method needs a handler"
 
     async def _delete(self, params: SessionParams, conn: _Connection) -> Deleted:
         await self.manager.delete(params.session)

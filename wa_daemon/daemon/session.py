@@ -47,6 +47,7 @@ from .drivers.base import (
     QrShown,
 )
 from .hub import Hub
+from .registry import SessionOptions
 from .metrics import DaemonMetrics
 from .states import NEEDS_REASON, is_allowed
 
@@ -102,6 +103,7 @@ class Session:
         self.id = session_id
         self.ctx = ctx
         self.owner_uid = owner_uid
+        self.options = SessionOptions()
         self.created_at = utcnow()
         self.log = log.bind(session=session_id)
 
@@ -127,6 +129,7 @@ class Session:
         self.state_changed_at = now
         self.last_attempt_at: float | None = None
         self._connected_since: float | None = None
+        self._offline_since: float | None = None
 
         self.lock = trio.Lock()  # held by connect/disconnect/logout/delete, never by reads
         self.deleted = False
@@ -197,6 +200,7 @@ class Session:
             self._qr_deadline = None
         if to != State.CONNECTED:
             self.phone_offline = False
+            self._offline_since = None
         record = Transition(
             at=utcnow(), from_state=src, to_state=to, reason=reason, attempt=self.attempt, message=message
         )
@@ -324,7 +328,7 @@ class Session:
             async with self.ctx.launch_slots:
                 metrics.launch_queue.dec()
                 queued = False
-                browser = await self.ctx.driver.launch(LaunchOptions(session_id=self.id))
+                browser = await self.ctx.driver.launch(LaunchOptions(self.id, self.options.whatsapp_url))
         finally:
             if queued:
                 metrics.launch_queue.dec()
@@ -375,6 +379,8 @@ class Session:
                 wake = self._qr_deadline
             if self._qr_flush_at is not None:
                 wake = min(wake, self._qr_flush_at)
+            if self._offline_since is not None:
+                wake = min(wake, self._offline_since + self.ctx.config.phone_offline_grace)
             event: PageEvent | None = None
             with trio.move_on_at(wake):
                 try:
@@ -385,6 +391,10 @@ class Session:
             if self._qr_flush_at is not None and now >= self._qr_flush_at:
                 self._flush_qr()
             if event is None:
+                grace = self.ctx.config.phone_offline_grace
+                if self._offline_since is not None and now >= self._offline_since + grace:
+                    self._offline_since = None
+                    return _Gone("connection_lost", f"the phone was unreachable for {grace:g} s")
                 if self._qr_deadline is not None and now >= self._qr_deadline:
                     return _Terminal(
                         State.FAILED,
@@ -423,13 +433,16 @@ class Session:
                 wipe_auth=True,
             )
         if isinstance(event, Conflict):
-            if cfg.takeover_on_conflict:
+            takeover = self.options.takeover_on_conflict
+            if cfg.takeover_on_conflict if takeover is None else takeover:
                 self.log.info("conflict_takeover")
                 await browser.take_over()
                 return None
             return _Terminal(State.FAILED, Reason.CONFLICT, "WhatsApp is open in another window")
         if isinstance(event, PhoneOffline):
             self.phone_offline = event.offline and self.state == State.CONNECTED
+            # The page usually recovers by itself; only a long outage is worth a relaunch.
+            self._offline_since = trio.current_time() if self.phone_offline else None
             self.log.info("phone_offline" if event.offline else "phone_online")
             return None
         if isinstance(event, BrowserGone):

@@ -19,6 +19,7 @@ class LaunchOptions:
     """Per-launch settings; later drivers read more of these (URL, takeover...)."""
 
     session_id: str
+    url: str | None = None  # the page to open; None: the driver's default
 
 
 # ------------------------------------------------------------------ page events
