@@ -47,8 +47,8 @@ from .drivers.base import (
     QrShown,
 )
 from .hub import Hub
-from .registry import SessionOptions
 from .metrics import DaemonMetrics
+from .registry import SessionOptions
 from .states import NEEDS_REASON, is_allowed
 
 log = structlog.get_logger("wa_daemon.session")
