@@ -382,7 +382,7 @@ class Fleet:
         return self._spawn(
             name,
             lambda path: [sys.executable, "-m", "wa_daemon.daemon.main", "--socket", path,
-                          "--state-dir", state_dir, "--log-level", log_level, *settings],
+                          "--state-dir", state_dir, "--driver", "scripted", "--log-level", log_level, *settings],
         )
 
     @staticmethod

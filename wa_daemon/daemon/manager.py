@@ -18,13 +18,13 @@ import structlog
 import trio
 
 from ..errors import Busy, InvalidArgument, LimitExceeded, NotFound, RateLimited, Unavailable
-from ..protocol import QrCode, Reason, SessionStatus, State, Transition, validate_session_id
+from ..protocol import QrCode, Reason, SessionStatus, State, Transition, to_raw, validate_session_id
 from .config import Config
 from .drivers.base import Driver
 from .hub import Hub, Subscriber
 from .metrics import DaemonMetrics
 from .registry import MemoryRegistry, Registry, SessionOptions, SessionRecord
-from .session import Session, SessionContext
+from .session import Session, SessionContext, status_generation
 from .states import ACTIVE, RESTARTABLE
 
 log = structlog.get_logger("wa_daemon.manager")
@@ -78,21 +78,57 @@ class SessionManager:
         session.touch()
         return session.status()
 
+    # Every session sorted by id, for the set of ids it was built from: sorting
+    # is redone only when a session was added or removed.
+    _order: tuple[frozenset[str], builtins.list[Session]] | None = None
+    # The encoded ``list`` of every session: (status generation, session count,
+    # reply, the sessions' locks). See list_raw.
+    _list_cache: tuple[int, int, msgspec.Raw, builtins.list[trio.Lock]] | None = None
+
+    def _sorted(self) -> builtins.list[Session]:
+        """Every session, sorted by id. Shared: callers must not change it."""
+        order = self._order
+        if order is None or self.sessions.keys() != order[0]:
+            ids = frozenset(self.sessions)
+            order = self._order = (ids, [self.sessions[sid] for sid in sorted(ids)])
+        return order[1]
+
     def _listed(self, states: Iterable[State] | None) -> builtins.list[Session]:
         wanted = set(states) if states else None
-        return [
-            self.sessions[sid]
-            for sid in sorted(self.sessions)
-            if wanted is None or self.sessions[sid].state in wanted
-        ]
+        if wanted is None:
+            return self._sorted()
+        return [s for s in self._sorted() if s.state in wanted]
 
     def list(self, states: Iterable[State] | None = None) -> builtins.list[SessionStatus]:
         return [s.status() for s in self._listed(states)]
 
-    def list_raw(self, states: Iterable[State] | None = None) -> dict[str, builtins.list[msgspec.Raw]]:
-        """The ``list`` result as pre-encoded statuses: a SessionList on the wire,
-        built from bytes each session already holds instead of re-encoding them all."""
-        return {"sessions": [s.status_raw() for s in self._listed(states)]}
+    def list_raw(self, states: Iterable[State] | None = None) -> msgspec.Raw:
+        """The ``list`` result, encoded (a SessionList on the wire), from the bytes
+        each session already holds instead of re-encoding every status.
+
+        The list of every session is kept whole between calls: serving it again
+        then costs a scan of the locks, not a visit to every session. It stays
+        good while the status generation stays put (no status changed and no
+        session was created) and the count holds (none was deleted), provided no
+        session is ``busy`` now or was when it was built: ``busy`` is the lock's
+        state, not a field, so the locks are checked on every call.
+        """
+        if states:
+            return to_raw({"sessions": [s.status_raw() for s in self._listed(states)]})
+        generation, count = status_generation(), len(self.sessions)
+        cached = self._list_cache
+        if (
+            cached is not None
+            and cached[0] == generation
+            and cached[1] == count
+            and not any(map(trio.Lock.locked, cached[3]))
+        ):
+            return cached[2]
+        sessions = self._sorted()
+        reply = to_raw({"sessions": [s.status_raw() for s in sessions]})
+        locks = [s.lock for s in sessions]
+        self._list_cache = None if any(map(trio.Lock.locked, locks)) else (generation, count, reply, locks)
+        return reply
 
     def qr(self, session_id: str) -> QrCode:
         session = self.get(session_id)

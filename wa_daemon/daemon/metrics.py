@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import math
+import os
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from ..protocol import Sample, State
 
@@ -21,6 +26,70 @@ class _SessionsByState(Collector):
         for state in State:
             family.add_metric([state.value], counts.get(state, 0))
         yield family
+
+
+# prometheus_client's own switch for the ``*_created`` samples, read the same way.
+_CREATED = os.environ.get("PROMETHEUS_DISABLE_CREATED_SERIES", "False").lower() not in ("true", "1", "t")
+
+
+class _HistogramChild:
+    __slots__ = ("_bounds", "counts", "created", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * len(bounds)  # per bucket, not cumulative
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, amount: float) -> None:
+        # The first bucket whose upper bound is >= amount, as prometheus_client picks it.
+        self.counts[bisect_left(self._bounds, amount)] += 1
+        self.sum += amount
+
+
+class LabelledHistogram(Collector):
+    """A histogram with one label, exposed exactly as prometheus_client's
+    ``Histogram`` exposes it (same samples, labels, order and ``*_created``).
+
+    ``wa_rpc_duration_seconds`` is observed on every RPC: here that is a bisect
+    and two additions, where ``Histogram.observe`` takes two locks and walks the
+    buckets (about 0.2 against 1.3 µs). Only the event loop's thread observes.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, label: str, buckets: Sequence[float], registry: CollectorRegistry
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._label = label
+        bounds = tuple(float(b) for b in buckets)
+        self._bounds = bounds if bounds[-1] == math.inf else (*bounds, math.inf)
+        self._children: dict[str, _HistogramChild] = {}
+        registry.register(self)
+
+    def labels(self, value: str) -> _HistogramChild:
+        child = self._children.get(value)
+        if child is None:
+            child = self._children[value] = _HistogramChild(self._bounds)
+        return child
+
+    def describe(self) -> Iterable[Metric]:
+        return [Metric(self._name, self._documentation, "histogram")]
+
+    def collect(self) -> Iterable[Metric]:
+        metric = Metric(self._name, self._documentation, "histogram")
+        les = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]
+        for value, child in list(self._children.items()):
+            labels = {self._label: value}
+            cumulative = 0.0
+            for le, count in zip(les, child.counts, strict=True):
+                cumulative += count
+                metric.add_sample(self._name + "_bucket", {**labels, "le": le}, cumulative)
+            metric.add_sample(self._name + "_count", labels, cumulative)
+            metric.add_sample(self._name + "_sum", labels, child.sum)
+            if _CREATED:
+                metric.add_sample(self._name + "_created", labels, child.created)
+        return [metric]
 
 
 class DaemonMetrics:
@@ -45,10 +114,10 @@ class DaemonMetrics:
         self.cleanups = Counter("wa_inactive_cleanups", "sessions stopped by the inactive sweep", registry=r)
         self.browser_crashes = Counter("wa_browser_crashes", "browsers lost, by kind", ["kind"], registry=r)
         self.launches = Counter("wa_browser_launches", "browser launches by result", ["result"], registry=r)
-        self.rpc_duration = Histogram(
+        self.rpc_duration = LabelledHistogram(
             "wa_rpc_duration_seconds",
             "RPC handling time by method",
-            ["method"],
+            "method",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5, 30),
             registry=r,
         )

@@ -90,12 +90,23 @@ _STATUS_FIELDS = frozenset(
     {"state", "since", "attempt", "reason", "message", "last_error", "qr", "phone_offline", "owner_uid"}
 )
 
+# Counts status changes of every session, the creation of one included (its
+# __init__ sets status fields): a reply built from all statuses stays good while
+# this number stays put, except for ``busy``, which comes from the lock.
+_status_generation = 0
+
+
+def status_generation() -> int:
+    return _status_generation
+
 
 class Session:
     _status_cache: tuple[SessionStatus, msgspec.Raw] | None = None
 
     def __setattr__(self, name: str, value: object) -> None:
         if name in _STATUS_FIELDS:
+            global _status_generation
+            _status_generation += 1
             object.__setattr__(self, "_status_cache", None)
         object.__setattr__(self, name, value)
 

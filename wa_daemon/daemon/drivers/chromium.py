@@ -42,7 +42,15 @@ from .base import (
     QrExpired,
     QrShown,
 )
-from .page import BINDING, CLICK_RELOAD, CLICK_USE_HERE, POST_LOGOUT_MARKER, desktop_user_agent, watcher_script
+from .page import (
+    BINDING,
+    CLICK_LOGOUT,
+    CLICK_RELOAD,
+    CLICK_USE_HERE,
+    POST_LOGOUT_MARKER,
+    desktop_user_agent,
+    watcher_script,
+)
 
 log = structlog.get_logger("wa_daemon.chromium")
 T = TypeVar("T")
@@ -226,6 +234,7 @@ class ChromiumBrowser:
         self._closing = False
         self._gone = False
         self._snapshot: dict[str, Any] = {}
+        self._logged_out = trio.Event()
         self._refs_in_cycle = 0
 
     @property
@@ -376,6 +385,7 @@ class ChromiumBrowser:
 
     def _on_navigated(self, frame: Any) -> None:
         if self.page is not None and frame is self.page.mainFrame and POST_LOGOUT_MARKER in (frame.url or ""):
+            self._logged_out.set()
             self._emit(LoggedOut())
 
     def _on_report(self, key: str) -> None:
@@ -386,6 +396,7 @@ class ChromiumBrowser:
             return
         prev, self._snapshot = self._snapshot, snap
         if POST_LOGOUT_MARKER in str(snap.get("url", "")) and POST_LOGOUT_MARKER not in str(prev.get("url", "")):
+            self._logged_out.set()
             self._emit(LoggedOut())
             return
         if snap.get("blocked") and not prev.get("blocked"):
@@ -444,7 +455,11 @@ class ChromiumBrowser:
         await self._page_call(CLICK_USE_HERE)
 
     async def logout(self) -> None:
-        # The session wipes the profile afterwards: that is what unlinks this side.
+        # Unlink from the page's own menu (best effort: the phone may already have
+        # unlinked us); the session wipes the profile afterwards in any case.
+        if await self._page_call(CLICK_LOGOUT):
+            with trio.move_on_after(2):
+                await self._logged_out.wait()
         await self.close()
 
     async def close(self) -> None:
@@ -452,8 +467,12 @@ class ChromiumBrowser:
         self._closing = True
         with trio.CancelScope(shield=True):
             if self.browser is not None and not self.exited.is_set():
-                with trio.move_on_after(3), contextlib.suppress(Exception):
-                    await _aio(self.browser.close)
+                # A polite close lets Chromium flush the profile (cookies, storage)
+                # before it exits; signals come only if it does not exit by itself.
+                with trio.move_on_after(5):
+                    with contextlib.suppress(Exception):
+                        await _aio(self.browser.close)
+                    await self.exited.wait()
             if self.proc is not None:
                 for sig, grace in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
                     if self.exited.is_set():

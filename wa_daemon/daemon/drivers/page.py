@@ -22,6 +22,9 @@ SELECTORS: Final[dict[str, str]] = {
     "progress": "progress",
     # Conflict: "Use here" takes the session back.
     "use_here": 'div[role="button"]',
+    # Logging out from the page: the menu, then its "Log out" entry.
+    "menu": 'div[role="button"][aria-label="Menu"]',
+    "logout": 'div[role="button"][aria-label="Log out"]',
 }
 
 TEXTS: Final[dict[str, str]] = {
@@ -107,6 +110,15 @@ CLICK_USE_HERE: Final = (
     + ")) { if ((b.innerText || '').trim() === "
     + json.dumps(TEXTS["use_here"])
     + ") { b.click(); return true; } } return false; }"
+)
+
+CLICK_LOGOUT: Final = (
+    "async () => { const menu = document.querySelector("
+    + json.dumps(SELECTORS["menu"])
+    + "); if (menu) { menu.click(); await new Promise(r => setTimeout(r, 100)); }"
+    " const item = document.querySelector("
+    + json.dumps(SELECTORS["logout"])
+    + "); if (item) item.click(); return !!item; }"
 )
 
 

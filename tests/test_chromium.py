@@ -1,0 +1,262 @@
+"""Real Chromium against the bundled simulator, through the daemon and its client."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from wa_daemon import AsyncClient, State
+from wa_daemon.daemon.app import Daemon
+from wa_daemon.daemon.drivers.chromium import ChromiumBrowser, find_orphans, group_members
+from wa_daemon.protocol import QrUpdated, StateChanged
+from wa_daemon.sim import SimEngine, SimOptions, serve_simulator
+
+from .helpers import running_daemon
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="needs Debian's chromium")
+
+# 0.05: the first ref lasts 3 s, the next ones 1 s; loading takes 0.15 s.
+SCALE = 0.05
+
+
+@dataclass
+class Rig:
+    daemon: Daemon
+    engine: SimEngine
+    url: str
+    wa: AsyncClient
+    state: Path
+
+    def browser(self, sid: str) -> ChromiumBrowser:
+        return self.daemon.driver.live[sid]  # type: ignore[union-attr, no-any-return]
+
+    def device_of(self, sid: str) -> str:
+        devices = self.engine.devices()
+        linked = [d for d in devices if d["state"] != "logged_out"]
+        assert linked, devices
+        return str(linked[-1]["id"])
+
+
+@asynccontextmanager
+async def rig(sock_dir: Path, scale: float = SCALE, **overrides: Any) -> AsyncIterator[Rig]:
+    state = sock_dir / "state"
+    engine = SimEngine(SimOptions(time_scale=scale))
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(partial(serve_simulator, engine.options, engine=engine))
+        settings = {"driver": "chromium", "whatsapp_url": url + "/", "state_dir": str(state), **overrides}
+        try:
+            async with running_daemon(sock_dir, **settings) as daemon, AsyncClient(daemon.socket_path) as wa:
+                yield Rig(daemon, engine, url, wa, state)
+        finally:
+            nursery.cancel_scope.cancel()
+    # After every test: no Chromium of this state directory, no zombie of ours.
+    assert find_orphans(state / "sessions") == []
+    assert _zombies() == []
+
+
+def _zombies() -> list[int]:
+    me = str(os.getpid())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+            except OSError:
+                continue
+            if fields[0] == "Z" and fields[1] == me:
+                found.append(int(entry.name))
+    return found
+
+
+async def reach(wa: AsyncClient, sid: str, *states: str, timeout: float = 30) -> list[Any]:
+    seen: list[Any] = []
+    async with await wa.watch(sid, until=states, timeout=timeout) as events:
+        async for ev in events:
+            seen.append(ev)
+    assert events.end is not None and events.end.reason == "until", (events.end, seen)
+    return seen
+
+
+async def scan(r: Rig, sid: str) -> None:
+    qr = await r.wa.qr(sid)
+    r.engine.scan(qr.data)
+
+
+async def link(r: Rig, sid: str) -> None:
+    await r.wa.connect(sid)
+    await reach(r.wa, sid, "waiting_qr")
+    await scan(r, sid)
+    await reach(r.wa, sid, "connected")
+
+
+async def test_full_qr_flow_with_rotation(sock_dir: Path) -> None:
+    with trio.fail_after(90):
+        async with rig(sock_dir, qr_debounce=0.5, watch_qr_interval=0.5) as r:
+            await r.wa.connect("alice")
+            async with await r.wa.watch("alice", until=["connected"], timeout=60) as events:
+                qrs: list[str] = []
+                async for ev in events:
+                    if isinstance(ev, QrUpdated):
+                        qrs.append(ev.qr.data)
+                        if len(qrs) == 3:  # the ref rotated twice: scan the latest
+                            assert (await r.wa.status("alice")).state == State.WAITING_QR
+                            r.engine.scan(ev.qr.data)
+            assert len(set(qrs)) == 3 and all(q.startswith("2@") and q.count(",") == 3 for q in qrs)
+            states = [t.to_state for t in await r.wa.history("alice")]
+            assert states == [State.STARTING, State.WAITING_QR, State.AUTHENTICATING, State.CONNECTED]
+            assert r.engine.devices()[0]["state"] == "linked"
+            assert (r.state / "sessions" / "alice" / "profile").is_dir()
+
+
+async def test_qr_timeout_after_reload_cycles(sock_dir: Path) -> None:
+    # A cycle is 160 simulated s = 3.2 s; the reload button is clicked until the 8 s deadline.
+    with trio.fail_after(60):
+        async with rig(sock_dir, scale=0.02, qr_timeout=8) as r:
+            await r.wa.connect("slow")
+            await reach(r.wa, "slow", "failed", timeout=30)
+            st = await r.wa.status("slow")
+            assert st.reason == "qr_timeout" and st.qr is None
+            assert r.daemon.driver.live == {}  # type: ignore[union-attr]
+            pages = r.engine.pages()
+            assert any(p.get("cycles", 0) >= 2 for p in pages) or len(r.engine.devices()) == 0
+
+
+async def test_restart_keeps_the_login(sock_dir: Path) -> None:
+    state = sock_dir / "state"
+    engine = SimEngine(SimOptions(time_scale=SCALE))
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(partial(serve_simulator, engine.options, engine=engine))
+            settings = {"driver": "chromium", "whatsapp_url": url + "/", "state_dir": str(state)}
+            async with running_daemon(sock_dir, **settings) as d, AsyncClient(d.socket_path) as wa:
+                await wa.connect("keep")
+                await reach(wa, "keep", "waiting_qr")
+                engine.scan((await wa.qr("keep")).data)
+                await reach(wa, "keep", "connected")
+            assert find_orphans(state / "sessions") == []
+            async with running_daemon(sock_dir, **settings) as d, AsyncClient(d.socket_path) as wa:
+                await reach(wa, "keep", "connected")
+                states = [t.to_state for t in await wa.history("keep")]
+                assert State.WAITING_QR not in states  # no QR: the profile kept the login
+                assert (await wa.history("keep"))[0].reason == "restored"
+            nursery.cancel_scope.cancel()
+    assert find_orphans(state / "sessions") == []
+
+
+async def test_logout_from_phone_wipes_the_profile(sock_dir: Path) -> None:
+    with trio.fail_after(90):
+        async with rig(sock_dir, connect_min_interval=0) as r:
+            await link(r, "bob")
+            r.engine.logout(r.device_of("bob"))
+            await reach(r.wa, "bob", "logged_out")
+            st = await r.wa.status("bob")
+            assert st.reason == "logged_out_by_phone"
+            assert not (r.state / "sessions" / "bob" / "profile").exists()
+            await r.wa.connect("bob")
+            await reach(r.wa, "bob", "waiting_qr")
+
+
+async def test_logout_requested_unlinks_the_device(sock_dir: Path) -> None:
+    with trio.fail_after(90):
+        async with rig(sock_dir) as r:
+            await link(r, "out")
+            device = r.device_of("out")
+            st = await r.wa.logout("out")
+            assert st.state == State.LOGGED_OUT and st.reason == "logout_requested"
+            assert device not in [d["id"] for d in r.engine.devices()]  # unlinked from the page's menu
+            assert not (r.state / "sessions" / "out" / "profile").exists()
+            reasons = [t.reason for t in await r.wa.history("out")]
+            assert "browser_crashed" not in reasons
+
+
+async def test_conflict_takeover_and_without(sock_dir: Path) -> None:
+    with trio.fail_after(90):
+        async with rig(sock_dir) as r:
+            await link(r, "c1")
+            r.engine.conflict(r.device_of("c1"))
+            await trio.sleep(1.5)  # the page shows the banner; the driver clicks "Use here"
+            assert (await r.wa.status("c1")).state == State.CONNECTED
+            assert r.engine.device(r.device_of("c1"))["state"] == "linked"
+            await r.wa.connect("c2", takeover_on_conflict=False)
+            await reach(r.wa, "c2", "waiting_qr")
+            await scan(r, "c2")
+            await reach(r.wa, "c2", "connected")
+            r.engine.conflict(r.device_of("c2"))
+            await reach(r.wa, "c2", "failed")
+            assert (await r.wa.status("c2")).reason == "conflict"
+
+
+async def test_phone_offline_and_recovery(sock_dir: Path) -> None:
+    with trio.fail_after(90):
+        async with rig(sock_dir) as r:
+            await link(r, "p")
+            device = r.device_of("p")
+            r.engine.offline(device)
+            with trio.fail_after(10):
+                while not (await r.wa.status("p")).phone_offline:
+                    await trio.sleep(0.1)
+            r.engine.online(device)
+            with trio.fail_after(10):
+                while (await r.wa.status("p")).phone_offline:
+                    await trio.sleep(0.1)
+            assert [t.to_state for t in await r.wa.history("p")][-1] == State.CONNECTED
+
+
+async def test_kill_9_while_connected_and_waiting_qr(sock_dir: Path) -> None:
+    with trio.fail_after(120):
+        async with rig(sock_dir, reconnect_base_delay=0.5, reconnect_jitter=0) as r:
+            await link(r, "k1")
+            await r.wa.connect("k2")
+            await reach(r.wa, "k2", "waiting_qr")
+            other = await r.wa.status("k2")
+            # connected: back to connected on the saved login
+            victim = r.browser("k1").pid
+            os.kill(victim, signal.SIGKILL)
+            seen = await reach(r.wa, "k1", "reconnecting")
+            await reach(r.wa, "k1", "connected")
+            assert group_members(victim) == []
+            st = await r.wa.status("k1")
+            assert st.attempt == 1 and "exited" in (st.last_error or "") or "cdp_lost" in (st.last_error or "")
+            assert any(isinstance(e, StateChanged) for e in seen)
+            # waiting for a QR: relaunched, a QR again
+            os.kill(r.browser("k2").pid, signal.SIGKILL)
+            await reach(r.wa, "k2", "reconnecting")
+            await reach(r.wa, "k2", "waiting_qr")
+            assert (await r.wa.status("k2")).created_at == other.created_at
+            assert (await r.wa.status("k1")).state == State.CONNECTED  # untouched by k2's crash
+
+
+async def test_kill_9_repeatedly_ends_in_failed(sock_dir: Path) -> None:
+    with trio.fail_after(120):
+        async with rig(sock_dir, reconnect_base_delay=0.2, reconnect_factor=1, reconnect_jitter=0) as r:
+            await link(r, "doomed")
+            for _ in range(4):
+                await reach(r.wa, "doomed", "connected", "failed")
+                if (await r.wa.status("doomed")).state == State.FAILED:
+                    break
+                os.kill(r.browser("doomed").pid, signal.SIGKILL)
+                await reach(r.wa, "doomed", "reconnecting", "failed")
+            await reach(r.wa, "doomed", "failed")
+            st = await r.wa.status("doomed")
+            assert st.reason == "max_reconnects" and st.attempt == 3
+            assert r.daemon.driver.live == {}  # type: ignore[union-attr]
+
+
+async def test_hung_page_is_detected_and_recovered(sock_dir: Path) -> None:
+    with trio.fail_after(90):
+        async with rig(sock_dir, hang_check_interval=0.5, hang_check_timeout=1, reconnect_base_delay=0.2) as r:
+            await link(r, "h")
+            r.engine.hang(r.device_of("h"))
+            await reach(r.wa, "h", "reconnecting")
+            st = await r.wa.status("h")
+            assert "hung" in (st.last_error or "")
+            await reach(r.wa, "h", "connected")
