@@ -260,3 +260,96 @@ async def test_hung_page_is_detected_and_recovered(sock_dir: Path) -> None:
             st = await r.wa.status("h")
             assert "hung" in (st.last_error or "")
             await reach(r.wa, "h", "connected")
+
+
+async def test_network_interruption_is_ridden_out(sock_dir: Path) -> None:
+    """The simulator's server goes away for a while and comes back on the same port."""
+    engine = SimEngine(SimOptions(time_scale=SCALE))
+    state = sock_dir / "state"
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            first = trio.CancelScope()
+
+            async def serve_once(scope: trio.CancelScope, options: SimOptions, *, task_status: Any) -> None:
+                with scope:
+                    await serve_simulator(options, engine=engine, task_status=task_status)
+
+            url = await nursery.start(serve_once, first, engine.options)
+            port = int(url.rsplit(":", 1)[1])
+            settings = {"driver": "chromium", "whatsapp_url": url + "/", "state_dir": str(state)}
+            async with running_daemon(sock_dir, **settings) as d, AsyncClient(d.socket_path) as wa:
+                for sid in ("n1", "n2"):
+                    await wa.connect(sid)
+                    await reach(wa, sid, "waiting_qr")
+                    engine.scan((await wa.qr(sid)).data)
+                    await reach(wa, sid, "connected")
+                first.cancel()  # the host's network drops: the page loses its server
+                await trio.sleep(4)
+                again = SimOptions(time_scale=SCALE, port=port)
+                await nursery.start(serve_once, trio.CancelScope(), again)
+                await trio.sleep(4)
+                for sid in ("n1", "n2"):
+                    await reach(wa, sid, "connected")
+                    history = await wa.history(sid)
+                    assert max(t.attempt for t in history) <= 3
+            nursery.cancel_scope.cancel()
+    assert find_orphans(state / "sessions") == []
+
+
+def test_sigkill_of_the_daemon_leaves_no_chromium(sock_dir: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from wa_daemon import Client
+
+    from .helpers import DaemonProcess
+
+    state = sock_dir / "state"
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "wa_daemon.sim.main", "--port", "0", "--quiet"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert sim.stdout is not None
+        url = sim.stdout.readline().strip()
+        args = ("--driver", "chromium", "--state-dir", str(state), "--wa-url", url + "/")
+        daemon = DaemonProcess(sock_dir / "d.sock", *args)
+        try:
+            daemon.wait_ready()
+            with Client(daemon.sock, timeout=30) as wa:
+                for sid in ("a", "b"):
+                    wa.connect(sid)
+                deadline = time.monotonic() + 30
+                while len(find_orphans(state / "sessions")) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                assert find_orphans(state / "sessions")
+            daemon.proc.send_signal(signal.SIGKILL)
+            daemon.proc.wait(10)
+            deadline = time.monotonic() + 10
+            while find_orphans(state / "sessions") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert find_orphans(state / "sessions") == []  # the parent-death signal took them all
+        finally:
+            daemon.stop()
+        # A restart finds stale locks (a leftover of the crash) and clears them, then restores.
+        lock = state / "sessions" / "a" / "profile" / "SingletonLock"
+        lock.unlink(missing_ok=True)  # SIGKILLed Chromium leaves its own; make it name another host
+        os.symlink("otherhost-12345", lock)
+        again = DaemonProcess(sock_dir / "d.sock", *args)
+        try:
+            again.wait_ready()
+            with Client(again.sock, timeout=30) as wa:
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and any(
+                    s.state != State.WAITING_QR for s in wa.list()
+                ):
+                    time.sleep(0.1)
+                assert {s.session: s.state for s in wa.list()} == {"a": State.WAITING_QR, "b": State.WAITING_QR}
+        finally:
+            assert again.stop() == 0
+        assert find_orphans(state / "sessions") == []
+    finally:
+        sim.terminate()
+        sim.wait(10)

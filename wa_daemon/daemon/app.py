@@ -36,6 +36,7 @@ def make_driver(config: Config, nursery: trio.Nursery) -> Driver:
             launch_timeout=config.launch_timeout,
             hang_check_interval=config.hang_check_interval,
             hang_check_timeout=config.hang_check_timeout,
+            app_lost_grace=config.app_lost_grace,
             extra_args=tuple(config.chromium_args),
             user_agent=config.user_agent,
         ),

@@ -44,6 +44,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     launch_timeout: PositiveSeconds = 30.0
     hang_check_interval: PositiveSeconds = 10.0
     hang_check_timeout: PositiveSeconds = 10.0
+    app_lost_grace: PositiveSeconds = 30.0  # the app gone (not for a QR or a conflict) this long: reconnect
 
     # "auto": SQLite in the state directory with the Chromium driver or an explicit
     # state_dir, memory otherwise (scripted runs leave nothing behind)

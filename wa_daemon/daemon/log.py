@@ -7,8 +7,8 @@ RPC's way and kept lean (docs/performance.md has the figures):
 - the line is rendered straight to bytes (no str round trip);
 - lines go to the file descriptor from :class:`LineWriter`, which inside the
   event loop writes all the lines of one loop pass with one ``write(2)``,
-  instead of ``print`` plus a flush (two ``write(2)`` under PYTHONUNBUFFERED)
-  per line.
+  instead of ``print`` and a flush per line (two ``write(2)`` each under
+  PYTHONUNBUFFERED).
 
 The lines themselves are unchanged: same keys, same order, same timestamp text.
 """
@@ -59,64 +59,57 @@ class _JsonLine:
         return self._encode(event_dict)
 
 
-class LineWriter:
+class LineWriter(trio.abc.Instrument):
     """A structlog logger that writes rendered lines to a file descriptor.
 
-    Inside a trio run, lines are gathered and written by a flusher task on the
-    event loop's next pass: under load one ``write(2)`` carries every line of
-    that pass, and a line still reaches the pipe (journald) within the pass, not
-    after a timer. Lines leave whole and in order. Nothing stays behind: trio
-    cancels the flusher when the run's main task exits, and it writes what is
-    left on its way out. Outside the event loop (before and after the run, other
-    threads), each line is written at once, after anything still buffered.
+    Inside a trio run, lines wait in a buffer until the end of the event loop's
+    pass: the writer is also a trio instrument, and ``before_io_wait`` (called
+    once per pass, before the loop polls for I/O or sleeps) writes them all with
+    one ``write(2)``. Under load that is one call for every line of a pass
+    instead of one per line; a lone line still leaves within microseconds. No
+    task, timer or wake-up is involved. Lines leave whole and in order, and none
+    stays behind: ``after_run`` writes what is left when the run ends, and
+    outside the event loop (before and after the run, other threads) each line
+    is written at once, after anything still buffered.
     """
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._buf = bytearray()
-        self._token: trio.lowlevel.TrioToken | None = None  # the run whose flusher is live
-        self._wake = trio.Event()
         self._lock = threading.Lock()  # lines may come from other threads too
-        atexit.register(self.flush)  # belt and braces: a run that died without its finally
+        self._token: trio.lowlevel.TrioToken | None = None  # the run this writer is installed in
+        atexit.register(self.flush)  # belt and braces: a run that died without its after_run
 
     def msg(self, message: bytes) -> None:
         with self._lock:
             self._buf += message
             self._buf += b"\n"
-            if len(self._buf) >= _FLUSH_AT or not self._flush_soon():
+            if len(self._buf) >= _FLUSH_AT or not self._in_event_loop():
                 self._write_buffer()
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg
 
-    def _flush_soon(self) -> bool:
-        """Leave the buffer to this run's flusher task; False when there is none."""
+    def _in_event_loop(self) -> bool:
+        """True in a trio run's thread, with this writer installed in that run."""
         try:
             token = trio.lowlevel.current_trio_token()
         except RuntimeError:
-            return False  # not in the event loop's thread
+            return False
         if token is not self._token:
-            self._wake = trio.Event()
-            try:
-                trio.lowlevel.spawn_system_task(self._flusher, token, name="wa_daemon.log.flusher")
-            except RuntimeError:
-                return False  # the run is ending and takes no new tasks
+            trio.lowlevel.add_instrument(self)
             self._token = token
-        self._wake.set()
         return True
 
-    async def _flusher(self, token: trio.lowlevel.TrioToken) -> None:
-        # A system task: it must never raise (flush does not), and trio cancels
-        # it once the main task has exited.
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake = trio.Event()
-                self.flush()
-        finally:
-            if self._token is token:
-                self._token = None
+    # trio instrument hooks; they must not raise (trio would drop the instrument).
+
+    def before_io_wait(self, timeout: float) -> None:
+        if self._buf:
             self.flush()
+
+    def after_run(self) -> None:
+        self._token = None
+        self.flush()
 
     def flush(self) -> None:
         """Write everything buffered. Never raises: if the descriptor is gone

@@ -317,13 +317,13 @@ class Session:
                 outcome = await self._drive(browser)
             finally:
                 await self._close_browser(browser)
+            if self._stop_requested:
+                return  # the operation that asked for the stop (logout) sets the state
             if isinstance(outcome, _Terminal):
                 if outcome.wipe_auth:
                     await self.ctx.driver.wipe_auth(self.id)
                 self.transition(outcome.state, outcome.reason, outcome.message)
                 return
-            if self._stop_requested:
-                return  # the operation that asked for the stop sets the state
             self.ctx.metrics.browser_crashes.labels(outcome.kind).inc()
             self._error(Reason.BROWSER_CRASHED.value, f"{outcome.kind}: {outcome.message}")
             reason = Reason.CONNECTION_LOST if outcome.kind == "connection_lost" else Reason.BROWSER_CRASHED

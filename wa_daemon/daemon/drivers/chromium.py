@@ -215,6 +215,7 @@ class ChromiumConfig:
     hang_check_timeout: float = 10.0
     extra_args: tuple[str, ...] = ()
     user_agent: str | None = None
+    app_lost_grace: float = 30.0
 
 
 class ChromiumBrowser:
@@ -235,6 +236,7 @@ class ChromiumBrowser:
         self._gone = False
         self._snapshot: dict[str, Any] = {}
         self._logged_out = trio.Event()
+        self._app_lost = trio.Event()
         self._refs_in_cycle = 0
 
     @property
@@ -335,6 +337,7 @@ class ChromiumBrowser:
                 raise LaunchError(f"cannot attach to chromium: {type(exc).__name__}: {exc}") from None
             raise
         nursery.start_soon(self._run_scoped, self._hang_check)
+        nursery.start_soon(self._run_scoped, self._app_watch)
 
     async def _run_scoped(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         scope = trio.CancelScope()
@@ -416,6 +419,10 @@ class ChromiumBrowser:
             self._emit(Loading(snap.get("percent")))
         if snap.get("app") and not prev.get("app"):
             self._emit(AppShown())
+        if prev.get("app") and not snap.get("app") and not snap.get("conflict"):
+            # A reload passes through here too (startup, loading, app): only an app
+            # that stays away means the page lost WhatsApp.
+            self._app_lost.set()
         if snap.get("conflict") and not prev.get("conflict"):
             self._emit(Conflict())
         if bool(snap.get("offline")) != bool(prev.get("offline")):
@@ -434,6 +441,17 @@ class ChromiumBrowser:
                 return
             except Exception as exc:  # "Target closed", "Session closed"...
                 self._emit_gone("cdp_lost", f"{type(exc).__name__}: {exc}")
+                return
+
+    async def _app_watch(self) -> None:
+        grace = self.driver.config.app_lost_grace
+        while True:
+            await self._app_lost.wait()
+            self._app_lost = trio.Event()
+            await trio.sleep(grace)
+            snap = self._snapshot
+            if not snap.get("app") and not snap.get("conflict") and not snap.get("ref"):
+                self._emit_gone("connection_lost", f"the app has not been shown for {grace:g} s")
                 return
 
     # ------------------------------------------------------------------ actions
