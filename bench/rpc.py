@@ -524,6 +524,8 @@ def run(plan: Plan) -> Results:
         status_servers = [("echo", echo), ("d1w", d1["warning"]), ("d1i", d1["info"])]
         for r in range(plan.rounds):
             progress(f"round {r + 1}/{plan.rounds}")
+            # Other jobs on the machine move every figure: the report shows how busy it was.
+            res.add("loadavg", os.getloadavg()[0])
             # sequential latency, interleaved: echo, daemon, echo, daemon, ...
             for key, srv in [*status_servers, ("echo2", echo), ("dnw", dn["warning"]), ("dni", dn["info"])]:
                 lat = measure_latency(srv.path, srv.pid, "status", status, plan.latency_n, warm)
@@ -572,6 +574,8 @@ def report(res: Results, plan: Plan, elapsed: float) -> str:
         f"trio {trio.__version__}, msgspec {msgspec.__version__}; run took {elapsed:.0f} s")
     out(f"payloads: status result {res.med('status_bytes'):.0f} B, "
         f"list of {plan.sessions} result {res.med('list_bytes'):.0f} B")
+    load = res.series["loadavg"].values if "loadavg" in res.series else [float("nan")]
+    out(f"machine load (1-min load average at the start of each round): {min(load):.2f} to {max(load):.2f}")
     out("")
 
     w = f"{'':44}{'echo':>10}  {'daemon warning':>22}  {'daemon info':>22}"

@@ -353,3 +353,14 @@ def test_sigkill_of_the_daemon_leaves_no_chromium(sock_dir: Path) -> None:
     finally:
         sim.terminate()
         sim.wait(10)
+
+
+async def test_per_session_url_reaches_the_browser(sock_dir: Path) -> None:
+    with trio.fail_after(60):
+        async with rig(sock_dir) as r:
+            custom = r.url + "/?per-session=1"
+            await r.wa.connect("u", whatsapp_url=custom)
+            await reach(r.wa, "u", "waiting_qr")
+            assert r.browser("u").url == custom
+            with pytest.raises(Exception, match="whatsapp_url"):
+                await r.wa.connect("v", whatsapp_url="file:///etc/passwd")

@@ -37,3 +37,15 @@ def test_protocol_hex_examples_match_code() -> None:
     ).stdout
     text = (DOCS / "protocol.md").read_text()
     assert _between(text, "<!-- BEGIN EXAMPLES", "<!-- END EXAMPLES -->").strip() == out.strip()
+
+
+def test_configuration_doc_lists_every_key() -> None:
+    import msgspec
+
+    from wa_daemon.daemon.config import Config, ScriptedConfig
+
+    text = (DOCS / "configuration.md").read_text()
+    keys = [f.name for f in msgspec.structs.fields(Config)]
+    keys += [f"scripted.{f.name}" for f in msgspec.structs.fields(ScriptedConfig)]
+    missing = [k for k in keys if f"| `{k}` |" not in text]
+    assert missing == []

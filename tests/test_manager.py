@@ -595,3 +595,25 @@ def test_sqlite_registry_round_trip(tmp_path) -> None:  # type: ignore[no-untype
     assert again.load() == [SessionRecord("a", 1000, created, False)]
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     again.close()
+
+
+async def test_failed_sessions_are_not_restored(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_manager(scripted={"fail_launch": True}) as (m, _):
+        await m.connect("f")
+        await wait_state(m, "f", State.FAILED)
+        assert m.registry.load()[0].should_run is False
+
+
+async def test_qr_while_connected_means_logged_out(autojump_clock: trio.testing.MockClock) -> None:
+    from wa_daemon.daemon.drivers.base import QrShown
+
+    async with open_manager() as (m, driver):
+        await m.connect("a")
+        await wait_state(m, "a", State.WAITING_QR)
+        driver.simulate("a", "scan")
+        await wait_state(m, "a", State.CONNECTED)
+        driver.live["a"]._send.send_nowait(QrShown("2@again,a,b,c", 60))
+        await wait_state(m, "a", State.LOGGED_OUT)
+        assert m.status("a").reason == Reason.LOGGED_OUT_BY_PHONE.value
+        assert "a" not in driver.authed
+        assert invalid_transitions(m) == 0

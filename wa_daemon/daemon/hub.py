@@ -83,6 +83,8 @@ class Subscriber:
         else:
             if isinstance(event, StateChanged) and event.transition.to_state != State.WAITING_QR:
                 self._qr.pop(event.status.session, None)  # a QR of a phase that ended is stale
+            elif isinstance(event, StateChanged) and event.status.qr is not None:
+                self._qr_last[event.status.session] = event.status.qr  # delivered with the state
             self._events.append(event)
             if len(self._events) > self._queue_size:
                 self._drop_one()

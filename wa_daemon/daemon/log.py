@@ -77,28 +77,26 @@ class LineWriter(trio.abc.Instrument):
         self._fd = fd
         self._buf = bytearray()
         self._lock = threading.Lock()  # lines may come from other threads too
-        self._token: trio.lowlevel.TrioToken | None = None  # the run this writer is installed in
+        self._thread: int | None = None  # the thread whose trio run has this writer installed
         atexit.register(self.flush)  # belt and braces: a run that died without its after_run
 
     def msg(self, message: bytes) -> None:
         with self._lock:
             self._buf += message
             self._buf += b"\n"
-            if len(self._buf) >= _FLUSH_AT or not self._in_event_loop():
+            if len(self._buf) >= _FLUSH_AT or (threading.get_ident() != self._thread and not self._install()):
                 self._write_buffer()
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg
 
-    def _in_event_loop(self) -> bool:
-        """True in a trio run's thread, with this writer installed in that run."""
+    def _install(self) -> bool:
+        """Install this writer in the current thread's trio run; False outside one."""
         try:
-            token = trio.lowlevel.current_trio_token()
-        except RuntimeError:
-            return False
-        if token is not self._token:
             trio.lowlevel.add_instrument(self)
-            self._token = token
+        except RuntimeError:
+            return False  # not in a trio run's thread: the caller writes the line now
+        self._thread = threading.get_ident()  # cheaper to compare per line than asking trio
         return True
 
     # trio instrument hooks; they must not raise (trio would drop the instrument).
@@ -108,7 +106,7 @@ class LineWriter(trio.abc.Instrument):
             self.flush()
 
     def after_run(self) -> None:
-        self._token = None
+        self._thread = None
         self.flush()
 
     def flush(self) -> None:

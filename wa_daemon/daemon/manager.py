@@ -58,6 +58,7 @@ class SessionManager:
             launch_slots=trio.Semaphore(config.max_concurrent_launches),
             nursery=nursery,
             rng=rng or random.Random(),
+            on_settled=lambda session: self.registry.put(self._record(session, should_run=False)),
         )
         self.metrics.track_sessions(self.counts_by_state)
 

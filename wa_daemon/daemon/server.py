@@ -224,7 +224,7 @@ class _Connection:
             return 0
 
     async def _send_locked(self, data: bytearray | memoryview) -> None:
-        """The slow path of :meth:`send`, with the send lock held."""
+        """The slow path of :meth:`send_frame`, with the send lock held."""
         if self.broken:
             return
         timeout = self.server.manager.config.send_timeout

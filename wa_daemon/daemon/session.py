@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -69,6 +70,9 @@ class SessionContext:
     launch_slots: trio.Semaphore
     nursery: trio.Nursery
     rng: random.Random
+    # Told when the runner ends in failed or logged_out, so the registry stops
+    # restarting a session nobody can use until someone connects it again.
+    on_settled: Callable[[Session], None] = lambda session: None
 
 
 @dataclass(frozen=True)
@@ -297,6 +301,8 @@ class Session:
             self.transition(State.FAILED, Reason.INTERNAL_ERROR, self.last_error)
         finally:
             self._runner = None
+            if self.state in NEEDS_REASON:
+                self.ctx.on_settled(self)
             done.set()
 
     async def _lifecycle(self) -> None:
@@ -471,6 +477,14 @@ class Session:
     def _on_qr(self, event: QrShown) -> _Terminal | None:
         cfg = self.ctx.config
         self.ctx.metrics.qr_generated.inc()
+        if self.state == State.CONNECTED:
+            # A linked page never asks for a QR: the login is gone, whatever the URL says.
+            return _Terminal(
+                State.LOGGED_OUT,
+                Reason.LOGGED_OUT_BY_PHONE,
+                "the page asks for a new QR: this device is no longer linked; auth wiped",
+                wipe_auth=True,
+            )
         if self.state == State.WAITING_QR:
             # A refresh: the same phase goes on, no transition.
             self._qr_refreshes += 1

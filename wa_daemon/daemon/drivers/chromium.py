@@ -219,8 +219,9 @@ class ChromiumConfig:
 
 
 class ChromiumBrowser:
-    def __init__(self, driver: ChromiumDriver, session_id: str, profile: Path) -> None:
+    def __init__(self, driver: ChromiumDriver, session_id: str, profile: Path, url: str) -> None:
         self.driver = driver
+        self.url = url
         self.session_id = session_id
         self.profile = profile
         self.log = log.bind(session=session_id)
@@ -364,9 +365,9 @@ class ChromiumBrowser:
         await _aio(page.exposeFunction, BINDING, self._on_report)
         await _aio(page.evaluateOnNewDocument, watcher_script())
         try:
-            await _aio(page.goto, self.driver.config.url, waitUntil="domcontentloaded", timeout=0)
+            await _aio(page.goto, self.url, waitUntil="domcontentloaded", timeout=0)
         except Exception as exc:  # pyppeteer raises plain exceptions for net errors
-            raise LaunchError(f"cannot open {self.driver.config.url}: {exc}") from None
+            raise LaunchError(f"cannot open {self.url}: {exc}") from None
 
     # ------------------------------------------------------------------ page → events
 
@@ -533,11 +534,14 @@ class ChromiumDriver:
         self.sessions_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         kill_orphans(self.sessions_dir)
 
-    def user_agent(self) -> str:
+    async def user_agent(self) -> str:
         if self._user_agent is None:
-            self._user_agent = self.config.user_agent or desktop_user_agent(
-                chromium_version(self.config.executable)
-            )
+            if self.config.user_agent:
+                self._user_agent = self.config.user_agent
+            else:
+                # `chromium --version` takes a moment: not on the event loop.
+                version = await trio.to_thread.run_sync(chromium_version, self.config.executable)
+                self._user_agent = desktop_user_agent(version)
         return self._user_agent
 
     async def launch(self, options: LaunchOptions) -> ChromiumBrowser:
@@ -545,10 +549,10 @@ class ChromiumDriver:
         if sid in self.live:
             raise LaunchError(f"profile of session {sid!r} is in use by a running browser")
         self.launches += 1
-        browser = ChromiumBrowser(self, sid, self.profile_of(sid))
+        browser = ChromiumBrowser(self, sid, self.profile_of(sid), options.url or self.config.url)
         self.live[sid] = browser
         try:
-            await browser.launch(self.user_agent())
+            await browser.launch(await self.user_agent())
         except BaseException:
             self.live.pop(sid, None)
             raise
