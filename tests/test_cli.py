@@ -316,7 +316,7 @@ def test_connect_json_prints_one_object_per_event(auto_daemon: DaemonProcess) ->
     assert types[0] == "connect" and types[1] == "snapshot" and types[-1] == "end"
     assert docs[0]["status"]["session"] == "jason"
     qrs = [d["qr"] for d in docs if d["type"] == "qr"]
-    qrs += [d["status"]["qr"] for d in docs if d["type"] == "snapshot" and d["status"]["qr"]]
+    qrs += [d["status"]["qr"] for d in docs if d["type"] in ("snapshot", "state") and d["status"].get("qr")]
     qr = qrs[0]
     assert qr["data"].startswith("2@") and qr["seq"] == 1
     moves = [
