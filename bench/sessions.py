@@ -726,9 +726,9 @@ class Plan:
 
 
 FULL = Plan(sizes=(1, 5, 10), rounds=2, flag_n=10, flag_variants=FLAG_VARIANTS, idle_n=10, idle_s=60.0,
-            crash_samples=10, baseline_crash_samples=5, n1_repeats=3)
+            crash_samples=10, baseline_crash_samples=5, n1_repeats=2)
 QUICK = Plan(sizes=(1, 5), rounds=1, flag_n=5, flag_variants=(("all three", MEMORY_FLAGS),), idle_n=10,
-             idle_s=20.0, crash_samples=5, baseline_crash_samples=3, n1_repeats=2)
+             idle_s=20.0, crash_samples=5, baseline_crash_samples=3, n1_repeats=1)
 
 
 @dataclass
@@ -790,13 +790,14 @@ def scan(url: str, ref: str) -> None:
         resp.read()
 
 
-def run_daemon(fleet: Fleet, res: Results, key: str, n: int, settings: list[str]) -> None:
+def run_daemon(fleet: Fleet, res: Results, key: str, n: int, settings: list[str], warm_up: bool = True) -> None:
     progress(f"  {key}: daemon, {n} session(s), {' '.join(settings) or 'defaults'}")
     d = DaemonRun(fleet, fleet.unique(key), settings)
     try:
         cr = res.get(key)
         cr.sessions = n
-        cr.cold.append(d.warm_up())
+        if warm_up:
+            cr.cold.append(d.warm_up())
         cr.qr += d.start([f"s{i:02d}" for i in range(n)])
         time.sleep(SETTLE_S)
         cr.memory.append(d.memory())
@@ -929,9 +930,11 @@ def run(plan: Plan, chromium: str) -> Results:
         n = plan.flag_n
         progress(f"memory flags, N={n}")
         base = [f"max_concurrent_launches={n}"]
-        run_daemon(fleet, res, f"f{n}:as is", n, base)
+        # No warm-up here: memory is the point, and the one-off costs land on the first session of each alike.
+        run_daemon(fleet, res, f"f{n}:as is", n, base, warm_up=False)
         for label, flags in plan.flag_variants:
-            run_daemon(fleet, res, f"f{n}:{label}", n, [*base, "chromium_args=" + json.dumps(list(flags))])
+            run_daemon(fleet, res, f"f{n}:{label}", n, [*base, "chromium_args=" + json.dumps(list(flags))],
+                       warm_up=False)
         run_idle_and_crash(fleet, res, plan)
     finally:
         left = fleet.close()

@@ -20,7 +20,7 @@ import re
 import shutil
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -138,19 +138,23 @@ def chromium_version(executable: str) -> str:
     return match.group(1) if match else ""
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live processes of a process group (field 5 of /proc/PID/stat)."""
-    members = []
+def _proc_files(name: str) -> Iterator[tuple[int, bytes]]:
+    """(pid, contents of /proc/PID/<name>) for every process we may read."""
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
-            members.append(int(entry.name))
+        if entry.name.isdigit():
+            try:
+                yield int(entry.name), (entry / name).read_bytes()
+            except OSError:
+                continue  # gone meanwhile, or not ours to read
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group: field 5 of /proc/PID/stat."""
+    members = []
+    for pid, stat in _proc_files("stat"):
+        fields = stat.rsplit(b")", 1)[-1].split()
+        if len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] != b"Z":
+            members.append(pid)
     return members
 
 
@@ -175,17 +179,7 @@ def clear_singletons(profile: Path) -> None:
 def find_orphans(sessions_dir: Path) -> list[int]:
     """Pids of Chromium processes whose --user-data-dir lies under ``sessions_dir``."""
     needle = f"--user-data-dir={sessions_dir.resolve()}/".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if needle in cmdline:
-            found.append(int(entry.name))
-    return found
+    return [pid for pid, cmdline in _proc_files("cmdline") if needle in cmdline]
 
 
 def kill_orphans(sessions_dir: Path) -> int:
