@@ -17,15 +17,20 @@ other, never two at the same time:
   ``goto(URL)``, ``waitForSelector("div[data-ref]:not([data-ref=''])")``. Time to first QR
   runs from just before the ``gather`` to the selector.
 
-For each N (1, 5, 10; ``--quick``: 1, 5) and each round, every configuration measures
-time to first QR, then (after 3 s of settling) the proportional set size (``Pss`` from
+Both are warmed first: one session (one browser) to its QR, then closed and gone, so a
+process's one-off costs (the daemon imports pyppeteer and asks Chromium its version on its
+first launch) stay out of the timed sessions; the daemon's first session is reported apart.
+
+For each N (1, 5, 10; ``--quick``: 1, 5) and each round (N = 1: three times a round), every
+configuration measures time to first QR, then (after 3 s of settling) the proportional set size (``Pss`` from
 ``/proc/PID/smaps_rollup``) of every process of the browsers' process groups, median of
 three samples a second apart. Groups are found from the processes whose command line
 holds the run's ``--user-data-dir``; the daemon starts each Chromium as a group leader,
 the baseline runner is started as one, so its browsers share its group (the runner itself
 is left out). Processes that leave the group (Chromium's crashpad handlers daemonize) are
-found by an environment variable every process of a configuration inherits, and counted
-too. Rounds alternate the order of the configurations.
+found by an environment variable they inherit, and counted too. Memory is sampled when no
+other Chromium runs on the machine (waiting up to 10 s): other browsers share the library
+pages and lower the Pss. Rounds alternate the order of the configurations.
 
 Then, at N = 10 (``--quick``: 5): the daemon with each candidate memory flag
 (``--set chromium_args=[...]``); 10 sessions scanned through the simulator and left
@@ -37,6 +42,7 @@ moment the killed process is gone (a pidfd, the floor), and next to pyppeteer's
 
     python bench/sessions.py            # full run, about 9 minutes
     python bench/sessions.py --quick    # smoke run, under 3 minutes
+    python bench/sessions.py --sizes 1 --rounds 4 --no-extras   # more samples of one case
 
 A benchmark reports; it does not assert: the exit status is 0 whatever the figures
 (1 if it could not run, 130 if interrupted). Every process it starts, and every Chromium
@@ -72,6 +78,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from wa_daemon import Client
+from wa_daemon.daemon.drivers.chromium import CHROMIUM_FLAGS
 from wa_daemon.errors import WaDaemonError
 from wa_daemon.protocol import Snapshot, State, StateChanged
 
@@ -82,16 +89,21 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # The memory flags commonly recommended for headless fleets; the daemon keeps none of them.
 MEMORY_FLAGS = ("--renderer-process-limit=1", "--enable-low-end-device-mode", "--in-process-gpu")
+# Chromium keeps a spare renderer ready for the next navigation. Switching it off takes a
+# --disable-features of our own, which must repeat the daemon's list (one value per switch).
+_DAEMON_DISABLED = next((f.split("=", 1)[1] for f in CHROMIUM_FLAGS if f.startswith("--disable-features=")), "")
+NO_SPARE_RENDERER = "--disable-features=" + ",".join(x for x in (_DAEMON_DISABLED, "SpareRendererForSitePerProcess") if x)
 FLAG_VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     *((flag, (flag,)) for flag in MEMORY_FLAGS),
     ("all three", MEMORY_FLAGS),
     ("--no-zygote", ("--no-zygote",)),
+    ("no spare renderer", (NO_SPARE_RENDERER,)),
 )
 
 TARGET_CRASH_S = 0.5
 TARGET_IDLE_CPU = 0.02  # of one core
 SETTLE_S = 3.0  # after the last QR, before memory is sampled
-QUIET_WAIT_S = 20.0  # at most this long for other people's Chromium to go away before sampling
+QUIET_WAIT_S = 10.0  # at most this long for other people's Chromium to go away before sampling
 MEMORY_SAMPLES = 3
 
 
@@ -391,7 +403,7 @@ class Fleet:
             proc.wait()
 
     def reap(self, prefix: str, timeout: float = 10.0) -> int:
-        """SIGKILL every live process tagged ``prefix``... and its group; returns how many were found."""
+        """SIGKILL every live process whose tag starts with ``prefix``; returns how many there were."""
         found = tagged(prefix)
         total = len(found)
         deadline = time.monotonic() + timeout
@@ -427,7 +439,7 @@ class Fleet:
     def close(self) -> list[ProcInfo]:
         for proc in self.procs:
             self.stop(proc, 20)
-        self.reap(self.run_tag)
+        self.reap(self.run_tag + "/")
         for f in self._files:
             f.close()
         return self.leftovers()
@@ -723,10 +735,11 @@ class Plan:
     crash_samples: int
     baseline_crash_samples: int
     n1_repeats: int  # N = 1 is cheap and gives one QR sample a run: run it this many times a round
+    extras: bool = True  # the memory flags, the idle window and the kill -9 samples
 
 
 FULL = Plan(sizes=(1, 5, 10), rounds=2, flag_n=10, flag_variants=FLAG_VARIANTS, idle_n=10, idle_s=60.0,
-            crash_samples=10, baseline_crash_samples=5, n1_repeats=2)
+            crash_samples=10, baseline_crash_samples=5, n1_repeats=3)
 QUICK = Plan(sizes=(1, 5), rounds=1, flag_n=5, flag_variants=(("all three", MEMORY_FLAGS),), idle_n=10,
              idle_s=20.0, crash_samples=5, baseline_crash_samples=3, n1_repeats=1)
 
@@ -741,8 +754,13 @@ class ConfigResult:
     cold: list[float] = field(default_factory=list)  # the daemon's first session after it started
     sessions: int = 0
 
+    def clean(self) -> list[TreeMemory]:
+        """The samples taken while no other Chromium ran on the machine, if there are any."""
+        return [m for m in self.memory if not m.foreign] or self.memory
+
     def med(self, fn: Callable[[TreeMemory], float]) -> float:
-        return statistics.median(fn(m) for m in self.memory) if self.memory else math.nan
+        samples = self.clean()
+        return statistics.median(fn(m) for m in samples) if samples else math.nan
 
     def per_session_mb(self, fn: Callable[[TreeMemory], float]) -> float:
         return self.med(fn) / 1024 / max(1, self.sessions)
@@ -844,7 +862,7 @@ def run_idle_and_crash(fleet: Fleet, res: Results, plan: Plan) -> None:
         for sid in sids:
             scan(fleet.url, d.client.qr(sid).data)
         d.recorder.wait(sids, reached_after(State.CONNECTED, t_scan), 120, "connected")
-        time.sleep(5.0)  # the app screens settle
+        time.sleep(3.0)  # the app screens settle
         daemon0 = read_proc(d.proc.pid)
         sim0 = read_proc(fleet.procs[0].pid)
         pgids = {p.pgid for p in all_procs() if any(d.needle in a for a in p.argv)}
@@ -920,13 +938,15 @@ def run(plan: Plan, chromium: str) -> Results:
                 steps: list[Callable[[], None]] = [
                     functools.partial(run_daemon, fleet, res, f"d{n}:all", n, [f"max_concurrent_launches={n}"]),
                     functools.partial(run_baseline, fleet, res, f"b{n}", n, ua,
-                                      plan.baseline_crash_samples if n == max(plan.sizes) and r == 0 else 0),
+                                      plan.baseline_crash_samples if plan.extras and n == max(plan.sizes) and r == 0 else 0),
                 ]
                 if n > 2:  # the default queue (2 launches at a time) differs from "all at once"
                     steps.insert(0, functools.partial(run_daemon, fleet, res, f"d{n}:queue", n, []))
                 for i in range(plan.n1_repeats if n == 1 else 1):
                     for step in steps if (r + i) % 2 == 0 else reversed(steps):
                         step()
+        if not plan.extras:
+            return res
         n = plan.flag_n
         progress(f"memory flags, N={n}")
         base = [f"max_concurrent_launches={n}"]
@@ -962,7 +982,8 @@ def report(res: Results, plan: Plan, elapsed: float) -> str:
     lines: list[str] = []
     out = lines.append
     out("")
-    out(f"wa-daemon sessions benchmark: {plan.rounds} round(s), N in {plan.sizes}; Chromium {res.chromium_version}")
+    out(f"wa-daemon sessions benchmark: {plan.rounds} round(s), N in {plan.sizes}; Chromium {res.chromium_version}; "
+        f"source {_revision()}")
     out(f"machine: {os.cpu_count()} CPUs, {_mem_total_gb():.0f} GB, Python {platform.python_version()}; "
         f"load average {res.load[0]:.1f} at start, {res.load[-1]:.1f} at end; run took {elapsed:.0f} s")
     foreign = [m.foreign for c in res.configs.values() for m in c.memory]
@@ -970,8 +991,8 @@ def report(res: Results, plan: Plan, elapsed: float) -> str:
     out(f"other people's Chromium processes running during {busy} of {len(foreign)} memory samples"
         + (f" (up to {max(foreign)})" if busy else ""))
     out("memory: Chromium processes only (browser groups + escaped crashpad handlers), per session, "
-        "median over runs; QR: every session of every run (N = 1: "
-        f"{plan.n1_repeats * plan.rounds} runs)")
+        "median over runs (over the runs with no other Chromium on the machine, if any); "
+        f"QR: every session of every run (N = 1: {plan.n1_repeats * plan.rounds} runs)")
     out("")
     head = f"{'':38}{'daemon, queue 2':>17}{'daemon, N at once':>19}{'launch()':>11}{'at once/launch()':>18}"
     out(head)
@@ -1013,23 +1034,25 @@ def report(res: Results, plan: Plan, elapsed: float) -> str:
     kinds = sorted({k for key in (f"d{nmax}:all", f"b{nmax}") for m in res.get(key).memory for k in m.by_kind})
     out(f"PSS by process kind at N = {nmax}, MB per session (daemon N at once / launch())")
     for k in kinds:
-        vals = [statistics.median(m.by_kind.get(k, 0) for m in res.get(key).memory) / 1024 / nmax
+        vals = [statistics.median(m.by_kind.get(k, 0) for m in res.get(key).clean()) / 1024 / nmax
                 for key in (f"d{nmax}:all", f"b{nmax}")]
         out(f"  {k:36}{vals[0]:>8.1f}{vals[1]:>8.1f}")
     out("")
     fn = plan.flag_n
-    asis = res.get(f"f{fn}:as is")
-    out(f"memory flags, daemon, N = {fn} at once (saving vs the daemon as is, same block)")
-    out(f"  {'chromium_args':36}{'PSS MB':>9}{'saving':>9}{'anon MB':>9}{'saving':>9}{'USS MB':>9}{'saving':>9}"
-        f"{'procs':>7}{'QR p50 s':>10}")
-    for label in ["as is", *(lbl for lbl, _ in plan.flag_variants)]:
-        c = res.get(f"f{fn}:{label}")
-        cells = []
-        for fn_ in (lambda m: m.pss_kb, lambda m: m.pss_anon_kb, lambda m: m.uss_kb):
-            v = c.per_session_mb(fn_)
-            cells.append(f"{v:>9.1f}{1 - v / asis.per_session_mb(fn_):>8.1%} ")
-        out(f"  {label:36}{''.join(cells)}{c.med(lambda m: m.processes) / fn:>6.1f}{p50(c.qr):>10.2f}")
-    out("")
+    if plan.extras:
+        asis = res.get(f"f{fn}:as is")
+        out(f"memory flags, daemon, N = {fn} at once (saving vs the daemon as is, same block)")
+        out(f"  {'chromium_args':36}{'PSS MB':>9}{'saving':>9}{'anon MB':>9}{'saving':>9}{'USS MB':>9}"
+            f"{'saving':>9}{'procs':>7}{'QR p50 s':>10}")
+        for label in ["as is", *(lbl for lbl, _ in plan.flag_variants)]:
+            c = res.get(f"f{fn}:{label}")
+            cells = []
+            for fn_ in (lambda m: m.pss_kb, lambda m: m.pss_anon_kb, lambda m: m.uss_kb):
+                v = c.per_session_mb(fn_)
+                cells.append(f"{v:>9.1f}{1 - v / asis.per_session_mb(fn_):>8.1%} ")
+            out(f"  {label:36}{''.join(cells)}{c.med(lambda m: m.processes) / fn:>6.1f}{p50(c.qr):>10.2f}")
+        out(f"  (no spare renderer = {NO_SPARE_RENDERER})")
+        out("")
     idle = res.idle
     if idle:
         out(f"idle: {idle['n']:.0f} sessions connected for {idle['wall']:.0f} s "
@@ -1040,13 +1063,17 @@ def report(res: Results, plan: Plan, elapsed: float) -> str:
         out(f"  PSS per connected session           {idle['pss_mb_per_session']:7.1f} MB; daemon process "
             f"{idle['daemon_pss_mb']:.1f} MB")
         out("")
-    out(f"kill -9 of a connected session's browser ({len(res.crash_daemon)} samples), ms p50 / max")
-    out(f"  daemon: watch event leaving connected   {ms(p50(res.crash_daemon)):>6} / {ms(max(res.crash_daemon, default=math.nan)):>6}")
-    out(f"  daemon: status polled every 2 ms        {ms(p50(res.crash_poll)):>6} / {ms(max(res.crash_poll, default=math.nan)):>6}")
-    out(f"  the killed process gone (pidfd)         {ms(p50(res.crash_floor)):>6} / {ms(max(res.crash_floor, default=math.nan)):>6}")
-    out(f"  launch(): pyppeteer 'disconnected' ({len(res.crash_baseline)}) {ms(p50(res.crash_baseline)):>6} / "
-        f"{ms(max(res.crash_baseline, default=math.nan)):>6}")
-    out("")
+    if plan.extras:
+        out(f"kill -9 of a connected session's browser ({len(res.crash_daemon)} samples), ms p50 / max")
+        out(f"  daemon: watch event leaving connected   {ms(p50(res.crash_daemon)):>6} / "
+            f"{ms(max(res.crash_daemon, default=math.nan)):>6}")
+        out(f"  daemon: status polled every 2 ms        {ms(p50(res.crash_poll)):>6} / "
+            f"{ms(max(res.crash_poll, default=math.nan)):>6}")
+        out(f"  the killed process gone (pidfd)         {ms(p50(res.crash_floor)):>6} / "
+            f"{ms(max(res.crash_floor, default=math.nan)):>6}")
+        out(f"  launch(): pyppeteer 'disconnected' ({len(res.crash_baseline)}) {ms(p50(res.crash_baseline)):>6} / "
+            f"{ms(max(res.crash_baseline, default=math.nan)):>6}")
+        out("")
 
     out("targets")
     for n in plan.sizes:
@@ -1060,12 +1087,14 @@ def report(res: Results, plan: Plan, elapsed: float) -> str:
         out(f"  first QR, N={n:<2}, daemon at once / launch() p50 {r50:6.2f}  <= 1      {verdict(r50 <= 1.0)}")
         out(f"  first QR, N={n:<2}, daemon at once / launch() p95 {r95:6.2f}  <= 1      {verdict(r95 <= 1.0)}")
     worst = max(res.crash_poll + res.crash_daemon, default=math.nan)
-    out(f"  crash noticed, max of {len(res.crash_daemon)} (s)                {worst:6.3f}  < {TARGET_CRASH_S}    "
-        f"{verdict(worst < TARGET_CRASH_S)}")
+    if plan.extras:
+        out(f"  crash noticed, max of {len(res.crash_daemon)} (s)                {worst:6.3f}  < {TARGET_CRASH_S}    "
+            f"{verdict(worst < TARGET_CRASH_S)}")
     if idle:
         out(f"  idle daemon, {idle['n']:.0f} sessions (of one core)         {idle['daemon']:6.2%}  < "
             f"{TARGET_IDLE_CPU:.0%}     {verdict(idle['daemon'] < TARGET_IDLE_CPU)}")
-    out("  memory flags kept by the daemon: none, so none to justify    PASS")
+    if plan.extras:
+        out("  memory flags kept by the daemon: none, so none to justify    PASS")
     out("")
     out("per-configuration values")
     for key, c in res.configs.items():
@@ -1080,6 +1109,15 @@ def report(res: Results, plan: Plan, elapsed: float) -> str:
     out("cleanup: " + ("no process left behind" if not res.leftovers else
                         f"{len(res.leftovers)} processes were still running and were killed: {res.leftovers}"))
     return "\n".join(lines)
+
+
+def _revision() -> str:
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10,
+                             cwd=os.path.dirname(os.path.abspath(__file__)), check=False).stdout.strip()
+    except OSError:
+        out = ""
+    return out or "unknown"
 
 
 def _mem_total_gb() -> float:
@@ -1099,6 +1137,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a short smoke run (< 3 min)")
     p.add_argument("--rounds", type=int, help="override the number of rounds")
     p.add_argument("--idle", type=float, help="override the idle window, seconds")
+    p.add_argument("--sizes", help="override the session counts, e.g. 1,5")
+    p.add_argument("--no-extras", action="store_true",
+                   help="only the N rounds: no memory flags, idle window or kill -9")
     p.add_argument("--chromium", default=CHROMIUM, help=f"Chromium executable (default {CHROMIUM})")
     p.add_argument("--baseline-runner", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
@@ -1113,6 +1154,10 @@ def main(argv: list[str] | None = None) -> int:
         plan = dataclasses.replace(plan, rounds=args.rounds)
     if args.idle:
         plan = dataclasses.replace(plan, idle_s=args.idle)
+    if args.sizes:
+        plan = dataclasses.replace(plan, sizes=tuple(int(x) for x in args.sizes.split(",")))
+    if args.no_extras:
+        plan = dataclasses.replace(plan, extras=False)
     if not os.path.exists(args.chromium):
         print(f"benchmark failed: no Chromium at {args.chromium}", file=sys.stderr)
         return 1

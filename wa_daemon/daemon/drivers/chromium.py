@@ -527,6 +527,9 @@ class ChromiumDriver:
         """Start-up housekeeping: the state directory exists, no orphan holds a profile."""
         self.sessions_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         kill_orphans(self.sessions_dir)
+        # Importing pyppeteer takes ~130 ms: pay it here, before anything is served,
+        # not on the event loop at the first launch.
+        import pyppeteer  # noqa: F401
 
     async def user_agent(self) -> str:
         if self._user_agent is None:
