@@ -18,7 +18,7 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
-from .errors import ProtocolError, WaDaemonError, error_from_wire
+from .errors import InvalidArgument, ProtocolError, WaDaemonError, error_from_wire
 
 PROTOCOL_VERSION: Final = 1
 DEFAULT_MAX_FRAME: Final = 1 << 20
@@ -52,8 +52,6 @@ class RemoteProtocolError(ProtocolError):
 
 def validate_session_id(value: object) -> str:
     """Return ``value`` if it is a valid session id, else raise InvalidArgument naming the rule."""
-    from .errors import InvalidArgument
-
     # fullmatch, not match: "$" would accept a trailing newline.
     if not isinstance(value, str) or _SESSION_ID_RE.fullmatch(value) is None:
         raise InvalidArgument(
