@@ -192,10 +192,6 @@ class Session:
     def touch(self) -> None:
         self.last_touch = trio.current_time()
 
-    @property
-    def running(self) -> bool:
-        return self._runner is not None
-
     # ------------------------------------------------------------------ transitions
 
     def transition(self, to: State, reason: Reason | str, message: str = "") -> bool:

@@ -558,7 +558,3 @@ class ChromiumDriver:
     async def wipe_auth(self, session_id: str) -> None:
         profile = self.profile_of(session_id)
         await trio.to_thread.run_sync(lambda: shutil.rmtree(profile, ignore_errors=True))
-
-    async def aclose(self) -> None:
-        for browser in list(self.live.values()):
-            await browser.close()

@@ -59,7 +59,6 @@ class ScriptedBrowser:
         self._scope = trio.CancelScope()
         self.closed = trio.Event()
         self.current_ref: str | None = None
-        self.refs_shown = 0
 
     @property
     def events(self) -> trio.MemoryReceiveChannel[PageEvent]:
@@ -92,7 +91,6 @@ class ScriptedBrowser:
             for i in range(cfg.qr_refs_per_cycle):
                 ttl = cfg.first_qr_ttl if i == 0 else cfg.qr_ttl
                 self.current_ref = _fake_ref()
-                self.refs_shown += 1
                 await self._emit(QrShown(self.current_ref, ttl))
                 deadline = trio.current_time() + ttl
                 while True:
@@ -151,7 +149,6 @@ class ScriptedBrowser:
             self.driver.authed.discard(self.session_id)
 
     async def _gone(self, kind: str, message: str) -> None:
-        self.driver.crashes += 1
         await self._emit(BrowserGone(kind, message))
         self._scope.cancel()
         await trio.lowlevel.checkpoint()
@@ -195,7 +192,6 @@ class ScriptedDriver:
     authed: set[str] = field(default_factory=set)
     live: dict[str, ScriptedBrowser] = field(default_factory=dict)
     launches: int = 0
-    crashes: int = 0
     _numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     async def launch(self, options: LaunchOptions) -> ScriptedBrowser:
