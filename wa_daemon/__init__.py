@@ -24,6 +24,8 @@ from .errors import (
 )
 from .protocol import (
     End,
+    Health,
+    HealthCheck,
     QrCode,
     QrUpdated,
     Reason,
@@ -45,6 +47,8 @@ __all__ = [
     "DaemonUnreachable",
     "End",
     "ErrorCode",
+    "Health",
+    "HealthCheck",
     "InternalError",
     "InvalidArgument",
     "LimitExceeded",

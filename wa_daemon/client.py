@@ -39,6 +39,7 @@ from .protocol import (
     End,
     Error,
     Event,
+    Health,
     HistoryParams,
     ListParams,
     Metrics,
@@ -251,6 +252,10 @@ class Client:
 
     def metrics(self, prometheus: bool = False) -> Metrics:
         return self._call("metrics", MetricsParams(prometheus))  # type: ignore[no-any-return]
+
+    def health(self) -> Health:
+        """The daemon's own checks (event loop, state directory, failing sessions)."""
+        return self._call("health", NoParams())  # type: ignore[no-any-return]
 
     def ping(self) -> Pong:
         return self._call("ping", NoParams())  # type: ignore[no-any-return]
@@ -504,6 +509,10 @@ class AsyncClient:
 
     async def metrics(self, prometheus: bool = False) -> Metrics:
         return await self._call("metrics", MetricsParams(prometheus))  # type: ignore[no-any-return]
+
+    async def health(self) -> Health:
+        """The daemon's own checks (event loop, state directory, failing sessions)."""
+        return await self._call("health", NoParams())  # type: ignore[no-any-return]
 
     async def ping(self) -> Pong:
         return await self._call("ping", NoParams())  # type: ignore[no-any-return]

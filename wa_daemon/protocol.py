@@ -160,6 +160,18 @@ class Metrics(msgspec.Struct, frozen=True):
     prometheus: str | None = None
 
 
+class HealthCheck(msgspec.Struct, frozen=True):
+    name: str  # event_loop, state_dir, sessions
+    ok: bool
+    message: str
+    value: float | None = None  # the measured figure: lag in s, free bytes, failing fraction
+
+
+class Health(msgspec.Struct, frozen=True):
+    healthy: bool
+    checks: list[HealthCheck]
+
+
 class Pong(msgspec.Struct, frozen=True):
     server_time: datetime
 
@@ -268,6 +280,7 @@ METHODS: Final[dict[str, Method]] = {
     "history": Method(HistoryParams, History),
     "watch": Method(WatchParams, WatchEvent, stream=True),
     "metrics": Method(MetricsParams, Metrics),
+    "health": Method(NoParams, Health),
     "ping": Method(NoParams, Pong),
     "version": Method(NoParams, VersionInfo),
     "simulate": Method(SimulateParams, SessionStatus),

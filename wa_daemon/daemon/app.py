@@ -8,16 +8,23 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 import trio
 
+from .._version import __version__
 from ..paths import default_socket_path, default_state_dir
-from .config import Config
+from .config import RESTART_KEYS, Config
+from .configfile import ConfigError, ConfigSource
 from .drivers.base import Driver
 from .drivers.scripted import ScriptedDriver
+from .log import configure
 from .manager import SessionManager
+from .metrics_http import MetricsHttp
+from .monitor import DaemonMonitor
 from .registry import MemoryRegistry, Registry, SqliteRegistry
 from .server import BoundSocket, Server, bind_unix_socket
+from .systemd import Notifier
 
 log = structlog.get_logger("wa_daemon")
 
@@ -59,14 +66,25 @@ def make_registry(config: Config) -> Registry:
 
 
 class Daemon:
-    def __init__(self, config: Config, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        source: ConfigSource | None = None,
+        notifier: Notifier | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self.config = config
+        self.source = source  # where a reload reads the configuration again
+        self.notifier = notifier or Notifier({})  # main() passes the one from the environment
         self.socket_path = Path(config.socket_path) if config.socket_path else default_socket_path()
         self._rng = rng
         self._stop = trio.Event()
         self.manager: SessionManager | None = None
         self.server: Server | None = None
         self.driver: Driver | None = None
+        self.monitor: DaemonMonitor | None = None
+        self._reload_lock = trio.Lock()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -83,7 +101,7 @@ class Daemon:
         """Serve until :meth:`request_stop`; then stop accepting, stop every session,
         end every stream, let in-flight calls answer, and return."""
         cfg = self.config
-        bound = bound or bind_unix_socket(self.socket_path)
+        bound = bound or bind_unix_socket(self.socket_path, group=cfg.socket_group)
         try:
             async with self._browser_loop(), trio.open_nursery() as sessions:
                 self.driver = make_driver(cfg, sessions)
@@ -91,16 +109,33 @@ class Daemon:
                 manager = self.manager = SessionManager(
                     cfg, self.driver, sessions, registry=registry, rng=self._rng
                 )
+                manager.metrics.build_info(__version__, self.driver.name)
+                self.monitor = DaemonMonitor(manager, _used_state_dir(cfg))
                 manager.restore()
-                server = self.server = Server(manager)
+                server = self.server = Server(manager, health=self.monitor.health)
                 async with trio.open_nursery() as connections:
                     async with trio.open_nursery() as front:
                         front.start_soon(server.accept_loop, bound, connections)
                         front.start_soon(manager.cleanup_loop)
-                        log.info("daemon_ready", socket=str(self.socket_path), driver=self.driver.name)
+                        front.start_soon(self.monitor.run)
+                        if cfg.metrics_listen:
+                            front.start_soon(self._serve_metrics, cfg.metrics_listen)
+                        if self.notifier.enabled:
+                            front.start_soon(self._report_status)
+                            if self.notifier.watchdog_interval:
+                                front.start_soon(self._watchdog, self.notifier.watchdog_interval)
+                        log.info(
+                            "daemon_ready",
+                            socket=str(bound.path),
+                            socket_activated=bound.activated,
+                            driver=self.driver.name,
+                            sessions=len(manager.sessions),
+                        )
+                        self.notifier.ready(self._status_line())
                         task_status.started(self)
                         await self._stop.wait()
                         front.cancel_scope.cancel()
+                    self.notifier.stopping()
                     log.info("daemon_stopping", sessions=len(manager.sessions))
                     bound.close()  # nobody new can connect from here on
                     server.draining = True
@@ -117,3 +152,91 @@ class Daemon:
             if self.manager is not None:
                 self.manager.registry.close()
         log.info("daemon_stopped")
+
+    async def _serve_metrics(self, listen: str) -> None:
+        assert self.manager is not None and self.monitor is not None
+        http = MetricsHttp(listen, self.manager.metrics.exposition, self.monitor.health)
+        try:
+            await http.run()
+        except OSError as exc:
+            # Sessions matter more than a scrape: keep serving them, say so loudly.
+            log.error("metrics_listen_failed", listen=listen, error=str(exc))
+
+    # ------------------------------------------------------------------ systemd
+
+    def _status_line(self) -> str:
+        if self.manager is None:
+            return "starting"
+        counts = self.manager.counts_by_state()
+        parts = [f"{n} {state.value}" for state, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+        total = sum(counts.values())
+        return f"{total} session{'s' if total != 1 else ''}" + (": " + ", ".join(parts) if parts else "")
+
+    async def _report_status(self) -> None:
+        """STATUS= for `systemctl status`, sent when the counts change (checked every second)."""
+        last = ""
+        while True:
+            line = self._status_line()
+            if line != last:
+                self.notifier.status(line)
+                last = line
+            await trio.sleep(1.0)
+
+    async def _watchdog(self, interval: float) -> None:
+        """WATCHDOG=1 every ``interval`` (half of WatchdogSec=), but only while the
+        event loop keeps its own heartbeat: a loop stalled for longer than half an
+        interval misses the ping, and two misses in a row let systemd restart us."""
+        assert self.monitor is not None
+        max_lag = interval / 2
+        while True:
+            await trio.sleep(interval)
+            if self.monitor.loop.responsive(max_lag):
+                self.notifier.watchdog()
+            else:
+                log.warning("watchdog_withheld", lag=round(self.monitor.loop.lag, 3), max_lag=max_lag)
+
+    # ------------------------------------------------------------------ reload
+
+    async def reload(self) -> bool:
+        """Read the configuration again (SIGHUP). Keys that need a restart keep
+        their running value; an invalid configuration changes nothing."""
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                return await self._reload()
+            finally:
+                self.notifier.ready(self._status_line())
+
+    async def _reload(self) -> bool:
+        metrics = self.manager.metrics if self.manager is not None else None
+        old = self.config
+        try:
+            if self.source is None:
+                raise ConfigError("no configuration source to read again")
+            new = await trio.to_thread.run_sync(self.source.load)
+        except ConfigError as exc:
+            log.error("config_reload_failed", error=str(exc), kept="the running configuration")
+            if metrics is not None:
+                metrics.config_reloads.labels("error").inc()
+            return False
+        pinned = [key for key in RESTART_KEYS if getattr(new, key) != getattr(old, key)]
+        if pinned:
+            log.warning("config_needs_restart", keys=pinned, note="these keys keep their running values")
+            running = msgspec.to_builtins(old)
+            new = new.replace(**{key: running[key] for key in pinned if key in running})
+        changed = [f for f in new.__struct_fields__ if getattr(new, f) != getattr(old, f)]
+        self.config = new
+        if self.manager is not None:
+            self.manager.reconfigure(new)
+        configure(new.log_level, new.log_levels)
+        if metrics is not None:
+            metrics.config_reloads.labels("ok").inc()
+        log.info("config_reloaded", changed=changed)
+        return True
+
+
+def _used_state_dir(config: Config) -> Path | None:
+    """The state directory, when something lives there (SQLite or Chromium profiles)."""
+    if config.driver == "chromium" or config.registry == "sqlite" or config.state_dir:
+        return state_dir_of(config)
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -12,6 +13,34 @@ PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)]
 NonNegSeconds = Annotated[float, msgspec.Meta(ge=0, le=7 * 86400)]
 Count = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
 Fraction = Annotated[float, msgspec.Meta(ge=0, lt=1)]
+Level = Literal["debug", "info", "warning", "error"]
+
+# Loggers whose level ``log_levels`` can set: the part after ``wa_daemon.`` of
+# their structlog name ("daemon" is the bare ``wa_daemon`` logger).
+LOG_COMPONENTS = ("daemon", "server", "manager", "session", "chromium", "http")
+
+
+# Keys read once at start-up (the socket, the driver and what its browsers are
+# launched with, the size of the launch queue, the metrics listener): a reload
+# that changes one logs `config_needs_restart` and keeps the running value.
+RESTART_KEYS = (
+    "socket_path",
+    "state_dir",
+    "driver",
+    "scripted",
+    "registry",
+    "whatsapp_url",
+    "chromium_path",
+    "chromium_args",
+    "user_agent",
+    "launch_timeout",
+    "hang_check_interval",
+    "hang_check_timeout",
+    "app_lost_grace",
+    "max_concurrent_launches",
+    "socket_group",
+    "metrics_listen",
+)
 
 
 class ScriptedConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -89,7 +118,32 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     watch_queue_size: Annotated[int, msgspec.Meta(ge=4, le=100_000)] = 64
     shutdown_timeout: PositiveSeconds = 30.0
 
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # the socket's group when the daemon binds it itself (socket activation: SocketGroup=)
+    socket_group: str | None = None
+
+    # monitoring
+    metrics_listen: str | None = None  # "127.0.0.1:9464": serve /metrics over HTTP; loopback only
+    resource_sample_interval: PositiveSeconds = 15.0  # per-session Chromium PSS/CPU sampling
+    health_max_loop_lag: PositiveSeconds = 1.0
+    health_min_free_bytes: Annotated[int, msgspec.Meta(ge=0)] = 512 << 20
+    health_max_failing_fraction: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+
+    log_level: Level = "info"
+    log_levels: dict[str, Level] = {}  # per component, e.g. {chromium = "debug"}
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.log_levels) - set(LOG_COMPONENTS))
+        if unknown:
+            raise ValueError(
+                f"log_levels.{unknown[0]}: unknown component; expected one of {', '.join(LOG_COMPONENTS)}"
+            )
+        if self.metrics_listen is not None:
+            parse_listen(self.metrics_listen)
+        if self.socket_group is not None and not self.socket_group.strip():
+            raise ValueError("socket_group: empty group name")
+
+    def level_of(self, component: str) -> str:
+        return self.log_levels.get(component, self.log_level)
 
     def replace(self, **changes: Any) -> Config:
         """A validated copy with ``changes`` applied."""
@@ -99,6 +153,27 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         """The delay before reconnect ``attempt`` (1-based), scaled by ``jitter``, then capped."""
         delay = self.reconnect_base_delay * self.reconnect_factor ** (attempt - 1) * jitter
         return float(min(delay, self.reconnect_max_delay))
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) of a loopback address.
+
+    Metrics say how many sessions exist and what they do; they are served to this
+    host only. A Prometheus elsewhere scrapes through a proxy that adds its own
+    authentication.
+    """
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"metrics_listen: expected HOST:PORT, got {value!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if host != "localhost":
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            raise ValueError(f"metrics_listen: {host!r} is not an IP address or localhost") from None
+        if not loopback:
+            raise ValueError(f"metrics_listen: {host!r} is not a loopback address (127.0.0.0/8, ::1)")
+    return host, int(port_text)
 
 
 def from_mapping(data: dict[str, Any]) -> Config:

@@ -23,6 +23,7 @@ import select
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 import msgspec
@@ -153,27 +154,91 @@ def _line_writer(stream: TextIO) -> LineWriter | _TextLineWriter:
     return LineWriter(fd)
 
 
-def configure(level: str = "info", *, stream: TextIO | None = None, json: bool | None = None) -> None:
-    stream = stream or sys.stdout
-    if json is None:
-        json = not stream.isatty()
+class _Component:
+    """What a ``wa_daemon.<component>`` logger writes to: the shared writer, plus
+    the component's level for :func:`_by_component`."""
+
+    __slots__ = ("level", "writer")
+
+    def __init__(self, writer: Any, level: int) -> None:
+        self.writer = writer
+        self.level = level
+
+    def msg(self, message: Any) -> None:
+        self.writer.msg(message)
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+def _by_component(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    # The bound logger's own filter lets through everything at the lowest level
+    # any component has; this drops what is below the level of this one.
+    if _METHOD_LEVELS.get(method_name, logging.INFO) < logger.level:
+        raise structlog.DropEvent
+    return event_dict
+
+
+_METHOD_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+
+
+def configure(
+    level: str = "info",
+    levels: Mapping[str, str] | None = None,
+    *,
+    stream: TextIO | None = None,
+    json: bool | None = None,
+) -> None:
+    """Set up structlog. ``levels`` maps a component (``server``, ``chromium``…:
+    the logger ``wa_daemon.<component>``; ``daemon`` is ``wa_daemon`` itself) to
+    its own level; the others log at ``level``. Called again on SIGHUP: loggers
+    bound before keep their lowest level, the per-component drop applies at once."""
+    global _current_writer
+    levels = levels or {}
+    writer: Any
+    if stream is None and _current_writer is not None:
+        writer = _current_writer  # a reload: keep the descriptor and what is buffered in it
+        json = True if json is None else json
+    else:
+        stream = stream or sys.stdout
+        if json is None:
+            json = not stream.isatty()
+        writer = _line_writer(stream) if json else structlog.PrintLogger(stream)
+        if json:
+            _current_writer = writer
     processors: list[Any] = [
+        _by_component,
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
     ]
     if json:
-        writer = _line_writer(stream)
         processors.append(_JsonLine())
-        factory: Any = lambda *args: writer  # noqa: E731 - one writer, shared by every logger
     else:
-        processors += [
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.dev.ConsoleRenderer(),
-        ]
-        factory = structlog.PrintLoggerFactory(stream)
+        processors += [structlog.processors.TimeStamper(fmt="iso", utc=True), structlog.dev.ConsoleRenderer()]
+    default = _LEVELS[level]
+    components = {"wa_daemon": _Component(writer, _LEVELS[levels.get("daemon", level)])}
+    for name, lvl in levels.items():
+        components[f"wa_daemon.{name}"] = _Component(writer, _LEVELS[lvl])
+    fallback = _Component(writer, default)
+
+    def factory(*args: Any) -> _Component:
+        return components.get(args[0], fallback) if args else fallback
+
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        wrapper_class=structlog.make_filtering_bound_logger(min([default, *(c.level for c in components.values())])),
         logger_factory=factory,
-        cache_logger_on_first_use=False,  # SIGHUP may change the level later
+        cache_logger_on_first_use=False,  # SIGHUP may change the levels later
     )
+
+
+_current_writer: LineWriter | _TextLineWriter | None = None

@@ -8,15 +8,15 @@ import signal
 import sys
 from typing import Any
 
-import msgspec
 import structlog
 import trio
 
 from .._version import __version__
 from .app import Daemon
-from .config import Config, from_mapping
+from .configfile import DEFAULT_CONFIG_PATH, ENV_CONFIG, ConfigError, ConfigSource, render
 from .log import configure
-from .server import AlreadyRunning, BoundSocket, bind_unix_socket
+from .server import AlreadyRunning, BoundSocket, adopt_socket, bind_unix_socket
+from .systemd import ActivationError, Notifier, activated_socket, listen_fds
 
 EXIT_OK = 0
 EXIT_CONFIG = 78  # EX_CONFIG: systemd will not restart-loop on a bad configuration
@@ -42,17 +42,23 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def build_config(args: argparse.Namespace) -> Config:
-    data: dict[str, Any] = _parse_set(args.set)
+def config_source(args: argparse.Namespace, env: dict[str, str] | None = None) -> ConfigSource:
+    overrides: dict[str, Any] = _parse_set(args.set)
     for key in ("socket_path", "state_dir", "driver", "log_level", "whatsapp_url"):
         value = getattr(args, key)
         if value is not None:
-            data[key] = value
-    return from_mapping(data)
+            overrides[key] = value
+    return ConfigSource.from_args(args.config, overrides, env)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wa-daemon", description="WhatsApp Web session daemon")
+    p = argparse.ArgumentParser(
+        prog="wa-daemon",
+        description="WhatsApp Web session daemon. `wa-daemon check-config [FILE]` validates a configuration "
+        "file and prints the effective configuration.",
+    )
+    p.add_argument("--config", metavar="FILE", help=f"configuration file (default: ${ENV_CONFIG}, "
+                   f"else {DEFAULT_CONFIG_PATH} if it exists)")
     p.add_argument("--socket", dest="socket_path", help="RPC socket path (default: $WA_DAEMON_SOCKET, "
                    "/run/wa-daemon/wa-daemon.sock for root, $XDG_RUNTIME_DIR/wa-daemon/wa-daemon.sock otherwise)")
     p.add_argument("--state-dir", dest="state_dir", help="state directory (default /var/lib/wa-daemon for root, "
@@ -68,14 +74,45 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_config_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="wa-daemon check-config",
+        description="Validate a configuration (file, then WA_DAEMON_* environment variables) and print the "
+        "effective configuration as TOML. Exit 0 when valid, 78 when not.",
+    )
+    p.add_argument("file", nargs="?", help=f"the file (default: ${ENV_CONFIG}, else {DEFAULT_CONFIG_PATH})")
+    p.add_argument("--defaults", action="store_true", help="ignore files and environment: print every default")
+    p.add_argument("--quiet", "-q", action="store_true", help="only validate; print errors only")
+    return p
+
+
+def check_config(argv: list[str]) -> int:
+    args = check_config_parser().parse_args(argv)
+    source = ConfigSource(None, False, {}, {}) if args.defaults else ConfigSource.from_args(args.file, {})
+    try:
+        config = source.load()
+    except ConfigError as exc:
+        print(f"wa-daemon: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not args.quiet:
+        if source.path is not None and not args.defaults:
+            state = "" if source.path.exists() else " (absent: defaults)"
+            print(f"# effective configuration from {source.path}{state} and the environment")
+        sys.stdout.write(render(config))
+    return EXIT_OK
+
+
 async def _serve(daemon: Daemon, bound: BoundSocket) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
 
             async def on_signal() -> None:
                 async for signum in signals:
                     structlog.get_logger("wa_daemon").info("signal", signal=signal.Signals(signum).name)
-                    daemon.request_stop()
+                    if signum == signal.SIGHUP:
+                        nursery.start_soon(daemon.reload)
+                    else:
+                        daemon.request_stop()
 
             nursery.start_soon(on_signal)
             await daemon.run(bound=bound)
@@ -83,18 +120,29 @@ async def _serve(daemon: Daemon, bound: BoundSocket) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["check-config"]:
+        return check_config(argv[1:])
     args = parser().parse_args(argv)
     try:
-        config = build_config(args)
-    except (ValueError, msgspec.ValidationError) as exc:
+        source = config_source(args)
+        config = source.load()
+    except (ValueError, ConfigError) as exc:
         print(f"wa-daemon: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    configure(config.log_level)
-    daemon = Daemon(config)
+    configure(config.log_level, config.log_levels)
+    daemon = Daemon(config, source=source, notifier=Notifier())
     try:
         # Bound before the event loop starts, so "already running" is a plain
         # message and exit code, not an error from inside the loop.
-        bound = bind_unix_socket(daemon.socket_path)
+        fds = listen_fds()
+        if fds:
+            bound = adopt_socket(activated_socket(fds))
+        else:
+            bound = bind_unix_socket(daemon.socket_path, group=config.socket_group)
+    except ActivationError as exc:
+        print(f"wa-daemon: socket activation: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except AlreadyRunning as exc:
         print(f"wa-daemon: {exc}", file=sys.stderr)
         return EXIT_IN_USE

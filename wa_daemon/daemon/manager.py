@@ -62,6 +62,11 @@ class SessionManager:
         )
         self.metrics.track_sessions(self.counts_by_state)
 
+    def reconfigure(self, config: Config) -> None:
+        """Use ``config`` from now on (a reload). Sessions read it at each decision."""
+        self.config = config
+        self._ctx.config = config
+
     # ------------------------------------------------------------------ lookups
 
     def get(self, session_id: str) -> Session:

@@ -8,7 +8,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -128,6 +128,14 @@ class DaemonMetrics:
         )
         self.connections = Gauge("wa_rpc_connections", "open client connections", registry=r)
         self.launch_queue = Gauge("wa_launch_queue", "sessions waiting for a launch slot", registry=r)
+        self.config_reloads = Counter("wa_config_reloads", "configuration reloads (SIGHUP) by result", ["result"],
+                                      registry=r)
+        self._info = Gauge("wa_build_info", "the daemon's version and driver (value 1)", ["version", "driver"],
+                           registry=r)
+        ProcessCollector(registry=r)  # process_*: the daemon's own memory, CPU, descriptors
+
+    def build_info(self, version: str, driver: str) -> None:
+        self._info.labels(version, driver).set(1)
 
     def track_sessions(self, counts: Callable[[], dict[State, int]]) -> None:
         self.registry.register(_SessionsByState(counts))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import grp
 import os
 import socket
 import stat
@@ -34,11 +35,13 @@ from ..protocol import (
     End,
     Error,
     FrameDecoder,
+    Health,
     Hello,
     History,
     LocalProtocolError,
     Metrics,
     MetricsParams,
+    NoParams,
     OutEvent,
     OutReply,
     Pong,
@@ -75,23 +78,39 @@ class AlreadyRunning(Exception):
 class BoundSocket:
     sock: socket.socket  # listening; wrapped for trio by the accept loop
     path: Path
-    lock_fd: int
+    lock_fd: int | None  # None: systemd passed the socket and owns the path
 
     closed: bool = False
 
+    @property
+    def activated(self) -> bool:
+        return self.lock_fd is None
+
     def close(self) -> None:
         """Close and unlink the socket, then drop the lock (in that order, so a
-        successor that takes the lock never sees our socket file). Idempotent."""
+        successor that takes the lock never sees our socket file). Idempotent.
+        A socket from systemd is only closed: systemd keeps the path and listens
+        on it again, so clients that connect while the daemon restarts wait in
+        its backlog instead of failing."""
         if self.closed:
             return
         self.closed = True
         self.sock.close()
+        if self.lock_fd is None:
+            return
         try:
             if stat.S_ISSOCK(os.lstat(self.path).st_mode):
                 self.path.unlink()
         except FileNotFoundError:
             pass
         os.close(self.lock_fd)
+
+
+def adopt_socket(sock: socket.socket) -> BoundSocket:
+    """Serve a listening socket systemd passed (socket activation)."""
+    name = sock.getsockname()
+    path = Path(name if isinstance(name, str) else name.decode(errors="replace"))
+    return BoundSocket(sock, path, None)
 
 
 @contextmanager
@@ -103,7 +122,7 @@ def _umask(mask: int) -> Iterator[None]:
         os.umask(old)
 
 
-def bind_unix_socket(path: Path, mode: int = 0o660, backlog: int = 512) -> BoundSocket:
+def bind_unix_socket(path: Path, mode: int = 0o660, backlog: int = 512, group: str | None = None) -> BoundSocket:
     """Bind the RPC socket at ``path``, owning it through an flock'd ``path.lock``.
 
     The lock decides who owns the path: a live daemon holds it, so a second one
@@ -137,6 +156,8 @@ def bind_unix_socket(path: Path, mode: int = 0o660, backlog: int = 512) -> Bound
             # umask cannot leak into another task while it is narrowed.
             with _umask(0o777 & ~mode):
                 raw.bind(str(path))
+            if group is not None:
+                os.chown(path, -1, _gid_of(group))
             os.chmod(path, mode)
             raw.listen(backlog)
         except BaseException:
@@ -146,6 +167,15 @@ def bind_unix_socket(path: Path, mode: int = 0o660, backlog: int = 512) -> Bound
         os.close(lock_fd)
         raise
     return BoundSocket(raw, path, lock_fd)
+
+
+def _gid_of(group: str) -> int:
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise OSError(errno.EINVAL, f"socket_group: no group named {group!r}") from None
 
 
 def peer_credentials(sock: trio.socket.SocketType) -> tuple[int, int, int]:
@@ -454,8 +484,9 @@ class _Read:
 
 
 class Server:
-    def __init__(self, manager: SessionManager) -> None:
+    def __init__(self, manager: SessionManager, *, health: Callable[[], Awaitable[Health]] | None = None) -> None:
         self.manager = manager
+        self._health = health
         self.rpc_histograms = {m: manager.metrics.rpc_duration.labels(m) for m in METHODS}
         self._next_cid = 0
         self._conns: set[_Connection] = set()
@@ -471,6 +502,7 @@ class Server:
             "logout": lambda p, c: m.logout(p.session),
             "delete": self._delete,
             "simulate": lambda p, c: m.simulate(p.session, p.action),
+            "health": self._health_report,
         }
         # Methods that never wait: served in the connection's read loop, no task.
         read_handlers: dict[str, Callable[[Any], Any]] = {
@@ -491,6 +523,11 @@ class Server:
     async def _delete(self, params: SessionParams, conn: _Connection) -> Deleted:
         await self.manager.delete(params.session)
         return Deleted(params.session)
+
+    async def _health_report(self, params: NoParams, conn: _Connection) -> Health:
+        if self._health is None:
+            raise Unavailable("this daemon runs no health monitor")
+        return await self._health()
 
     def _metrics(self, params: MetricsParams) -> Metrics:
         metrics = self.manager.metrics

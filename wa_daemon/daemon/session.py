@@ -156,6 +156,11 @@ class Session:
 
     # ------------------------------------------------------------------ reads
 
+    @property
+    def process_group(self) -> int | None:
+        """The live browser's process group, if it has processes."""
+        return self._browser.process_group if self._browser is not None else None
+
     def status(self) -> SessionStatus:
         return self._cached_status()[0]
 

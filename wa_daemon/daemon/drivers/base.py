@@ -88,6 +88,12 @@ class Browser(Protocol):
         """Page events in order. Ends (EndOfChannel) after a BrowserGone or close()."""
         ...
 
+    @property
+    def process_group(self) -> int | None:
+        """The process group holding the browser's processes (for PSS/CPU
+        accounting), or None when there are no processes (scripted driver)."""
+        ...
+
     async def reload_qr(self) -> None:
         """Click the reload button to start a new QR cycle."""
 

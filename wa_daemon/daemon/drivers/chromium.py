@@ -238,6 +238,10 @@ class ChromiumBrowser:
     def events(self) -> trio.MemoryReceiveChannel[PageEvent]:
         return self._recv
 
+    @property
+    def process_group(self) -> int | None:
+        return self.pid or None  # the browser leads its own session and group
+
     # ------------------------------------------------------------------ process
 
     def _spawn(self, argv: list[str]) -> None:

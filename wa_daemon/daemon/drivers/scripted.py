@@ -64,6 +64,10 @@ class ScriptedBrowser:
     def events(self) -> trio.MemoryReceiveChannel[PageEvent]:
         return self._recv
 
+    @property
+    def process_group(self) -> int | None:
+        return None
+
     # -- what the page does -------------------------------------------------------
 
     async def _script(self) -> None:
