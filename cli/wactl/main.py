@@ -58,6 +58,7 @@ EXIT_UNREACHABLE = 5  # no daemon on the socket, or it went away mid-call
 EXIT_SESSION_FAILED = 6  # a wait ended without reaching the awaited state
 EXIT_INVALID_ARGUMENT = 7
 EXIT_BUSY = 8  # busy or limit_exceeded: the daemon is at capacity for this request
+EXIT_UNHEALTHY = 9  # `wactl health`: the daemon answers but a check fails
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 # The daemon caps a watch at one day (WatchParams.timeout).
@@ -241,6 +242,22 @@ def cmd_metrics(ctx: Ctx) -> int:
         ctx.out.write(metrics.prometheus or "")
     else:
         ctx.out.line(render.metrics_table(metrics.samples))
+    return EXIT_OK
+
+
+def cmd_health(ctx: Ctx) -> int:
+    report = ctx.client.health()
+    if ctx.out.json:
+        ctx.out.doc(report)
+    else:
+        for check in report.checks:
+            ctx.out.line(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.message}")
+        ctx.out.line("healthy" if report.healthy else "unhealthy")
+    if not report.healthy:
+        failed = "; ".join(f"{c.name}: {c.message}" for c in report.checks if not c.ok)
+        if not ctx.out.json:
+            print(f"wactl: unhealthy: {failed}", file=sys.stderr)
+        return EXIT_UNHEALTHY
     return EXIT_OK
 
 
@@ -494,6 +511,7 @@ COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "history": cmd_history,
     "qr": cmd_qr,
     "metrics": cmd_metrics,
+    "health": cmd_health,
     "ping": cmd_ping,
     "version": cmd_version,
     "simulate": cmd_simulate,
@@ -659,6 +677,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = add("metrics", "show the daemon's metrics")
     q.add_argument("--prometheus", action="store_true", help="print the Prometheus text exposition")
 
+    add("health", f"check the daemon's health: exit 0 when healthy, {EXIT_UNHEALTHY} with the failing "
+        f"checks when not, {EXIT_UNREACHABLE} when it does not answer")
     add("ping", "check that the daemon answers")
     add("version", "show the versions of wactl and of the daemon")
 

@@ -163,7 +163,7 @@ def parse_listen(value: str) -> tuple[str, int]:
     authentication.
     """
     host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
         raise ValueError(f"metrics_listen: expected HOST:PORT, got {value!r}")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if host != "localhost":

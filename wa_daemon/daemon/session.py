@@ -9,6 +9,7 @@ phone going offline) never call it.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from collections import deque
@@ -53,6 +54,11 @@ from .registry import SessionOptions
 from .states import NEEDS_REASON, is_allowed
 
 log = structlog.get_logger("wa_daemon.session")
+
+
+def qr_fingerprint(data: str) -> str:
+    """12 hex digits of the payload's SHA-256: enough to tell QRs apart in logs, useless to log in with."""
+    return hashlib.sha256(data.encode()).hexdigest()[:12]
 
 
 def utcnow() -> datetime:
@@ -523,4 +529,7 @@ class Session:
         pending, self._qr_pending, self._qr_flush_at = self._qr_pending, None, None
         if pending is not None and self.state == State.WAITING_QR:
             self.ctx.metrics.qr_events.inc()
+            # A QR is a login credential: the log gets a fingerprint to correlate, never the payload.
+            self.log.info("qr_published", seq=pending.seq, qr_fingerprint=qr_fingerprint(pending.data),
+                          expires_at=pending.expires_at.isoformat())
             self.ctx.hub.publish(QrUpdated(pending))
