@@ -141,7 +141,8 @@ class DaemonProcess:
         raise TimeoutError(f"daemon not ready: {self.output()}")
 
     def output(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return (self.sock.parent / "daemon.log").read_text(errors="replace")
 
     def stop(self, timeout: float = 15) -> int:

@@ -172,8 +172,9 @@ class _Component:
 
 
 def _by_component(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-    # The bound logger's own filter lets through everything at the lowest level
-    # any component has; this drops what is below the level of this one.
+    # Bound loggers pass every level (a per-connection logger lives as long as its
+    # connection, and a reload must reach it); this drops what is below the
+    # current level of the logger's component. Only two debug calls exist, both rare.
     if _METHOD_LEVELS.get(method_name, logging.INFO) < logger.level:
         raise structlog.DropEvent
     return event_dict
@@ -200,8 +201,8 @@ def configure(
 ) -> None:
     """Set up structlog. ``levels`` maps a component (``server``, ``chromium``…:
     the logger ``wa_daemon.<component>``; ``daemon`` is ``wa_daemon`` itself) to
-    its own level; the others log at ``level``. Called again on SIGHUP: loggers
-    bound before keep their lowest level, the per-component drop applies at once."""
+    its own level; the others log at ``level``. Called again on SIGHUP: the new
+    levels apply at once to every logger, those bound before included."""
     global _current_writer
     levels = levels or {}
     writer: Any
@@ -224,21 +225,31 @@ def configure(
         processors.append(_JsonLine())
     else:
         processors += [structlog.processors.TimeStamper(fmt="iso", utc=True), structlog.dev.ConsoleRenderer()]
-    default = _LEVELS[level]
-    components = {"wa_daemon": _Component(writer, _LEVELS[levels.get("daemon", level)])}
-    for name, lvl in levels.items():
-        components[f"wa_daemon.{name}"] = _Component(writer, _LEVELS[lvl])
-    fallback = _Component(writer, default)
+    # The same _Component per logger name across reloads, its level updated in
+    # place: loggers bound before (one per connection) hold on to it.
+    for name, component in _components.items():
+        component.writer = writer
+        component.level = _level_of(name, level, levels)
 
     def factory(*args: Any) -> _Component:
-        return components.get(args[0], fallback) if args else fallback
+        name = args[0] if args else ""
+        component = _components.get(name)
+        if component is None:
+            component = _components[name] = _Component(writer, _level_of(name, level, levels))
+        return component
 
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(min([default, *(c.level for c in components.values())])),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=factory,
         cache_logger_on_first_use=False,  # SIGHUP may change the levels later
     )
 
 
 _current_writer: LineWriter | _TextLineWriter | None = None
+_components: dict[str, _Component] = {}
+
+
+def _level_of(name: str, level: str, levels: Mapping[str, str]) -> int:
+    component = "daemon" if name == "wa_daemon" else name.removeprefix("wa_daemon.")
+    return _LEVELS[levels.get(component, level)]

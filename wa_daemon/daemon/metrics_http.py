@@ -12,13 +12,15 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..protocol import Health
 from .config import parse_listen
 
 log = structlog.get_logger("wa_daemon.http")
 
+# The text format generate_latest writes; every Prometheus 2.x parses it.
+# (prometheus_client's CONTENT_TYPE_LATEST names 1.0.0 in recent releases.)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_HEAD = 8192
 REQUEST_TIMEOUT = 10.0
 MAX_CONNECTIONS = 16
@@ -71,7 +73,7 @@ class MetricsHttp:
             return
         if target == "/metrics":
             body = self._exposition().encode()
-            await self._send(stream, 200, CONTENT_TYPE_LATEST, body, head_only=method == "HEAD")
+            await self._send(stream, 200, CONTENT_TYPE, body, head_only=method == "HEAD")
         elif target == "/health":
             report = await self._health()
             body = json.dumps(

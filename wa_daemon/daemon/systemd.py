@@ -38,7 +38,11 @@ class Notifier:
         address = values["NOTIFY_SOCKET"]
         if address:
             self._address = b"\0" + address[1:].encode() if address.startswith("@") else address
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Non-blocking: a systemd that stopped reading must not stall the event loop;
+            # a datagram it had no room for is dropped (the next status or ping follows).
+            self._sock = socket.socket(
+                socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+            )
         usec, pid = values["WATCHDOG_USEC"], values["WATCHDOG_PID"]
         if usec and usec.isdigit() and (not pid or pid == str(os.getpid())):
             self.watchdog_usec = int(usec)
