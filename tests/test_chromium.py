@@ -364,3 +364,28 @@ async def test_per_session_url_reaches_the_browser(sock_dir: Path) -> None:
             assert r.browser("u").url == custom
             with pytest.raises(Exception, match="whatsapp_url"):
                 await r.wa.connect("v", whatsapp_url="file:///etc/passwd")
+
+
+async def test_per_session_memory_and_cpu_metrics(sock_dir: Path) -> None:
+    with trio.fail_after(90):
+        async with rig(sock_dir) as r:
+            await link(r, "alice")
+            assert r.daemon.monitor is not None
+            await r.daemon.monitor.sample()  # the periodic sampler's work, now
+
+            def series(name: str) -> dict[str, float]:
+                return {s.labels["session"]: s.value for s in samples if s.name == name}
+
+            samples = (await r.wa.metrics()).samples
+            pss, cpu = series("wa_session_memory_pss_bytes"), series("wa_session_cpu_seconds_total")
+            processes = series("wa_session_browser_processes")
+            # A headless Chromium with WhatsApp's page: browser, renderer, GPU/utility
+            # processes, together well over 50 MB of PSS, and some CPU spent loading.
+            assert pss["alice"] > 50e6 and processes["alice"] >= 3 and cpu["alice"] > 0, (pss, processes, cpu)
+            health = await r.wa.health()
+            assert health.healthy and health.checks[1].name == "state_dir", health
+
+            await r.wa.delete("alice")
+            await r.daemon.monitor.sample()
+            samples = (await r.wa.metrics()).samples
+            assert "alice" not in series("wa_session_memory_pss_bytes")  # no series outlives its session

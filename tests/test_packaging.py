@@ -69,3 +69,19 @@ def test_default_paths() -> None:
     assert default_state_dir({}, root=True) == Path("/var/lib/wa-daemon")
     assert default_state_dir({"XDG_STATE_HOME": "/s"}, root=False) == Path("/s/wa-daemon")
     assert default_state_dir({"HOME": "/h"}, root=False) == Path("/h/.local/state/wa-daemon")
+
+
+def test_clients_fall_back_to_the_system_socket(tmp_path: Path) -> None:
+    from wa_daemon.paths import resolve_socket_path
+
+    system = tmp_path / "run" / "wa-daemon.sock"
+    user = {"XDG_RUNTIME_DIR": str(tmp_path / "user")}
+    assert resolve_socket_path(None, user, root=False, system=system) == tmp_path / "user/wa-daemon/wa-daemon.sock"
+    system.parent.mkdir()
+    system.touch()
+    assert resolve_socket_path(None, user, root=False, system=system) == system
+    (tmp_path / "user/wa-daemon").mkdir(parents=True)
+    (tmp_path / "user/wa-daemon/wa-daemon.sock").touch()  # a per-user daemon wins
+    assert resolve_socket_path(None, user, root=False, system=system) == tmp_path / "user/wa-daemon/wa-daemon.sock"
+    assert resolve_socket_path(None, {**user, "WA_DAEMON_SOCKET": "/x"}, root=False, system=system) == Path("/x")
+    assert resolve_socket_path("/given", user, root=False, system=system) == Path("/given")

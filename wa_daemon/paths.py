@@ -8,6 +8,7 @@ from pathlib import Path
 
 SOCKET_ENV = "WA_DAEMON_SOCKET"
 SOCKET_NAME = "wa-daemon.sock"
+SYSTEM_SOCKET = Path("/run/wa-daemon") / SOCKET_NAME  # where the systemd units put it
 
 
 def _is_root() -> bool:
@@ -20,7 +21,7 @@ def default_socket_path(env: Mapping[str, str] | None = None, *, root: bool | No
     if env.get(SOCKET_ENV):
         return Path(env[SOCKET_ENV])
     if _is_root() if root is None else root:
-        return Path("/run/wa-daemon") / SOCKET_NAME
+        return SYSTEM_SOCKET
     runtime = env.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
     return Path(runtime) / "wa-daemon" / SOCKET_NAME
 
@@ -34,6 +35,21 @@ def default_state_dir(env: Mapping[str, str] | None = None, *, root: bool | None
     return Path(state) / "wa-daemon"
 
 
-def resolve_socket_path(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The ``--socket`` value if given, else the default."""
-    return Path(explicit) if explicit else default_socket_path()
+def resolve_socket_path(
+    explicit: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    root: bool | None = None,
+    system: Path = SYSTEM_SOCKET,
+) -> Path:
+    """The socket a client uses: ``explicit`` if given, else the default; a
+    non-root client with no per-user daemon falls back to the system daemon's
+    socket when that exists (a service user in the ``wa-clients`` group needs
+    no ``WA_DAEMON_SOCKET`` then)."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ if env is None else env
+    path = default_socket_path(env, root=root)
+    if not env.get(SOCKET_ENV) and path != system and not path.exists() and system.exists():
+        return system
+    return path
