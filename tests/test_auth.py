@@ -17,7 +17,8 @@ import shutil
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -34,6 +35,8 @@ import wa_daemon
 from wa_daemon import AsyncClient, State
 from wa_daemon.daemon import access
 from wa_daemon.daemon.config import Config, from_mapping
+from wa_daemon.daemon.drivers.scripted import ScriptedDriver
+from wa_daemon.daemon.manager import SessionManager
 from wa_daemon.daemon.metrics import DaemonMetrics
 from wa_daemon.daemon.monitor import GroupUsage
 from wa_daemon.daemon.registry import MemoryRegistry, SessionRecord, SqliteRegistry
@@ -42,6 +45,14 @@ from wa_daemon.errors import LimitExceeded, NotFound, PermissionDenied
 from .helpers import open_manager, running_daemon, wait_state
 
 A, B = 40001, 40002  # in-process callers (no real users needed)
+
+
+@asynccontextmanager
+async def bounded_manager(**overrides: Any) -> AsyncIterator[tuple[SessionManager, ScriptedDriver]]:
+    """open_manager under an absolute deadline."""
+    with trio.fail_after(30):
+        async with open_manager(**overrides) as pair:
+            yield pair
 
 
 def sample_value(metrics: DaemonMetrics, name: str, **labels: str) -> float:
@@ -55,7 +66,7 @@ def sample_value(metrics: DaemonMetrics, name: str, **labels: str) -> float:
 
 
 async def test_another_uids_session_is_denied_for_every_method() -> None:
-    async with open_manager(scripted={"launch_delay": 0.01}) as (m, driver):
+    async with bounded_manager(scripted={"launch_delay": 0.01}) as (m, driver):
         await m.connect("a1", owner_uid=A, caller=A)
         await m.connect("b1", owner_uid=B, caller=B)
         await m.connect("legacy")  # owner None: admins only
@@ -107,7 +118,7 @@ async def test_another_uids_session_is_denied_for_every_method() -> None:
 
 
 async def test_list_is_filtered_and_cached_per_uid() -> None:
-    async with open_manager(scripted={"launch_delay": 0.01}) as (m, driver):
+    async with bounded_manager(scripted={"launch_delay": 0.01}) as (m, driver):
         for sid, uid in (("a1", A), ("a2", A), ("b1", B)):
             await m.connect(sid, owner_uid=uid, caller=uid)
         await m.connect("x")
@@ -136,7 +147,7 @@ async def test_list_is_filtered_and_cached_per_uid() -> None:
 
 
 async def test_watch_of_all_sessions_delivers_only_the_callers() -> None:
-    async with open_manager(scripted={"launch_delay": 0.01}) as (m, driver):
+    async with bounded_manager(scripted={"launch_delay": 0.01}) as (m, driver):
         await m.connect("a1", owner_uid=A, caller=A)
         await m.connect("b1", owner_uid=B, caller=B)
         await wait_state(m, "a1", State.WAITING_QR, timeout=10)
@@ -196,7 +207,7 @@ def test_metrics_drop_per_session_series_of_invisible_sessions() -> None:
 
 
 async def test_max_sessions_per_uid_refuses_non_admins_only() -> None:
-    async with open_manager(max_sessions_per_uid=2) as (m, driver):
+    async with bounded_manager(max_sessions_per_uid=2) as (m, driver):
         await m.connect("a1", owner_uid=A, caller=A)
         await m.connect("a2", owner_uid=A, caller=A)
         with structlog.testing.capture_logs() as logs, pytest.raises(LimitExceeded) as info:
@@ -223,7 +234,7 @@ async def test_max_sessions_per_uid_refuses_non_admins_only() -> None:
 
 
 async def test_peer_without_credentials_creates_nothing() -> None:
-    async with open_manager() as (m, driver):
+    async with bounded_manager() as (m, driver):
         with pytest.raises(PermissionDenied):
             await m.connect("x", owner_uid=None, caller=-1)
         assert m.sessions == {}
@@ -273,7 +284,7 @@ async def test_restored_sessions_keep_their_owner(tmp_path: Path) -> None:
     reg.close()
     reg = SqliteRegistry(tmp_path / "registry.sqlite3")
     assert {r.session: r.owner_uid for r in reg.load()} == {"a1": A, "old": None}
-    async with open_manager() as (m, driver):
+    async with bounded_manager() as (m, driver):
         m.registry = reg
         m.restore()
         assert m.status("a1", A).owner_uid == A
@@ -297,7 +308,7 @@ def _now() -> Any:
 async def test_memory_registry_round_trip_keeps_owner() -> None:
     reg = MemoryRegistry()
     reg.put(SessionRecord("b1", B, _now(), False))
-    async with open_manager() as (m, driver):
+    async with bounded_manager() as (m, driver):
         m.registry = reg
         m.restore()
         assert [s.session for s in m.list(caller=B)] == ["b1"]
@@ -392,7 +403,7 @@ def users() -> Iterator[Users]:
 
 RUNNER = r'''
 """Run wire calls as whoever this process is; print one JSON line of results."""
-import json, sys
+import json, os, sys, time
 import msgspec
 from wa_daemon import Client, WaDaemonError
 from wa_daemon.client import _SyncConnection
@@ -410,6 +421,13 @@ def main():
                 out.append({"ok": True})
             except WaDaemonError as e:
                 out.append({"error": e.code, "type": type(e).__name__, "message": e.message, "details": e.details})
+            continue
+        if kind == "barrier":  # say so, then wait for the test to create the file
+            print("READY", flush=True)
+            deadline = time.monotonic() + 30
+            while not os.path.exists(op[1]):
+                assert time.monotonic() < deadline, "barrier timed out"
+                time.sleep(0.02)
             continue
         method, params = op[1], op[2]
         if conn is None:
@@ -499,6 +517,26 @@ def _setpriv(env: ClientEnv, user: User, socket: Path, ops: list[Any], *, gid: i
         f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups",
         str(env.python), str(env.runner), json.dumps({"socket": str(socket), "ops": ops}),
     ]
+
+
+async def as_user_interactive(
+    env: ClientEnv, user: User, socket: Path, ops: list[Any], during: Callable[[], Awaitable[None]]
+) -> list[dict[str, Any]]:
+    """Like as_user; once the client prints READY (a barrier op or a watch's first
+    event), run ``during`` in the test, then collect the client's results."""
+    cmd = _setpriv(env, user, socket, ops, gid=None, groups=())
+    async with trio.open_nursery() as nursery:
+        proc = await nursery.start(partial(trio.run_process, cmd, stdout=subprocess.PIPE, check=False))
+        buf = b""
+        while b"READY" not in buf:
+            chunk = await proc.stdout.receive_some()
+            assert chunk, f"the client exited before READY: {buf!r}"
+            buf += chunk
+        await during()
+        while chunk := await proc.stdout.receive_some():
+            buf += chunk
+    assert proc.returncode == 0, buf
+    return json.loads(buf.decode().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def _open_socket_dir(sock_dir: Path) -> None:
@@ -608,11 +646,18 @@ async def test_real_uids_admins_see_everything(sock_dir: Path, users: Users, cli
             res = await as_user(client_env, a, sock, [["call", "status", {"session": "c-s"}], ["call", "list", {}]])
             assert codes(res) == ["permission_denied", "ok"]
             assert [s["session"] for s in res[1]["ok"]["sessions"]] == ["a-s"]
-            # A reload that drops b from admin_uids applies at b's next connection's request.
-            d.manager.reconfigure(d.manager.config.replace(admin_uids=[]))
-            res = await as_user(client_env, b, sock, admin_ops[:2])
-            assert codes(res) == ["ok", "permission_denied"]
-            assert res[0]["ok"]["sessions"] == []
+            # A reload that drops b from admin_uids applies to b's open connection at its next request.
+            barrier = sock_dir / "reloaded"
+
+            async def reload() -> None:
+                d.manager.reconfigure(d.manager.config.replace(admin_uids=[]))
+                barrier.touch()
+
+            res = await as_user_interactive(
+                client_env, b, sock, [*admin_ops[:2], ["barrier", str(barrier)], *admin_ops[:2]], reload
+            )
+            assert codes(res) == ["ok", "ok", "ok", "permission_denied"]
+            assert res[2]["ok"]["sessions"] == []
             # root
             async with AsyncClient(sock) as wa:
                 assert [s.session for s in await wa.list()] == everyone
@@ -641,20 +686,14 @@ async def test_real_uids_watch_all_and_metrics_are_filtered(
             d.monitor.resources.usage = {sid: GroupUsage(1 << 20, 1.5, 3) for sid in ("a-s", "b-s")}
 
             # b watches every session while both sessions change state.
-            cmd = _setpriv(client_env, b, sock, [["watch", "watch", {"timeout": 2}]], gid=None, groups=())
-            async with trio.open_nursery() as nursery:
-                proc = await nursery.start(partial(trio.run_process, cmd, stdout=subprocess.PIPE, check=False))
-                buf = b""
-                while b"READY" not in buf:
-                    chunk = await proc.stdout.receive_some()
-                    assert chunk, "the watcher exited early"
-                    buf += chunk
+            async def change_both() -> None:
                 await m.disconnect("a-s")
                 await m.disconnect("b-s")
                 await m.connect("a-s")
-                while chunk := await proc.stdout.receive_some():
-                    buf += chunk
-            result = json.loads(buf.decode().splitlines()[-1])[0]
+
+            result = (await as_user_interactive(
+                client_env, b, sock, [["watch", "watch", {"timeout": 2}]], change_both
+            ))[0]
             assert result["end"] == "timeout"
             sessions = [
                 (ev.get("status") or {}).get("session") or (ev.get("qr") or {}).get("session") or ev.get("session")
