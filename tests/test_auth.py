@@ -361,7 +361,7 @@ def users() -> Iterator[Users]:
     """System users and groups for the test session; created if missing, and
     removed afterwards if this session created them."""
     _need(os.geteuid() == 0, "real-uid tests run as root (to create users and drop privileges)")
-    for tool in ("setpriv", "useradd", "groupadd", "userdel", "groupdel"):
+    for tool in ("setpriv", "useradd", "groupadd", "gpasswd", "userdel", "groupdel"):
         _need(shutil.which(tool) is not None, f"{tool} is missing (Debian: util-linux, passwd)")
     created_users: list[str] = []
     created_groups: list[str] = []
@@ -692,7 +692,7 @@ async def test_real_uids_watch_all_and_metrics_are_filtered(
                 await m.connect("a-s")
 
             result = (await as_user_interactive(
-                client_env, b, sock, [["watch", "watch", {"timeout": 2}]], change_both
+                client_env, b, sock, [["watch", "watch", {"timeout": 3}]], change_both
             ))[0]
             assert result["end"] == "timeout"
             sessions = [
