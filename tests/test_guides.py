@@ -33,6 +33,7 @@ EXAMPLES = ROOT / "examples"
 # contract of the metrics; the daemon's registry is checked against it below).
 DOCUMENTED_METRICS = {
     "wa_connect_attempts_total",
+    "wa_limit_refusals_total",
     "wa_rate_limited_total",
     "wa_qr_generated_total",
     "wa_qr_events_total",

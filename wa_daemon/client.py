@@ -17,6 +17,7 @@ Method names are the RPC method names; results are the typed structs of
 from __future__ import annotations
 
 import builtins
+import errno
 import math
 import os
 import socket
@@ -73,6 +74,13 @@ def _watch_params(session: str | None, until: Iterable[State | str], timeout: fl
 
 
 def _unreachable(path: str, exc: OSError) -> DaemonUnreachable:
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        # Ends with the system's reason like the others; says what grants access.
+        return DaemonUnreachable(
+            f"cannot reach wa-daemon at {path} (connecting needs write access to the socket: be its owner or"
+            f" in its group, e.g. wa-clients; see docs/security.md): {exc.strerror or exc}",
+            {"socket": path, "errno": "EACCES"},
+        )
     return DaemonUnreachable(
         f"cannot reach wa-daemon at {path}: {exc.strerror or exc}", {"socket": path}
     )

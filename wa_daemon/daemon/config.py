@@ -84,6 +84,12 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_concurrent_launches: Count = 2
     connect_min_interval: NonNegSeconds = 5.0
     operation_timeout: PositiveSeconds = 60.0  # waiting for a session's lock longer is `busy`
+    max_sessions_per_uid: Count | None = None  # sessions one non-admin uid may own; None: only max_sessions
+
+    # authorization (docs/security.md): besides root and the daemon's own uid,
+    # these see and touch every session; anybody else only the sessions it created
+    admin_uids: list[Annotated[int, msgspec.Meta(ge=0)]] = []
+    admin_group: str | None = None  # a group name or number: its members are admins
 
     # QR
     qr_debounce: NonNegSeconds = 2.0
@@ -141,6 +147,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             parse_listen(self.metrics_listen)
         if self.socket_group is not None and not self.socket_group.strip():
             raise ValueError("socket_group: empty group name")
+        if self.admin_group is not None and not self.admin_group.strip():
+            raise ValueError("admin_group: empty group name")
 
     def level_of(self, component: str) -> str:
         return self.log_levels.get(component, self.log_level)

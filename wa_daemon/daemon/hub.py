@@ -50,8 +50,11 @@ class Subscriber:
         queue_size: int,
         qr_interval: float,
         on_drop: Callable[[], None] = lambda: None,
+        visible: Callable[[str], bool] | None = None,
     ) -> None:
         self.session = session
+        # A watch of all sessions by a non-admin: which session ids it may see.
+        self.visible = visible
         self.until = until
         self._queue_size = queue_size
         self._qr_interval = qr_interval
@@ -65,7 +68,9 @@ class Subscriber:
         self.dropped = 0
 
     def wants(self, session: str) -> bool:
-        return self.session is None or self.session == session
+        if self.session is None:
+            return self.visible is None or self.visible(session)
+        return self.session == session
 
     @property
     def finished(self) -> bool:

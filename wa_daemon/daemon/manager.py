@@ -10,14 +10,14 @@ from __future__ import annotations
 import builtins
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 
 import msgspec
 import structlog
 import trio
 
-from ..errors import Busy, InvalidArgument, LimitExceeded, NotFound, RateLimited, Unavailable
+from ..errors import Busy, InvalidArgument, LimitExceeded, NotFound, PermissionDenied, RateLimited, Unavailable
 from ..protocol import QrCode, Reason, SessionStatus, State, Transition, to_raw, validate_session_id
 from .config import Config
 from .drivers.base import Driver
@@ -61,6 +61,7 @@ class SessionManager:
             on_settled=lambda session: self.registry.put(self._record(session, should_run=False)),
         )
         self.metrics.track_sessions(self.counts_by_state)
+        self.metrics.limit_refusals.labels("sessions_per_uid")  # exposed at 0 from the start
 
     def reconfigure(self, config: Config) -> None:
         """Use ``config`` from now on (a reload). Sessions read it at each decision."""
@@ -68,19 +69,38 @@ class SessionManager:
         self._ctx.config = config
 
     # ------------------------------------------------------------------ lookups
+    #
+    # ``caller`` (access.py): None for an admin, who sees every session, else the
+    # peer's uid, who sees only the sessions it owns. Another's session is
+    # `permission_denied` for a method that names it, and absent from `list`,
+    # from a watch of all sessions and from per-session metrics.
 
-    def get(self, session_id: str) -> Session:
+    def get(self, session_id: str, caller: int | None = None) -> Session:
         validate_session_id(session_id)
         session = self.sessions.get(session_id)
         if session is None:
             raise NotFound(f"no session {session_id!r}", {"session": session_id})
+        if caller is not None and session.owner_uid != caller:
+            raise PermissionDenied(f"session {session_id!r} belongs to another user", {"session": session_id})
         return session
+
+    def visible_to(self, caller: int | None) -> Callable[[str], bool] | None:
+        """A test of session ids for what ``caller`` may see; None: everything."""
+        if caller is None:
+            return None
+        sessions = self.sessions
+
+        def visible(session_id: str) -> bool:
+            session = sessions.get(session_id)
+            return session is not None and session.owner_uid == caller
+
+        return visible
 
     def counts_by_state(self) -> dict[State, int]:
         return dict(Counter(s.state for s in self.sessions.values()))
 
-    def status(self, session_id: str) -> SessionStatus:
-        session = self.get(session_id)
+    def status(self, session_id: str, caller: int | None = None) -> SessionStatus:
+        session = self.get(session_id, caller)
         session.touch()
         return session.status()
 
@@ -90,6 +110,8 @@ class SessionManager:
     # The encoded ``list`` of every session: (status generation, session count,
     # reply, the sessions' locks). See list_raw.
     _list_cache: tuple[int, int, msgspec.Raw, builtins.list[trio.Lock]] | None = None
+    # The same, per non-admin caller: the list of the sessions it owns.
+    _owned_list_cache: dict[int, tuple[int, int, msgspec.Raw, builtins.list[trio.Lock]]] | None = None
 
     def _sorted(self) -> builtins.list[Session]:
         """Every session, sorted by id. Shared: callers must not change it."""
@@ -99,16 +121,18 @@ class SessionManager:
             order = self._order = (ids, [self.sessions[sid] for sid in sorted(ids)])
         return order[1]
 
-    def _listed(self, states: Iterable[State] | None) -> builtins.list[Session]:
+    def _listed(self, states: Iterable[State] | None, caller: int | None = None) -> builtins.list[Session]:
         wanted = set(states) if states else None
+        if caller is not None:
+            return [s for s in self._sorted() if s.owner_uid == caller and (wanted is None or s.state in wanted)]
         if wanted is None:
             return self._sorted()
         return [s for s in self._sorted() if s.state in wanted]
 
-    def list(self, states: Iterable[State] | None = None) -> builtins.list[SessionStatus]:
-        return [s.status() for s in self._listed(states)]
+    def list(self, states: Iterable[State] | None = None, caller: int | None = None) -> builtins.list[SessionStatus]:
+        return [s.status() for s in self._listed(states, caller)]
 
-    def list_raw(self, states: Iterable[State] | None = None) -> msgspec.Raw:
+    def list_raw(self, states: Iterable[State] | None = None, caller: int | None = None) -> msgspec.Raw:
         """The ``list`` result, encoded (a SessionList on the wire), from the bytes
         each session already holds instead of re-encoding every status.
 
@@ -118,9 +142,13 @@ class SessionManager:
         session was created) and the count holds (none was deleted), provided no
         session is ``busy`` now or was when it was built: ``busy`` is the lock's
         state, not a field, so the locks are checked on every call.
+
+        A non-admin ``caller`` gets the sessions it owns, cached per uid the same way.
         """
         if states:
-            return to_raw({"sessions": [s.status_raw() for s in self._listed(states)]})
+            return to_raw({"sessions": [s.status_raw() for s in self._listed(states, caller)]})
+        if caller is not None:
+            return self._owned_list_raw(caller)
         generation, count = status_generation(), len(self.sessions)
         cached = self._list_cache
         if (
@@ -136,8 +164,33 @@ class SessionManager:
         self._list_cache = None if any(map(trio.Lock.locked, locks)) else (generation, count, reply, locks)
         return reply
 
-    def qr(self, session_id: str) -> QrCode:
-        session = self.get(session_id)
+    def _owned_list_raw(self, caller: int) -> msgspec.Raw:
+        """``list_raw`` of the sessions ``caller`` owns."""
+        generation, count = status_generation(), len(self.sessions)
+        caches = self._owned_list_cache
+        if caches is None:
+            caches = self._owned_list_cache = {}
+        cached = caches.get(caller)
+        if (
+            cached is not None
+            and cached[0] == generation
+            and cached[1] == count
+            and not any(map(trio.Lock.locked, cached[3]))
+        ):
+            return cached[2]
+        sessions = self._listed(None, caller)
+        reply = to_raw({"sessions": [s.status_raw() for s in sessions]})
+        locks = [s.lock for s in sessions]
+        if len(caches) >= 256:  # uids come and go: keep the cache bounded
+            caches.clear()
+        if any(map(trio.Lock.locked, locks)):
+            caches.pop(caller, None)
+        else:
+            caches[caller] = (generation, count, reply, locks)
+        return reply
+
+    def qr(self, session_id: str, caller: int | None = None) -> QrCode:
+        session = self.get(session_id, caller)
         session.touch()
         if session.qr is None:
             raise NotFound(
@@ -146,8 +199,8 @@ class SessionManager:
             )
         return session.qr
 
-    def history(self, session_id: str, limit: int = 100) -> builtins.list[Transition]:
-        session = self.get(session_id)
+    def history(self, session_id: str, limit: int = 100, caller: int | None = None) -> builtins.list[Transition]:
+        session = self.get(session_id, caller)
         session.touch()
         return list(session.history)[-limit:]
 
@@ -174,7 +227,11 @@ class SessionManager:
             raise Unavailable("the daemon is shutting down")
 
     async def connect(
-        self, session_id: str, owner_uid: int | None = None, options: SessionOptions | None = None
+        self,
+        session_id: str,
+        owner_uid: int | None = None,
+        options: SessionOptions | None = None,
+        caller: int | None = None,
     ) -> SessionStatus:
         """Start the session unless it is already on its way; idempotent.
 
@@ -183,13 +240,18 @@ class SessionManager:
         self._check_open()
         validate_session_id(session_id)
         session = self.sessions.get(session_id)
+        if session is not None and caller is not None and session.owner_uid != caller:
+            raise PermissionDenied(f"session {session_id!r} belongs to another user", {"session": session_id})
         if session is None:
+            if caller is not None and caller < 0:
+                raise PermissionDenied("the daemon could not read this connection's credentials", {})
             if len(self.sessions) >= self.config.max_sessions:
                 self.metrics.connect_attempts.labels("limit_exceeded").inc()
                 raise LimitExceeded(
                     f"the daemon holds its maximum of {self.config.max_sessions} sessions",
                     {"limit": self.config.max_sessions},
                 )
+            self._check_uid_limit(caller)
             session = self.sessions[session_id] = Session(session_id, self._ctx, owner_uid)
             # Deleting and re-creating a session must not reset its rate limit.
             session.last_attempt_at = self._deleted_attempts.pop(session_id, None)
@@ -221,24 +283,39 @@ class SessionManager:
             session.begin()
         return session.status()  # after the lock: `busy` describes others' operations, not ours
 
-    async def disconnect(self, session_id: str) -> SessionStatus:
-        session = self.get(session_id)
+    def _check_uid_limit(self, caller: int | None) -> None:
+        """Refuse a new session to a non-admin that owns ``max_sessions_per_uid``."""
+        limit = self.config.max_sessions_per_uid
+        if limit is None or caller is None:
+            return  # admins are exempt: only max_sessions bounds them
+        owned = sum(1 for s in self.sessions.values() if s.owner_uid == caller)
+        if owned < limit:
+            return
+        self.metrics.connect_attempts.labels("limit_exceeded").inc()
+        self.metrics.limit_refusals.labels("sessions_per_uid").inc()
+        log.warning("limit_refused", limit="sessions_per_uid", uid=caller, value=limit)
+        raise LimitExceeded(
+            f"uid {caller} already owns its maximum of {limit} sessions", {"limit": limit, "uid": caller}
+        )
+
+    async def disconnect(self, session_id: str, caller: int | None = None) -> SessionStatus:
+        session = self.get(session_id, caller)
         session.touch()
         async with self._locked(session):
             await session.stop(State.STOPPED, Reason.DISCONNECT_REQUESTED, "disconnected on request")
             self.registry.put(self._record(session, should_run=False))
         return session.status()
 
-    async def logout(self, session_id: str) -> SessionStatus:
-        session = self.get(session_id)
+    async def logout(self, session_id: str, caller: int | None = None) -> SessionStatus:
+        session = self.get(session_id, caller)
         session.touch()
         async with self._locked(session):
             await session.logout()
             self.registry.put(self._record(session, should_run=False))
         return session.status()
 
-    async def delete(self, session_id: str) -> None:
-        session = self.get(session_id)
+    async def delete(self, session_id: str, caller: int | None = None) -> None:
+        session = self.get(session_id, caller)
         async with self._locked(session):
             await session.stop(State.STOPPED, Reason.DISCONNECT_REQUESTED, "session deleted")
             await self.driver.wipe_auth(session_id)
@@ -250,9 +327,9 @@ class SessionManager:
         self.hub.finish_session(session_id, "deleted", session.status())
         log.info("session_deleted", session=session_id)
 
-    async def simulate(self, session_id: str, action: str) -> SessionStatus:
+    async def simulate(self, session_id: str, action: str, caller: int | None = None) -> SessionStatus:
         """Play the phone's (or fate's) part on a scripted session."""
-        session = self.get(session_id)
+        session = self.get(session_id, caller)
         control = getattr(self.driver, "simulate", None)
         if control is None:
             raise Unavailable(f"the {self.driver.name} driver cannot simulate; use --driver scripted")
@@ -267,25 +344,28 @@ class SessionManager:
     # ------------------------------------------------------------------ watch
 
     def subscribe(
-        self, session_id: str | None, until: Iterable[State]
+        self, session_id: str | None, until: Iterable[State], caller: int | None = None
     ) -> tuple[Subscriber, builtins.list[SessionStatus]]:
-        """Register a watcher; returns it with the snapshot(s) to send first."""
+        """Register a watcher; returns it with the snapshot(s) to send first.
+
+        A non-admin ``caller``'s watch of all sessions sees only its own."""
         self._check_open()
         until = frozenset(until)
         if until and session_id is None:
             raise InvalidArgument("`until` needs a session: a watch of all sessions has no single final state")
         if session_id is not None:
-            session = self.get(session_id)
+            session = self.get(session_id, caller)
             session.touch()
             snapshots = [session.status()]
         else:
-            snapshots = self.list()
+            snapshots = self.list(caller=caller)
         sub = Subscriber(
             session_id,
             until,
             self.config.watch_queue_size,
             self.config.watch_qr_interval,
             on_drop=self.metrics.watch_dropped.inc,
+            visible=self.visible_to(caller) if session_id is None else None,
         )
         self.hub.add(sub)
         if session_id is not None and snapshots[0].state in sub.until:

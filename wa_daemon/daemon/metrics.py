@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -130,6 +131,9 @@ class DaemonMetrics:
         self.launch_queue = Gauge("wa_launch_queue", "sessions waiting for a launch slot", registry=r)
         self.config_reloads = Counter("wa_config_reloads", "configuration reloads (SIGHUP) by result", ["result"],
                                       registry=r)
+        # Requests refused by a configured limit, by limit (e.g. "sessions_per_uid").
+        # Shared with other limits: one definition only.
+        self.limit_refusals = Counter("wa_limit_refusals", "requests refused by a limit", ["limit"], registry=r)
         self._info = Gauge("wa_build_info", "the daemon's version and driver (value 1)", ["version", "driver"],
                            registry=r)
         ProcessCollector(registry=r)  # process_*: the daemon's own memory, CPU, descriptors
@@ -140,14 +144,37 @@ class DaemonMetrics:
     def track_sessions(self, counts: Callable[[], dict[State, int]]) -> None:
         self.registry.register(_SessionsByState(counts))
 
-    def samples(self) -> list[Sample]:
-        out: list[Sample] = []
+    def collect(self, visible: Callable[[str], bool] | None = None) -> Iterator[Metric]:
+        """Every metric family; with ``visible``, without the samples labelled with
+        a ``session`` it rejects (per-session series of sessions a caller may not see)."""
         for family in self.registry.collect():
+            if visible is not None:
+                kept = [s for s in family.samples if "session" not in s.labels or visible(s.labels["session"])]
+                if len(kept) != len(family.samples):
+                    family = copy.copy(family)
+                    family.samples = kept
+            yield family
+
+    def samples(self, visible: Callable[[str], bool] | None = None) -> list[Sample]:
+        out: list[Sample] = []
+        for family in self.collect(visible):
             for s in family.samples:
                 if s.name.endswith("_created"):
                     continue  # creation timestamps are noise for humans and tests
                 out.append(Sample(s.name, dict(s.labels), float(s.value)))
         return out
 
-    def exposition(self) -> str:
-        return generate_latest(self.registry).decode()
+    def exposition(self, visible: Callable[[str], bool] | None = None) -> str:
+        if visible is None:
+            return generate_latest(self.registry).decode()
+        return generate_latest(_Families(self.collect(visible))).decode()
+
+
+class _Families:
+    """Metric families to hand to ``generate_latest``, which only calls ``collect``."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families

@@ -56,6 +56,8 @@ from ..protocol import (
     decode_as,
     encode_frame,
 )
+from .access import caller_of
+from .config import Config
 from .hub import Final
 from .manager import SessionManager
 from .registry import SessionOptions
@@ -205,6 +207,18 @@ class _Connection:
         self.greeted = False
         self.broken = False
         self.scope = trio.CancelScope()
+        self._access: tuple[Config, int | None] | None = None
+
+    @property
+    def caller(self) -> int | None:
+        """None if the peer is an admin, else its uid: what the manager filters by
+        (access.py). Decided at the first request and again after a reload; the
+        peer's credentials cannot change while it stays connected."""
+        config = self.server.manager.config
+        access = self._access
+        if access is None or access[0] is not config:
+            access = self._access = (config, caller_of(config, self.uid, self.gid))
+        return access[1]
 
     def _frame(self, message: msgspec.Struct) -> bytearray:
         try:
@@ -380,7 +394,7 @@ class _Connection:
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 raise InvalidArgument(f"invalid params for {req.method}: {exc}", {"method": req.method}) from None
             session = getattr(params, "session", None)
-            data = self._frame(OutReply(req.id, read.handler(params)))
+            data = self._frame(OutReply(req.id, read.handler(params, self)))
         except WaDaemonError as exc:
             outcome = exc.code
             data = self._frame(Error(req.id, exc.code, exc.message, exc.details))
@@ -444,7 +458,7 @@ class _Connection:
 
     async def _stream(self, rid: int, params: WatchParams, scope: trio.CancelScope) -> None:
         manager = self.server.manager
-        sub, snapshots = manager.subscribe(params.session, params.until)
+        sub, snapshots = manager.subscribe(params.session, params.until, self.caller)
         final: Final | None = None
         try:
             with scope:
@@ -479,7 +493,7 @@ class _Read:
     """A method that never waits, with what serving it needs, looked up once per request."""
 
     decode: Callable[[Any], Any]  # the params decoder
-    handler: Callable[[Any], Any]  # params -> result, synchronous
+    handler: Callable[[Any, _Connection], Any]  # (params, connection) -> result, synchronous
     histogram: Any  # its rpc_duration child
 
 
@@ -497,22 +511,24 @@ class Server:
                 p.session,
                 owner_uid=c.uid if c.uid >= 0 else None,
                 options=SessionOptions(p.whatsapp_url, p.takeover_on_conflict, p.idle_timeout),
+                caller=c.caller,
             ),
-            "disconnect": lambda p, c: m.disconnect(p.session),
-            "logout": lambda p, c: m.logout(p.session),
+            "disconnect": lambda p, c: m.disconnect(p.session, c.caller),
+            "logout": lambda p, c: m.logout(p.session, c.caller),
             "delete": self._delete,
-            "simulate": lambda p, c: m.simulate(p.session, p.action),
+            "simulate": lambda p, c: m.simulate(p.session, p.action, c.caller),
             "health": self._health_report,
         }
         # Methods that never wait: served in the connection's read loop, no task.
-        read_handlers: dict[str, Callable[[Any], Any]] = {
-            "status": lambda p: m.status(p.session),
-            "list": lambda p: m.list_raw(p.states),
-            "qr": lambda p: m.qr(p.session),
-            "history": lambda p: History(p.session, m.history(p.session, p.limit)),
+        # Those that name a session, list or metrics filter by the caller (access.py).
+        read_handlers: dict[str, Callable[[Any, _Connection], Any]] = {
+            "status": lambda p, c: m.status(p.session, c.caller),
+            "list": lambda p, c: m.list_raw(p.states, c.caller),
+            "qr": lambda p, c: m.qr(p.session, c.caller),
+            "history": lambda p, c: History(p.session, m.history(p.session, p.limit, c.caller)),
             "metrics": self._metrics,
-            "ping": lambda p: Pong(utcnow()),
-            "version": lambda p: VersionInfo(__version__, PROTOCOL_VERSION, m.driver.name),
+            "ping": lambda p, c: Pong(utcnow()),
+            "version": lambda p, c: VersionInfo(__version__, PROTOCOL_VERSION, m.driver.name),
         }
         self.reads = {
             name: _Read(msgspec.msgpack.Decoder(METHODS[name].params).decode, fn, self.rpc_histograms[name])
@@ -521,7 +537,7 @@ class Server:
         assert set(self.handlers) | set(self.reads) | {"watch"} == set(METHODS), "every method needs a handler"
 
     async def _delete(self, params: SessionParams, conn: _Connection) -> Deleted:
-        await self.manager.delete(params.session)
+        await self.manager.delete(params.session, conn.caller)
         return Deleted(params.session)
 
     async def _health_report(self, params: NoParams, conn: _Connection) -> Health:
@@ -529,9 +545,12 @@ class Server:
             raise Unavailable("this daemon runs no health monitor")
         return await self._health()
 
-    def _metrics(self, params: MetricsParams) -> Metrics:
+    def _metrics(self, params: MetricsParams, conn: _Connection) -> Metrics:
+        # A non-admin gets the daemon-wide aggregates and the per-session series
+        # of its own sessions only (docs/security.md).
+        visible = self.manager.visible_to(conn.caller)
         metrics = self.manager.metrics
-        return Metrics(metrics.samples(), metrics.exposition() if params.prometheus else None)
+        return Metrics(metrics.samples(visible), metrics.exposition(visible) if params.prometheus else None)
 
     async def accept_loop(self, bound: BoundSocket, handlers: trio.Nursery) -> None:
         """Accept until cancelled; each connection's handler runs in ``handlers``,
