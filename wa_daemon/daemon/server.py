@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import grp
+import math
 import os
 import socket
 import stat
@@ -25,7 +26,15 @@ import structlog
 import trio
 
 from .._version import __version__
-from ..errors import Busy, InternalError, InvalidArgument, ProtocolError, Unavailable, WaDaemonError
+from ..errors import (
+    Busy,
+    InternalError,
+    InvalidArgument,
+    LimitExceeded,
+    ProtocolError,
+    Unavailable,
+    WaDaemonError,
+)
 from ..protocol import (
     METHODS,
     PROTOCOL_VERSION,
@@ -35,6 +44,7 @@ from ..protocol import (
     End,
     Error,
     FrameDecoder,
+    FrameTooLarge,
     Health,
     Hello,
     History,
@@ -65,6 +75,8 @@ log = structlog.get_logger("wa_daemon.server")
 
 _RECV_CHUNK = 65536
 _PEERCRED = struct.Struct("3i")
+_REFUSE_LINGER = 1.0  # seconds a refused connection is given to read its error
+_MAX_REFUSING = 64  # refused connections lingering at once; more are closed at once
 
 
 class AlreadyRunning(Exception):
@@ -202,6 +214,9 @@ class _Connection:
         self.decoder = FrameDecoder(ClientMessage, self.max_frame)
         self.send_lock = trio.Lock()
         self.inflight: dict[int, trio.CancelScope] = {}
+        self.watches = 0  # watch streams open on this connection
+        self.last_active = trio.current_time()  # last bytes received or last request finished
+        self._idle_scope: trio.CancelScope | None = None  # the read loop's wait, bounded by idle_connection_timeout
         self.greeted = False
         self.broken = False
         self.scope = trio.CancelScope()
@@ -269,6 +284,7 @@ class _Connection:
                     self.broken = True  # the client went away; the read side will notice and end
         if cs.cancelled_caught:
             self.broken = True
+            self.server.manager.metrics.connections_closed.labels("not_reading").inc()
             self.log.warning("client_not_reading", send_timeout=timeout)
             self.scope.cancel()
 
@@ -277,7 +293,12 @@ class _Connection:
             try:
                 await self._read_loop(nursery)
             except RemoteProtocolError as exc:
-                self.server.manager.metrics.protocol_errors.inc()
+                metrics = self.server.manager.metrics
+                metrics.protocol_errors.inc()
+                if isinstance(exc, FrameTooLarge):
+                    metrics.limit_refusals.labels("frame_size").inc()
+                if not self.greeted and exc.message.startswith("no hello within"):
+                    metrics.connections_closed.labels("hello_timeout").inc()
                 self.log.warning("protocol_error", error=exc.message, fatal=True)
                 await self.send(Error(None, ProtocolError.code, exc.message))
             # The client is gone or broke the protocol: nothing it asked for is owed any more.
@@ -289,17 +310,44 @@ class _Connection:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return b""
 
+    def _arm_idle(self) -> None:
+        """(Re)set the idle deadline of the read loop's wait: none while a request or
+        watch stream is in flight, else ``idle_connection_timeout`` after the last activity."""
+        scope = self._idle_scope
+        if scope is None:
+            return
+        idle = self.server.manager.config.idle_connection_timeout
+        scope.deadline = math.inf if idle is None or self.inflight else self.last_active + idle
+
+    async def _receive_greeted(self) -> bytes | None:
+        """The next bytes from a greeted client; None if it stayed idle too long."""
+        with trio.CancelScope() as scope:
+            self._idle_scope = scope
+            self._arm_idle()
+            try:
+                return await self._receive()
+            finally:
+                self._idle_scope = None
+        return None  # only reached when the idle deadline cancelled the wait
+
     async def _read_loop(self, nursery: trio.Nursery) -> None:
         hello_timeout = self.server.manager.config.hello_timeout
         hello_deadline = trio.current_time() + hello_timeout
         while True:
             if self.greeted:
-                data = await self._receive()
+                received = await self._receive_greeted()
+                if received is None:
+                    idle = self.server.manager.config.idle_connection_timeout
+                    self.server.manager.metrics.connections_closed.labels("idle").inc()
+                    self.log.info("connection_idle", idle_connection_timeout=idle)
+                    return
+                data = received
             else:
                 with trio.move_on_at(hello_deadline) as cs:
                     data = await self._receive()
                 if cs.cancelled_caught:
                     raise RemoteProtocolError(f"no hello within {hello_timeout:g} s")
+            self.last_active = trio.current_time()
             if not data:
                 self.decoder.receive_eof()
                 return
@@ -360,6 +408,8 @@ class _Connection:
             return True
         limit = self.server.manager.config.max_inflight_per_connection
         if len(self.inflight) >= limit:
+            self.server.manager.metrics.limit_refusals.labels("inflight").inc()
+            self.log.warning("limit_refused", limit="inflight", max=limit, method=msg.method)
             await self.send(
                 Error(msg.id, Busy.code, f"more than {limit} requests in flight on this connection", {"limit": limit})
             )
@@ -420,7 +470,16 @@ class _Connection:
                 raise InvalidArgument(f"invalid params for {req.method}: {exc}", {"method": req.method}) from None
             session = getattr(params, "session", None)
             if method.stream:
-                await self._stream(req.id, params, scope)
+                limit = server.manager.config.max_watches_per_connection
+                if self.watches >= limit:
+                    server.manager.metrics.limit_refusals.labels("watch_streams").inc()
+                    self.log.warning("limit_refused", limit="watch_streams", max=limit, method=req.method)
+                    raise LimitExceeded(f"more than {limit} watch streams open on this connection", {"limit": limit})
+                self.watches += 1
+                try:
+                    await self._stream(req.id, params, scope)
+                finally:
+                    self.watches -= 1
                 outcome = "stream_end"
             else:
                 with scope:
@@ -440,6 +499,8 @@ class _Connection:
             )
         finally:
             self.inflight.pop(req.id, None)
+            self.last_active = trio.current_time()
+            self._arm_idle()
             self._done(req, session, outcome, started, server.rpc_histograms.get(req.method))
 
     async def _stream(self, rid: int, params: WatchParams, scope: trio.CancelScope) -> None:
@@ -490,6 +551,9 @@ class Server:
         self.rpc_histograms = {m: manager.metrics.rpc_duration.labels(m) for m in METHODS}
         self._next_cid = 0
         self._conns: set[_Connection] = set()
+        self._open = 0  # connections accepted and not yet closed (counted before their handler starts)
+        self._accept_failing = 0  # consecutive failed accepts
+        self._refusing = 0  # connections refused by max_connections, still being closed
         self.draining = False  # shutting down: new requests get `unavailable`
         m = manager
         self.handlers: dict[str, Handler] = {
@@ -537,16 +601,65 @@ class Server:
         """Accept until cancelled; each connection's handler runs in ``handlers``,
         so the daemon can stop accepting while in-flight calls still finish."""
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(bound.sock))
+        metrics = self.manager.metrics
         while True:
             try:
                 stream = await listener.accept()
             except OSError as exc:
-                # EMFILE and friends: back off and keep the accept loop alive.
-                log.error("accept_failed", error=str(exc), errno=exc.errno)
+                # EMFILE, ENFILE and friends: back off and keep the accept loop alive.
+                # The pending client waits in the backlog until a descriptor is free.
+                name = errno.errorcode.get(exc.errno or 0, "unknown")
+                metrics.accept_failures.labels(name).inc()
+                if self._accept_failing == 0:
+                    log.error("accept_failed", error=str(exc), errno=exc.errno, open_connections=self._open)
+                self._accept_failing += 1
                 await trio.sleep(0.1)
                 continue
+            if self._accept_failing:
+                log.warning("accept_recovered", failed_accepts=self._accept_failing)
+                self._accept_failing = 0
+            limit = self.manager.config.max_connections
+            if self._open >= limit:
+                self._refuse(stream, limit, handlers)
+                continue
+            self._open += 1
             self._next_cid += 1
             handlers.start_soon(self._handle, stream, self._next_cid)
+
+    def _refuse(self, stream: trio.SocketStream, limit: int, handlers: trio.Nursery) -> None:
+        """One connection too many: one `error` frame, then closed."""
+        metrics = self.manager.metrics
+        metrics.limit_refusals.labels("connections").inc()
+        metrics.connections_closed.labels("limit").inc()
+        log.warning("connection_refused", limit="connections", max=limit)
+        frame = encode_frame(
+            Error(None, LimitExceeded.code, f"the daemon serves its maximum of {limit} connections", {"limit": limit})
+        )
+        if self._refusing >= _MAX_REFUSING:
+            # A flood: no lingering, the descriptor is freed now (the frame may be lost).
+            try:
+                os.write(stream.socket.fileno(), frame)  # non-blocking; a fresh socket takes it whole
+            except OSError:
+                pass
+            stream.socket.close()
+            return
+        self._refusing += 1
+        handlers.start_soon(self._refuse_slowly, stream, frame)
+
+    async def _refuse_slowly(self, stream: trio.SocketStream, frame: bytearray) -> None:
+        try:
+            with trio.move_on_after(_REFUSE_LINGER):
+                await stream.send_all(frame)
+                # Read the client's hello before closing: closing a Unix socket with
+                # unread input resets the peer, which could then lose the frame.
+                while await stream.receive_some(_RECV_CHUNK):
+                    pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self._refusing -= 1
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
 
     @property
     def inflight(self) -> int:
@@ -568,6 +681,7 @@ class Server:
         finally:
             if conn is not None:
                 self._conns.discard(conn)
+            self._open -= 1
             metrics.connections.dec()
             with trio.CancelScope(shield=True):
                 await stream.aclose()
