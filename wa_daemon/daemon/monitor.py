@@ -318,7 +318,7 @@ class DaemonMonitor:
             # The sample must be of the browser the session still has (not of one since replaced).
             if session is None or session.process_group != groups.get(sid):
                 continue
-            message = f"browser PSS {usage.pss_bytes / 2**20:.0f} MiB over the limit of {limit / 2**20:.0f} MiB"
+            message = f"memory limit: browser PSS {usage.pss_bytes / 2**20:.0f} MiB over {limit / 2**20:.0f} MiB"
             if session.recycle(Reason.MEMORY_LIMIT, message):
                 recycled += 1
                 log.warning("memory_limit_exceeded", session=sid, pss_bytes=usage.pss_bytes, limit=limit)
