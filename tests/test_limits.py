@@ -412,3 +412,17 @@ async def test_memory_limit_right_after_every_launch_ends_in_failed(autojump_clo
         assert "memory" in (st.message or "")
         assert metric(m, "wa_session_recycles_total", reason="memory_limit") == 5
         assert metric(m, "wa_browser_crashes_total") == 0
+
+
+async def test_blocking_client_reopens_a_connection_closed_as_idle(sock_dir: Path) -> None:
+    with trio.fail_after(30):
+        async with running_daemon(sock_dir, idle_connection_timeout=0.3) as d:
+            assert d.manager is not None
+            c = Client(d.socket_path, timeout=5)
+            try:
+                assert await trio.to_thread.run_sync(c.ping)
+                await trio.sleep(1.2)  # closed by the daemon meanwhile
+                assert metric(d.manager, "wa_connections_closed_total", reason="idle") == 1
+                assert await trio.to_thread.run_sync(c.ping)  # no ConnectionLost: a new connection
+            finally:
+                c.close()
