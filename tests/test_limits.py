@@ -426,3 +426,21 @@ async def test_blocking_client_reopens_a_connection_closed_as_idle(sock_dir: Pat
                 assert await trio.to_thread.run_sync(c.ping)  # no ConnectionLost: a new connection
             finally:
                 c.close()
+
+
+async def test_hello_timeout_and_oversized_frames_are_counted(sock_dir: Path) -> None:
+    with trio.fail_after(30):
+        async with running_daemon(sock_dir, hello_timeout=0.3, max_frame=4096) as d:
+            assert d.manager is not None
+            silent = await trio.open_unix_socket(str(d.socket_path))
+            msg = await _next(silent, ClientProtocol("silent"))
+            assert isinstance(msg, Error) and msg.code == "protocol_error" and "no hello" in msg.message
+            assert await _next(silent, ClientProtocol("silent")) is None
+            await silent.aclose()
+            big, proto = await _greeted(d.socket_path)
+            await big.send_all((5000).to_bytes(4, "big"))
+            msg = await _next(big, proto)
+            assert isinstance(msg, Error) and msg.code == "protocol_error" and "exceeds" in msg.message
+            await big.aclose()
+            assert metric(d.manager, "wa_connections_closed_total", reason="hello_timeout") == 1
+            assert metric(d.manager, "wa_limit_refusals_total", limit="frame_size") == 1

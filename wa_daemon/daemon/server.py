@@ -631,7 +631,11 @@ class Server:
         metrics = self.manager.metrics
         metrics.limit_refusals.labels("connections").inc()
         metrics.connections_closed.labels("limit").inc()
-        log.warning("connection_refused", limit="connections", max=limit)
+        try:
+            pid, uid, _ = peer_credentials(stream.socket)
+        except OSError:
+            pid = uid = -1
+        log.warning("connection_refused", limit="connections", max=limit, peer_pid=pid, peer_uid=uid)
         frame = encode_frame(
             Error(None, LimitExceeded.code, f"the daemon serves its maximum of {limit} connections", {"limit": limit})
         )
