@@ -360,6 +360,7 @@ class Session:
                 return  # the operation that asked for the stop (logout) sets the state
             if outcome is None:  # the drive was cancelled by recycle()
                 assert recycle is not None
+                await trio.lowlevel.checkpoint_if_cancelled()  # a stop came meanwhile: no reconnecting
                 if not await self._after_recycle(recycle):
                     return
                 relaunching = True
