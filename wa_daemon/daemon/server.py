@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import grp
-import math
 import os
 import socket
 import stat
@@ -216,7 +215,6 @@ class _Connection:
         self.inflight: dict[int, trio.CancelScope] = {}
         self.watches = 0  # watch streams open on this connection
         self.last_active = trio.current_time()  # last bytes received or last request finished
-        self._idle_scope: trio.CancelScope | None = None  # the read loop's wait, bounded by idle_connection_timeout
         self.greeted = False
         self.broken = False
         self.scope = trio.CancelScope()
@@ -310,38 +308,25 @@ class _Connection:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return b""
 
-    def _arm_idle(self) -> None:
-        """(Re)set the idle deadline of the read loop's wait: none while a request or
-        watch stream is in flight, else ``idle_connection_timeout`` after the last activity."""
-        scope = self._idle_scope
-        if scope is None:
-            return
-        idle = self.server.manager.config.idle_connection_timeout
-        scope.deadline = math.inf if idle is None or self.inflight else self.last_active + idle
+    def idle_for(self, now: float) -> float:
+        """Seconds since the client last sent something or its last request ended;
+        0 while it has not said hello (``hello_timeout`` covers that), has an
+        operation or watch stream in flight, or is already being closed."""
+        if not self.greeted or self.inflight or self.scope.cancel_called:
+            return 0.0
+        return now - self.last_active
 
-    async def _receive_greeted(self) -> bytes | None:
-        """The next bytes from a greeted client; None if it stayed idle too long."""
-        with trio.CancelScope() as scope:
-            self._idle_scope = scope
-            self._arm_idle()
-            try:
-                return await self._receive()
-            finally:
-                self._idle_scope = None
-        return None  # only reached when the idle deadline cancelled the wait
+    def close_idle(self, idle: float) -> None:
+        self.server.manager.metrics.connections_closed.labels("idle").inc()
+        self.log.info("connection_idle", idle=round(idle, 3))
+        self.scope.cancel()
 
     async def _read_loop(self, nursery: trio.Nursery) -> None:
         hello_timeout = self.server.manager.config.hello_timeout
         hello_deadline = trio.current_time() + hello_timeout
         while True:
             if self.greeted:
-                received = await self._receive_greeted()
-                if received is None:
-                    idle = self.server.manager.config.idle_connection_timeout
-                    self.server.manager.metrics.connections_closed.labels("idle").inc()
-                    self.log.info("connection_idle", idle_connection_timeout=idle)
-                    return
-                data = received
+                data = await self._receive()
             else:
                 with trio.move_on_at(hello_deadline) as cs:
                     data = await self._receive()
@@ -500,7 +485,6 @@ class _Connection:
         finally:
             self.inflight.pop(req.id, None)
             self.last_active = trio.current_time()
-            self._arm_idle()
             self._done(req, session, outcome, started, server.rpc_histograms.get(req.method))
 
     async def _stream(self, rid: int, params: WatchParams, scope: trio.CancelScope) -> None:
@@ -600,6 +584,24 @@ class Server:
     async def accept_loop(self, bound: BoundSocket, handlers: trio.Nursery) -> None:
         """Accept until cancelled; each connection's handler runs in ``handlers``,
         so the daemon can stop accepting while in-flight calls still finish."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._close_idle_loop)
+            await self._accept(bound, handlers)
+
+    async def _close_idle_loop(self) -> None:
+        """Close connections idle for ``idle_connection_timeout``: checked every tenth of
+        it (at most every minute), so the read loop itself pays nothing for the limit."""
+        while True:
+            timeout = self.manager.config.idle_connection_timeout
+            if timeout is not None:
+                now = trio.current_time()
+                for conn in list(self._conns):
+                    idle = conn.idle_for(now)
+                    if idle >= timeout:
+                        conn.close_idle(idle)
+            await trio.sleep(min(timeout / 10, 60.0) if timeout is not None else 60.0)
+
+    async def _accept(self, bound: BoundSocket, handlers: trio.Nursery) -> None:
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(bound.sock))
         metrics = self.manager.metrics
         while True:
