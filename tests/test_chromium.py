@@ -389,3 +389,34 @@ async def test_per_session_memory_and_cpu_metrics(sock_dir: Path) -> None:
             await r.daemon.monitor.sample()
             samples = (await r.wa.metrics()).samples
             assert "alice" not in series("wa_session_memory_pss_bytes")  # no series outlives its session
+
+
+async def test_memory_limit_recycles_the_browser_on_its_saved_login(sock_dir: Path) -> None:
+    """A limit below any real Chromium (50 MiB of PSS): once connected, the session's
+    browser is closed and relaunched on its profile, and comes back connected
+    without a QR; not a crash, no reconnect attempt spent."""
+    with trio.fail_after(120):
+        async with rig(sock_dir, session_memory_limit=50 << 20, resource_sample_interval=0.5) as r:
+            await link(r, "fat")
+            first_pid = r.browser("fat").pid
+            await reach(r.wa, "fat", "reconnecting")
+            # One recycle is enough for this test: lift the limit before the next sample.
+            manager = r.daemon.manager
+            assert manager is not None
+            manager.reconfigure(manager.config.replace(session_memory_limit=None))
+            st = await r.wa.status("fat")
+            assert st.reason == "memory_limit" and "memory limit" in (st.message or "")
+            await reach(r.wa, "fat", "connected")
+            assert group_members(first_pid) == []  # the old tree is gone
+            trail = [(t.to_state, t.reason) for t in await r.wa.history("fat")]
+            assert trail[4:] == [
+                (State.RECONNECTING, "memory_limit"),
+                (State.AUTHENTICATING, "auth_restored"),
+                (State.CONNECTED, "app_loaded"),
+            ], trail
+            assert (await r.wa.status("fat")).attempt == 0
+            assert [d["state"] for d in r.engine.devices()] == ["linked"]  # the same device, no new link
+            samples = (await r.wa.metrics()).samples
+            recycles = sum(s.value for s in samples if s.name == "wa_session_recycles_total")
+            crashes = sum(s.value for s in samples if s.name == "wa_browser_crashes_total")
+            assert (recycles, crashes) == (1, 0)

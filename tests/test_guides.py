@@ -33,7 +33,6 @@ EXAMPLES = ROOT / "examples"
 # contract of the metrics; the daemon's registry is checked against it below).
 DOCUMENTED_METRICS = {
     "wa_connect_attempts_total",
-    "wa_limit_refusals_total",
     "wa_rate_limited_total",
     "wa_qr_generated_total",
     "wa_qr_events_total",
@@ -59,6 +58,10 @@ DOCUMENTED_METRICS = {
     "wa_state_dir_free_bytes",
     "wa_state_dir_writable",
     "wa_build_info",
+    "wa_limit_refusals_total",
+    "wa_connections_closed_total",
+    "wa_accept_failures_total",
+    "wa_session_recycles_total",
 }
 # prometheus_client's process collector (the daemon process), and Prometheus' own `up`.
 PROCESS_METRICS = {

@@ -20,8 +20,10 @@ import builtins
 import errno
 import math
 import os
+import select
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from types import TracebackType
 from typing import Any
@@ -94,6 +96,7 @@ class _SyncConnection:
         self.proto = ClientProtocol(name)
         self.timeout = timeout
         self.closed = False
+        self.last_used = time.monotonic()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:
@@ -134,6 +137,21 @@ class _SyncConnection:
     def close(self) -> None:
         self.closed = True
         self.sock.close()
+
+    def peer_closed(self) -> bool:
+        """True if the daemon has closed this connection while it sat unused (its
+        ``idle_connection_timeout``); checked only after a pause, so busy callers
+        pay nothing. Nothing was sent on it yet, so a new connection is safe."""
+        if time.monotonic() - self.last_used < 1.0:
+            return False
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        if not poller.poll(0):
+            return False
+        try:
+            return not self.sock.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return True
 
 
 class Watch(Iterator[WatchEvent]):
@@ -201,9 +219,13 @@ class Client:
 
     def _call(self, method: str, params: msgspec.Struct) -> Any:
         with self._lock:
+            if self._conn is not None and self._conn.peer_closed():
+                self._conn.close()
+                self._conn = None
             if self._conn is None:
                 self._conn = _SyncConnection(self.socket_path, self.timeout, self.client_name)
             conn = self._conn
+            conn.last_used = time.monotonic()
             try:
                 rid, data = conn.proto.request(method, params)
                 conn.send(data)

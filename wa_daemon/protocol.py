@@ -50,6 +50,10 @@ class RemoteProtocolError(ProtocolError):
         self.request_id = request_id
 
 
+class FrameTooLarge(RemoteProtocolError):
+    """The peer announced a frame over ``max_frame`` (always fatal)."""
+
+
 def validate_session_id(value: object) -> str:
     """Return ``value`` if it is a valid session id, else raise InvalidArgument naming the rule."""
     # fullmatch, not match: "$" would accept a trailing newline.
@@ -98,6 +102,7 @@ class Reason(str, enum.Enum):
     RESTORED = "restored"  # started again after a daemon restart
     AUTH_RESTORED = "auth_restored"
     IDLE_TIMEOUT = "idle_timeout"
+    MEMORY_LIMIT = "memory_limit"  # the browser was recycled: over session_memory_limit
     INTERNAL_ERROR = "internal_error"
 
 
@@ -416,7 +421,7 @@ class FrameDecoder:
         (length,) = HEADER.unpack_from(self._buf)
         if length > self.max_frame:
             self._buf.clear()
-            raise RemoteProtocolError(f"frame of {length} bytes exceeds the limit of {self.max_frame}")
+            raise FrameTooLarge(f"frame of {length} bytes exceeds the limit of {self.max_frame}")
         del self._buf[: HEADER.size]
         self._need = length
 

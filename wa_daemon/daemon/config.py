@@ -84,6 +84,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_concurrent_launches: Count = 2
     connect_min_interval: NonNegSeconds = 5.0
     operation_timeout: PositiveSeconds = 60.0  # waiting for a session's lock longer is `busy`
+    max_connections: Count = 1024  # client connections at once; one more gets `limit_exceeded` and is closed
     max_sessions_per_uid: Count | None = None  # sessions one non-admin uid may own; None: only max_sessions
 
     # authorization (docs/security.md): besides root and the daemon's own uid,
@@ -114,12 +115,18 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     phone_offline_grace: PositiveSeconds = 120.0  # phone unreachable this long: reconnect
     history_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
     browser_stop_timeout: PositiveSeconds = 10.0
+    # PSS of a session's Chromium tree above this (bytes): the browser is recycled
+    # (closed and relaunched on its saved auth). None: no limit
+    session_memory_limit: Annotated[int, msgspec.Meta(ge=1 << 20)] | None = None
 
     # RPC
     max_frame: Annotated[int, msgspec.Meta(ge=1024, le=64 << 20)] = DEFAULT_MAX_FRAME
     max_inflight_per_connection: Count = 128
     hello_timeout: PositiveSeconds = 10.0  # a connection that has not said hello by then is closed
     send_timeout: PositiveSeconds = 30.0  # a client that stops reading its replies is closed after this
+    # a greeted connection that sends nothing this long, with no request or watch in flight, is closed
+    idle_connection_timeout: PositiveSeconds | None = 3600.0
+    max_watches_per_connection: Count = 16  # watch streams open at once per connection; one more: `limit_exceeded`
     watch_qr_interval: NonNegSeconds = 3.0
     watch_queue_size: Annotated[int, msgspec.Meta(ge=4, le=100_000)] = 64
     shutdown_timeout: PositiveSeconds = 30.0

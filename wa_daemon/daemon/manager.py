@@ -247,6 +247,8 @@ class SessionManager:
                 raise PermissionDenied("the daemon could not read this connection's credentials", {})
             if len(self.sessions) >= self.config.max_sessions:
                 self.metrics.connect_attempts.labels("limit_exceeded").inc()
+                self.metrics.limit_refusals.labels("sessions").inc()
+                log.warning("limit_refused", limit="sessions", max=self.config.max_sessions, session=session_id)
                 raise LimitExceeded(
                     f"the daemon holds its maximum of {self.config.max_sessions} sessions",
                     {"limit": self.config.max_sessions},

@@ -129,11 +129,23 @@ class DaemonMetrics:
         )
         self.connections = Gauge("wa_rpc_connections", "open client connections", registry=r)
         self.launch_queue = Gauge("wa_launch_queue", "sessions waiting for a launch slot", registry=r)
+        # Requests refused by a limit (label values: connections, watch_streams,
+        # inflight, sessions, sessions_per_uid, frame_size).
+        self.limit_refusals = Counter("wa_limit_refusals", "requests refused by a limit", ["limit"], registry=r)
+        self.connections_closed = Counter(
+            "wa_connections_closed",
+            "connections the daemon closed on its own (idle, not_reading, hello_timeout, limit)",
+            ["reason"],
+            registry=r,
+        )
+        self.accept_failures = Counter(
+            "wa_accept_failures", "failed accept() calls on the RPC socket (EMFILE, ENFILE, ...)", ["error"], registry=r
+        )
+        self.session_recycles = Counter(
+            "wa_session_recycles", "browsers closed and relaunched on purpose, by reason", ["reason"], registry=r
+        )
         self.config_reloads = Counter("wa_config_reloads", "configuration reloads (SIGHUP) by result", ["result"],
                                       registry=r)
-        # Requests refused by a configured limit, by limit (e.g. "sessions_per_uid").
-        # Shared with other limits: one definition only.
-        self.limit_refusals = Counter("wa_limit_refusals", "requests refused by a limit", ["limit"], registry=r)
         self._info = Gauge("wa_build_info", "the daemon's version and driver (value 1)", ["version", "driver"],
                            registry=r)
         ProcessCollector(registry=r)  # process_*: the daemon's own memory, CPU, descriptors

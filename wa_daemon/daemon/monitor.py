@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import structlog
 import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -19,6 +20,8 @@ from .session import utcnow
 
 if TYPE_CHECKING:
     from .manager import SessionManager
+
+log = structlog.get_logger("wa_daemon")
 
 # Reasons that say the daemon or the machine is failing sessions, as opposed to
 # a person not scanning, logging out or opening WhatsApp elsewhere.
@@ -274,17 +277,24 @@ class DaemonMonitor:
     """Runs the loop monitor and the resource sampler, exposes what they
     measure as metrics, and builds the health report."""
 
-    def __init__(self, manager: SessionManager, state_dir: Path | None) -> None:
+    def __init__(
+        self, manager: SessionManager, state_dir: Path | None, *, resources: ResourceSampler | None = None
+    ) -> None:
         self.manager = manager
         self.loop = LoopMonitor()
-        self.resources = ResourceSampler(state_dir)
+        # Injectable: a test reports the memory it wants through a sampler of its own.
+        self.resources = resources or ResourceSampler(state_dir)
         manager.metrics.registry.register(_Collector(self))
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.loop.run)
             while True:
-                await self.sample()
+                try:
+                    await self.sample()
+                except OSError as exc:
+                    # Out of descriptors (EMFILE) and the like: skip this sample, never the daemon.
+                    log.error("resource_sample_failed", error=str(exc), errno=exc.errno)
                 await trio.sleep(self.manager.config.resource_sample_interval)
 
     async def sample(self) -> None:
@@ -292,6 +302,27 @@ class DaemonMonitor:
         groups = {sid: g for sid, s in sessions.items() if (g := s.process_group) is not None}
         await self.resources.sample(groups)
         self.resources.forget(set(sessions))
+        self.enforce_memory_limit(groups)
+
+    def enforce_memory_limit(self, groups: Mapping[str, int]) -> int:
+        """Recycle the browser of each connected session whose last sample is over
+        ``session_memory_limit``. Returns how many were recycled."""
+        limit = self.manager.config.session_memory_limit
+        if limit is None:
+            return 0
+        recycled = 0
+        for sid, usage in list(self.resources.usage.items()):
+            if usage.pss_bytes <= limit:
+                continue
+            session = self.manager.sessions.get(sid)
+            # The sample must be of the browser the session still has (not of one since replaced).
+            if session is None or session.process_group != groups.get(sid):
+                continue
+            message = f"memory limit: browser PSS {usage.pss_bytes / 2**20:.0f} MiB over {limit / 2**20:.0f} MiB"
+            if session.recycle(Reason.MEMORY_LIMIT, message):
+                recycled += 1
+                log.warning("memory_limit_exceeded", session=sid, pss_bytes=usage.pss_bytes, limit=limit)
+        return recycled
 
     def transitional_max_age(self) -> float:
         oldest = min((s.since for s in self.manager.sessions.values() if s.state in _TRANSITIONAL), default=None)

@@ -25,7 +25,15 @@ import structlog
 import trio
 
 from .._version import __version__
-from ..errors import Busy, InternalError, InvalidArgument, ProtocolError, Unavailable, WaDaemonError
+from ..errors import (
+    Busy,
+    InternalError,
+    InvalidArgument,
+    LimitExceeded,
+    ProtocolError,
+    Unavailable,
+    WaDaemonError,
+)
 from ..protocol import (
     METHODS,
     PROTOCOL_VERSION,
@@ -35,6 +43,7 @@ from ..protocol import (
     End,
     Error,
     FrameDecoder,
+    FrameTooLarge,
     Health,
     Hello,
     History,
@@ -67,6 +76,8 @@ log = structlog.get_logger("wa_daemon.server")
 
 _RECV_CHUNK = 65536
 _PEERCRED = struct.Struct("3i")
+_REFUSE_LINGER = 1.0  # seconds a refused connection is given to read its error
+_MAX_REFUSING = 64  # refused connections lingering at once; more are closed at once
 
 
 class AlreadyRunning(Exception):
@@ -204,6 +215,8 @@ class _Connection:
         self.decoder = FrameDecoder(ClientMessage, self.max_frame)
         self.send_lock = trio.Lock()
         self.inflight: dict[int, trio.CancelScope] = {}
+        self.watches = 0  # watch streams open on this connection
+        self.last_active = trio.current_time()  # last bytes received or last request finished
         self.greeted = False
         self.broken = False
         self.scope = trio.CancelScope()
@@ -283,6 +296,7 @@ class _Connection:
                     self.broken = True  # the client went away; the read side will notice and end
         if cs.cancelled_caught:
             self.broken = True
+            self.server.manager.metrics.connections_closed.labels("not_reading").inc()
             self.log.warning("client_not_reading", send_timeout=timeout)
             self.scope.cancel()
 
@@ -291,7 +305,12 @@ class _Connection:
             try:
                 await self._read_loop(nursery)
             except RemoteProtocolError as exc:
-                self.server.manager.metrics.protocol_errors.inc()
+                metrics = self.server.manager.metrics
+                metrics.protocol_errors.inc()
+                if isinstance(exc, FrameTooLarge):
+                    metrics.limit_refusals.labels("frame_size").inc()
+                if not self.greeted and exc.message.startswith("no hello within"):
+                    metrics.connections_closed.labels("hello_timeout").inc()
                 self.log.warning("protocol_error", error=exc.message, fatal=True)
                 await self.send(Error(None, ProtocolError.code, exc.message))
             # The client is gone or broke the protocol: nothing it asked for is owed any more.
@@ -302,6 +321,19 @@ class _Connection:
             return await self.stream.receive_some(_RECV_CHUNK)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return b""
+
+    def idle_for(self, now: float) -> float:
+        """Seconds since the client last sent something or its last request ended;
+        0 while it has not said hello (``hello_timeout`` covers that), has an
+        operation or watch stream in flight, or is already being closed."""
+        if not self.greeted or self.inflight or self.scope.cancel_called:
+            return 0.0
+        return now - self.last_active
+
+    def close_idle(self, idle: float) -> None:
+        self.server.manager.metrics.connections_closed.labels("idle").inc()
+        self.log.info("connection_idle", idle=round(idle, 3))
+        self.scope.cancel()
 
     async def _read_loop(self, nursery: trio.Nursery) -> None:
         hello_timeout = self.server.manager.config.hello_timeout
@@ -314,6 +346,7 @@ class _Connection:
                     data = await self._receive()
                 if cs.cancelled_caught:
                     raise RemoteProtocolError(f"no hello within {hello_timeout:g} s")
+            self.last_active = trio.current_time()
             if not data:
                 self.decoder.receive_eof()
                 return
@@ -374,6 +407,8 @@ class _Connection:
             return True
         limit = self.server.manager.config.max_inflight_per_connection
         if len(self.inflight) >= limit:
+            self.server.manager.metrics.limit_refusals.labels("inflight").inc()
+            self.log.warning("limit_refused", limit="inflight", max=limit, method=msg.method)
             await self.send(
                 Error(msg.id, Busy.code, f"more than {limit} requests in flight on this connection", {"limit": limit})
             )
@@ -434,7 +469,16 @@ class _Connection:
                 raise InvalidArgument(f"invalid params for {req.method}: {exc}", {"method": req.method}) from None
             session = getattr(params, "session", None)
             if method.stream:
-                await self._stream(req.id, params, scope)
+                limit = server.manager.config.max_watches_per_connection
+                if self.watches >= limit:
+                    server.manager.metrics.limit_refusals.labels("watch_streams").inc()
+                    self.log.warning("limit_refused", limit="watch_streams", max=limit, method=req.method)
+                    raise LimitExceeded(f"more than {limit} watch streams open on this connection", {"limit": limit})
+                self.watches += 1
+                try:
+                    await self._stream(req.id, params, scope)
+                finally:
+                    self.watches -= 1
                 outcome = "stream_end"
             else:
                 with scope:
@@ -454,6 +498,7 @@ class _Connection:
             )
         finally:
             self.inflight.pop(req.id, None)
+            self.last_active = trio.current_time()
             self._done(req, session, outcome, started, server.rpc_histograms.get(req.method))
 
     async def _stream(self, rid: int, params: WatchParams, scope: trio.CancelScope) -> None:
@@ -504,6 +549,9 @@ class Server:
         self.rpc_histograms = {m: manager.metrics.rpc_duration.labels(m) for m in METHODS}
         self._next_cid = 0
         self._conns: set[_Connection] = set()
+        self._open = 0  # connections accepted and not yet closed (counted before their handler starts)
+        self._accept_failing = 0  # consecutive failed accepts
+        self._refusing = 0  # connections refused by max_connections, still being closed
         self.draining = False  # shutting down: new requests get `unavailable`
         m = manager
         self.handlers: dict[str, Handler] = {
@@ -555,17 +603,88 @@ class Server:
     async def accept_loop(self, bound: BoundSocket, handlers: trio.Nursery) -> None:
         """Accept until cancelled; each connection's handler runs in ``handlers``,
         so the daemon can stop accepting while in-flight calls still finish."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._close_idle_loop)
+            await self._accept(bound, handlers)
+
+    async def _close_idle_loop(self) -> None:
+        """Close connections idle for ``idle_connection_timeout``: checked every tenth of
+        it (at most every minute), so the read loop itself pays nothing for the limit."""
+        while True:
+            timeout = self.manager.config.idle_connection_timeout
+            if timeout is not None:
+                now = trio.current_time()
+                for conn in list(self._conns):
+                    idle = conn.idle_for(now)
+                    if idle >= timeout:
+                        conn.close_idle(idle)
+            await trio.sleep(min(timeout / 10, 60.0) if timeout is not None else 60.0)
+
+    async def _accept(self, bound: BoundSocket, handlers: trio.Nursery) -> None:
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(bound.sock))
+        metrics = self.manager.metrics
         while True:
             try:
                 stream = await listener.accept()
             except OSError as exc:
-                # EMFILE and friends: back off and keep the accept loop alive.
-                log.error("accept_failed", error=str(exc), errno=exc.errno)
+                # EMFILE, ENFILE and friends: back off and keep the accept loop alive.
+                # The pending client waits in the backlog until a descriptor is free.
+                name = errno.errorcode.get(exc.errno or 0, "unknown")
+                metrics.accept_failures.labels(name).inc()
+                if self._accept_failing == 0:
+                    log.error("accept_failed", error=str(exc), errno=exc.errno, open_connections=self._open)
+                self._accept_failing += 1
                 await trio.sleep(0.1)
                 continue
+            if self._accept_failing:
+                log.warning("accept_recovered", failed_accepts=self._accept_failing)
+                self._accept_failing = 0
+            limit = self.manager.config.max_connections
+            if self._open >= limit:
+                self._refuse(stream, limit, handlers)
+                continue
+            self._open += 1
             self._next_cid += 1
             handlers.start_soon(self._handle, stream, self._next_cid)
+
+    def _refuse(self, stream: trio.SocketStream, limit: int, handlers: trio.Nursery) -> None:
+        """One connection too many: one `error` frame, then closed."""
+        metrics = self.manager.metrics
+        metrics.limit_refusals.labels("connections").inc()
+        metrics.connections_closed.labels("limit").inc()
+        try:
+            pid, uid, _ = peer_credentials(stream.socket)
+        except OSError:
+            pid = uid = -1
+        log.warning("connection_refused", limit="connections", max=limit, peer_pid=pid, peer_uid=uid)
+        frame = encode_frame(
+            Error(None, LimitExceeded.code, f"the daemon serves its maximum of {limit} connections", {"limit": limit})
+        )
+        if self._refusing >= _MAX_REFUSING:
+            # A flood: no lingering, the descriptor is freed now (the frame may be lost).
+            try:
+                os.write(stream.socket.fileno(), frame)  # non-blocking; a fresh socket takes it whole
+            except OSError:
+                pass
+            stream.socket.close()
+            return
+        self._refusing += 1
+        handlers.start_soon(self._refuse_slowly, stream, frame)
+
+    async def _refuse_slowly(self, stream: trio.SocketStream, frame: bytearray) -> None:
+        try:
+            with trio.move_on_after(_REFUSE_LINGER):
+                await stream.send_all(frame)
+                # Read the client's hello before closing: closing a Unix socket with
+                # unread input resets the peer, which could then lose the frame.
+                while await stream.receive_some(_RECV_CHUNK):
+                    pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self._refusing -= 1
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
 
     @property
     def inflight(self) -> int:
@@ -587,6 +706,7 @@ class Server:
         finally:
             if conn is not None:
                 self._conns.discard(conn)
+            self._open -= 1
             metrics.connections.dec()
             with trio.CancelScope(shield=True):
                 await stream.aclose()

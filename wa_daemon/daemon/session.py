@@ -95,6 +95,14 @@ class _Gone:
     message: str
 
 
+@dataclass(frozen=True)
+class _Recycle:
+    """The daemon closes a healthy browser on purpose, to relaunch it (e.g. a memory limit)."""
+
+    reason: Reason
+    message: str
+
+
 # Fields that SessionStatus shows: setting any of them drops the cached status.
 _STATUS_FIELDS = frozenset(
     {"state", "since", "attempt", "reason", "message", "last_error", "qr", "phone_offline", "owner_uid"}
@@ -155,6 +163,9 @@ class Session:
         self.lock = trio.Lock()  # held by connect/disconnect/logout/delete, never by reads
         self.deleted = False
         self._stop_requested = False  # the browser is going away on purpose: not a crash
+        self._drive_scope: trio.CancelScope | None = None  # the runner following a live browser
+        self._recycle: _Recycle | None = None  # a recycle asked for and not yet done
+        self._last_recycle_at: float | None = None
         self._browser: Browser | None = None
         self._runner: trio.CancelScope | None = None
         self._runner_done = trio.Event()
@@ -264,6 +275,16 @@ class Session:
         self._runner_done = done
         self.ctx.nursery.start_soon(self._run, scope, done)
 
+    def recycle(self, reason: Reason, message: str) -> bool:
+        """Close the browser of a ``connected`` session and relaunch it on its saved
+        auth (``reconnecting`` with ``reason``, then back to ``connected`` without a
+        QR). Not a crash. False if the session is not connected with a live browser."""
+        if self.state != State.CONNECTED or self._drive_scope is None or self._recycle is not None:
+            return False
+        self._recycle = _Recycle(reason, message)
+        self._drive_scope.cancel()
+        return True
+
     async def stop_runner(self) -> None:
         """Cancel the runner and wait until its browser is closed."""
         if self._runner is not None:
@@ -326,12 +347,24 @@ class Session:
                 if not await self._reconnect_after(Reason.LAUNCH_ERROR, str(exc)):
                     return
                 continue
+            outcome: _Terminal | _Gone | None = None
             try:
-                outcome = await self._drive(browser)
+                with trio.CancelScope() as drive_scope:
+                    self._drive_scope = drive_scope
+                    outcome = await self._drive(browser)
             finally:
+                self._drive_scope = None
+                recycle, self._recycle = self._recycle, None
                 await self._close_browser(browser)
             if self._stop_requested:
                 return  # the operation that asked for the stop (logout) sets the state
+            if outcome is None:  # the drive was cancelled by recycle()
+                assert recycle is not None
+                await trio.lowlevel.checkpoint_if_cancelled()  # a stop came meanwhile: no reconnecting
+                if not await self._after_recycle(recycle):
+                    return
+                relaunching = True
+                continue
             if isinstance(outcome, _Terminal):
                 if outcome.wipe_auth:
                     await self.ctx.driver.wipe_auth(self.id)
@@ -389,6 +422,26 @@ class Session:
         delay = self._backoff(self.attempt)
         self.log.info("reconnect_scheduled", attempt=self.attempt, delay=round(delay, 3), reason=reason.value)
         await trio.sleep(delay)
+        return True
+
+    async def _after_recycle(self, recycle: _Recycle) -> bool:
+        """Enter ``reconnecting`` after a recycle; False (and FAILED) once reconnects run out.
+
+        A recycle is not a crash and costs no reconnect attempt, unless it comes
+        less than ``reconnect_reset_after`` after the previous one: then it counts as
+        a reconnect (with its backoff), so a browser that is over the limit right
+        after every launch ends ``failed`` (``max_reconnects``) instead of looping."""
+        cfg = self.ctx.config
+        now = trio.current_time()
+        self.ctx.metrics.session_recycles.labels(recycle.reason.value).inc()
+        self.log.warning("session_recycled", reason=recycle.reason.value, message=recycle.message)
+        previous, self._last_recycle_at = self._last_recycle_at, now
+        if previous is not None and now - previous < cfg.reconnect_reset_after:
+            return await self._reconnect_after(recycle.reason, recycle.message)
+        if self._connected_since is not None and now - self._connected_since >= cfg.reconnect_reset_after:
+            self.attempt = 0
+        self._connected_since = None
+        self.transition(State.RECONNECTING, recycle.reason, recycle.message)
         return True
 
     def _backoff(self, attempt: int) -> float:

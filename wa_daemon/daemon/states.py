@@ -49,7 +49,7 @@ TRANSITIONS: Final[dict[State, dict[State, str]]] = {
         S.STOPPED: "disconnect, delete or shutdown",
     },
     S.CONNECTED: {
-        S.RECONNECTING: "the browser died or the connection was lost",
+        S.RECONNECTING: "the browser died or the connection was lost, or the browser is recycled (memory_limit)",
         S.LOGGED_OUT: "the phone unlinked the device, or logout requested",
         S.FAILED: "conflict without takeover",
         S.STOPPED: "disconnect, delete, idle timeout or shutdown",
