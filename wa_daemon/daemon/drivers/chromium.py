@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,6 +219,10 @@ class ChromiumBrowser:
         self.url = url
         self.session_id = session_id
         self.profile = profile
+        # Chromium's own temp files (its singleton socket directory, shared memory) go
+        # to a directory of this launch in the system temp dir: a killed Chromium never
+        # removes them, so the exit watcher removes the whole directory.
+        self.tmp: Path | None = None
         self.log = log.bind(session=session_id)
         self._send, self._recv = trio.open_memory_channel[PageEvent](_EVENT_BUFFER)
         self._scopes: set[trio.CancelScope] = set()  # the browser's helper tasks
@@ -250,6 +255,7 @@ class ChromiumBrowser:
         # kill Chromium as soon as its thread is recycled.
         self.proc = subprocess.Popen(
             argv,
+            env={**os.environ, "TMPDIR": str(self.tmp)} if self.tmp is not None else None,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -273,6 +279,8 @@ class ChromiumBrowser:
         if not await kill_group(self.pid):
             self.log.error("chromium_group_survived", pgid=self.pid, pids=group_members(self.pid))
         clear_singletons(self.profile)
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
         self.exited.set()
         kind = "crashed" if self.returncode and self.returncode < 0 else "exited"
         self._emit_gone(kind, f"chromium exited with status {self.returncode}")
@@ -302,6 +310,7 @@ class ChromiumBrowser:
     async def launch(self, user_agent: str) -> None:
         cfg = self.driver.config
         self.profile.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"wa-chromium-{self.session_id}-"))
         clear_singletons(self.profile)
         argv = [
             cfg.executable,
@@ -314,6 +323,7 @@ class ChromiumBrowser:
         try:
             self._spawn(argv)
         except OSError as exc:
+            shutil.rmtree(self.tmp, ignore_errors=True)
             raise LaunchError(f"cannot start {cfg.executable}: {exc.strerror or exc}") from None
         assert self.proc is not None and self.proc.stderr is not None
         stderr_fd = os.dup(self.proc.stderr.fileno())
