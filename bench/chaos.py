@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--verbose", action="store_true", help="print every incident")
+    p.add_argument("--hang-check-timeout", type=float, default=5.0,
+                   help="the daemon's hang_check_timeout (the CI test uses 1.5 s with 5 sessions; "
+                        "10 busy browsers on 2 cores need more)")
     a = p.parse_args(argv)
     sessions = a.sessions or (5 if a.quick else 10)
     seconds = 60 * (a.minutes if a.minutes is not None else (1 if a.quick else 10))
@@ -59,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         with short_tmpdir() as base:
             t0 = time.monotonic()
             with trio.fail_after(seconds + 600):
-                report = await run_chaos(base, sessions, seconds, seed, log=log)
+                report = await run_chaos(base, sessions, seconds, seed, log=log,
+                                         hang_check_timeout=a.hang_check_timeout, hang_check_interval=1.0)
             print(report.summary())
             print(f"  wall time {time.monotonic() - t0:.0f} s")
             return 1 if report.problems else 0

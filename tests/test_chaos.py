@@ -15,6 +15,7 @@ The same engine runs longer from ``bench/chaos.py`` (10 sessions, 10 minutes).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -145,6 +146,7 @@ class Chaos:
         self.devices: dict[str, str] = {}
         self.watched: dict[str, list[tuple[str, str, str, int]]] = {}  # per-session watchers
         self.watched_all: dict[str, list[tuple[str, str, str, int]]] = {}  # the all-sessions watcher
+        self.settled: dict[str, int] = {}  # history length when the session's last incident settled
 
     def browser(self, sid: str) -> ChromiumBrowser | None:
         return self.daemon.driver.live.get(sid)  # type: ignore[no-any-return]
@@ -219,9 +221,23 @@ class Chaos:
         return ""
 
     async def incident(self, sid: str, fault: str) -> Incident:
-        history0 = len(await self.wa.history(sid, limit=1000))
+        history = await self.wa.history(sid, limit=1000)
+        seen = self.settled.get(sid, len(history))
+        if len(history) > seen:
+            # Transitions nobody caused since the last incident settled (e.g. a false hang
+            # detection on an overloaded machine).
+            extra = [(t.from_state.value, t.to_state.value, t.reason) for t in history[seen:]]
+            self.report.problems.append(f"{sid}: unprompted transitions between incidents: {extra}")
+        if (await self.wa.status(sid)).state != State.CONNECTED:
+            await self.link(sid)
+            history = await self.wa.history(sid, limit=1000)
+        history0 = len(history)
         inc = Incident(sid, fault, time.monotonic())
-        inc.note = await self.inject(sid, fault)
+        try:
+            inc.note = await self.inject(sid, fault)
+        except Exception as exc:  # e.g. the simulator no longer knows the device
+            inc.note = f"injection failed: {exc}"
+            self.report.problems.append(f"{sid}: {fault}: {inc.note}")
         deadline = 90.0
         try:
             with trio.fail_after(deadline):
@@ -245,9 +261,12 @@ class Chaos:
             st = await self.wa.status(sid)
             self.report.problems.append(f"{sid}: {fault} not recovered in {deadline:g} s (state {st.state.value}, "
                                         f"reason {st.reason}, last_error {st.last_error})")
+            with contextlib.suppress(Exception, trio.TooSlowError):
+                await self.link(sid)  # carry on with the run
         inc.seconds = time.monotonic() - inc.started
         history = await self.wa.history(sid, limit=1000)
         inc.transitions = [(t.from_state.value, t.to_state.value, t.reason, t.attempt) for t in history[history0:]]
+        self.settled[sid] = len(history)
         self._explain(inc)
         self.log(f"{sid}: {fault} {'ok' if inc.recovered else 'NOT RECOVERED'} in {inc.seconds:.1f}s "
                  f"{[t[1] for t in inc.transitions]} {inc.note}")

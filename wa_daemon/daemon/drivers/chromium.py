@@ -213,6 +213,10 @@ class ChromiumConfig:
     app_lost_grace: float = 30.0
 
 
+# pyppeteer's error for an evaluate whose document went away mid-call (a navigation).
+_NAVIGATED = "Execution context was destroyed"
+
+
 class ChromiumBrowser:
     def __init__(self, driver: ChromiumDriver, session_id: str, profile: Path, url: str) -> None:
         self.driver = driver
@@ -449,6 +453,10 @@ class ChromiumBrowser:
                 self._emit_gone("hung", f"the page did not answer within {cfg.hang_check_timeout:g} s")
                 return
             except Exception as exc:  # "Target closed", "Session closed"...
+                if _NAVIGATED in str(exc):
+                    # The page navigated under the evaluate (the phone's logout sends it to
+                    # ?post_logout=1): alive. Reporting a loss here would hide the logout.
+                    continue
                 self._emit_gone("cdp_lost", f"{type(exc).__name__}: {exc}")
                 return
 
