@@ -19,7 +19,6 @@ import contextlib
 import os
 import random
 import signal
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -127,10 +126,11 @@ def renderers_of(pgid: int) -> list[int]:
     return out
 
 
-def chromium_tmp(prefix: str = "wa-chromium-chaos") -> set[str]:
-    """The per-launch temp directories of our sessions' browsers (TMPDIR of each Chromium:
-    its singleton socket directory and shared memory), which the daemon removes at exit."""
-    return {p.name for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith(prefix)}
+def chromium_tmp(daemon: Any) -> list[str]:
+    """The per-launch temp directories of the browsers (TMPDIR of each Chromium: its
+    singleton socket directory and shared memory), which the daemon removes at exit."""
+    base = daemon.driver.tmp_base
+    return sorted(p.name for p in base.iterdir()) if base.is_dir() else []
 
 
 class Chaos:
@@ -379,8 +379,8 @@ async def run_chaos(base: Path, sessions: int, duration: float, seed: int,
     fds1 = len(os.listdir("/proc/self/fd"))
     if fds1 > fds0:
         report.problems.append(f"fds {fds0} -> {fds1}")
-    if chromium_tmp():
-        report.problems.append(f"temp dirs left: {sorted(chromium_tmp())}")
+    if chromium_tmp(daemon):
+        report.problems.append(f"temp dirs left: {chromium_tmp(daemon)}")
     leftovers = sorted(str(p.relative_to(state)) for p in state.iterdir()
                        if p.name not in ("sessions", "registry.sqlite3", "registry.sqlite3-wal", "registry.sqlite3-shm"))
     if leftovers:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import json
 import logging
 import os
@@ -224,8 +225,8 @@ class ChromiumBrowser:
         self.session_id = session_id
         self.profile = profile
         # Chromium's own temp files (its singleton socket directory, shared memory) go
-        # to a directory of this launch in the system temp dir: a killed Chromium never
-        # removes them, so the exit watcher removes the whole directory.
+        # to a directory of this launch under the driver's tmp_base: a killed Chromium
+        # never removes them, so the exit watcher removes the whole directory.
         self.tmp: Path | None = None
         self.log = log.bind(session=session_id)
         self._send, self._recv = trio.open_memory_channel[PageEvent](_EVENT_BUFFER)
@@ -314,7 +315,7 @@ class ChromiumBrowser:
     async def launch(self, user_agent: str) -> None:
         cfg = self.driver.config
         self.profile.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f"wa-chromium-{self.session_id}-"))
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.session_id}-", dir=self.driver.tmp_base))
         clear_singletons(self.profile)
         argv = [
             cfg.executable,
@@ -542,6 +543,13 @@ class ChromiumDriver:
     def sessions_dir(self) -> Path:
         return self.config.state_dir / "sessions"
 
+    @property
+    def tmp_base(self) -> Path:
+        """Where each browser's TMPDIR is made: in the system temp dir, one per state dir,
+        so a daemon starting after a crash can remove what its killed browsers left."""
+        tag = hashlib.sha256(str(self.config.state_dir.resolve()).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"wa-chromium-{tag}"
+
     def profile_of(self, session_id: str) -> Path:
         return self.sessions_dir / session_id / "profile"
 
@@ -549,6 +557,8 @@ class ChromiumDriver:
         """Start-up housekeeping: the state directory exists, no orphan holds a profile."""
         self.sessions_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         kill_orphans(self.sessions_dir)
+        shutil.rmtree(self.tmp_base, ignore_errors=True)  # left by browsers of a killed daemon
+        self.tmp_base.mkdir(mode=0o700)
         # Importing pyppeteer takes ~130 ms: pay it here, before anything is served,
         # not on the event loop at the first launch.
         import pyppeteer  # noqa: F401
