@@ -46,7 +46,9 @@ SETTINGS: dict[str, Any] = {
     "reconnect_factor": 2.0,
     "reconnect_jitter": 0.1,
     "hang_check_interval": 0.5,
-    "hang_check_timeout": 1.5,
+    # Short enough for a quick test, long enough that a busy shared CI machine does not
+    # miss the check without a fault (that would be an unprompted transition).
+    "hang_check_timeout": 3.0,
     "connect_min_interval": 0,
     "history_size": 1000,
     # The attempt counter of an incident resets once the session held "connected" this
