@@ -132,7 +132,7 @@ def chromium_tmp(daemon: Any) -> list[str]:
     """The per-launch temp directories of the browsers (TMPDIR of each Chromium: its
     singleton socket directory and shared memory), which the daemon removes at exit."""
     base = daemon.driver.tmp_base
-    return sorted(p.name for p in base.iterdir()) if base.is_dir() else []
+    return sorted(p.name for p in base.iterdir()) + ["(the base)"] if base.is_dir() else []
 
 
 class Chaos:

@@ -286,6 +286,8 @@ class ChromiumBrowser:
         clear_singletons(self.profile)
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.tmp.parent.rmdir()  # only when no other browser uses it
         self.exited.set()
         kind = "crashed" if self.returncode and self.returncode < 0 else "exited"
         self._emit_gone(kind, f"chromium exited with status {self.returncode}")
@@ -315,6 +317,7 @@ class ChromiumBrowser:
     async def launch(self, user_agent: str) -> None:
         cfg = self.driver.config
         self.profile.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.driver.tmp_base.mkdir(mode=0o700, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.session_id}-", dir=self.driver.tmp_base))
         clear_singletons(self.profile)
         argv = [
@@ -558,7 +561,6 @@ class ChromiumDriver:
         self.sessions_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         kill_orphans(self.sessions_dir)
         shutil.rmtree(self.tmp_base, ignore_errors=True)  # left by browsers of a killed daemon
-        self.tmp_base.mkdir(mode=0o700)
         # Importing pyppeteer takes ~130 ms: pay it here, before anything is served,
         # not on the event loop at the first launch.
         import pyppeteer  # noqa: F401
