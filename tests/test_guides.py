@@ -45,6 +45,7 @@ DOCUMENTED_METRICS = {
     "wa_browser_launches_total",
     "wa_rpc_duration_seconds",
     "wa_protocol_errors_total",
+    "wa_registry_errors_total",
     "wa_watch_subscribers",
     "wa_watch_events_dropped_total",
     "wa_rpc_connections",

@@ -439,7 +439,8 @@ class FrameDecoder:
         self._need = None
         try:
             return self._decoder.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+            # RecursionError: msgspec's answer to nesting deeper than the interpreter allows.
             raise RemoteProtocolError(
                 f"malformed message: {exc}", fatal=False, request_id=_salvage_id(body)
             ) from None

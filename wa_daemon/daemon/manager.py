@@ -23,7 +23,7 @@ from .config import Config
 from .drivers.base import Driver
 from .hub import Hub, Subscriber
 from .metrics import DaemonMetrics
-from .registry import MemoryRegistry, Registry, SessionOptions, SessionRecord
+from .registry import MemoryRegistry, Registry, RegistryError, SessionOptions, SessionRecord
 from .session import Session, SessionContext, status_generation
 from .states import ACTIVE, RESTARTABLE
 
@@ -58,7 +58,7 @@ class SessionManager:
             launch_slots=trio.Semaphore(config.max_concurrent_launches),
             nursery=nursery,
             rng=rng or random.Random(),
-            on_settled=lambda session: self.registry.put(self._record(session, should_run=False)),
+            on_settled=self._settled,
         )
         self.metrics.track_sessions(self.counts_by_state)
         self.metrics.limit_refusals.labels("sessions_per_uid")  # exposed at 0 from the start
@@ -257,7 +257,11 @@ class SessionManager:
             session = self.sessions[session_id] = Session(session_id, self._ctx, owner_uid)
             # Deleting and re-creating a session must not reset its rate limit.
             session.last_attempt_at = self._deleted_attempts.pop(session_id, None)
-            self.registry.put(self._record(session, should_run=False))
+            try:
+                self._save(session, should_run=False)
+            except Unavailable:
+                del self.sessions[session_id]  # not recorded: not created
+                raise
         session.touch()
         if session.state in ACTIVE:
             self.metrics.connect_attempts.labels("already_active").inc()
@@ -281,7 +285,7 @@ class SessionManager:
             self.metrics.connect_attempts.labels("started").inc()
             if options is not None:
                 session.options = _merge(session.options, options)
-            self.registry.put(self._record(session, should_run=True))
+            self._save(session, should_run=True)
             session.begin()
         return session.status()  # after the lock: `busy` describes others' operations, not ours
 
@@ -304,28 +308,28 @@ class SessionManager:
         session = self.get(session_id, caller)
         session.touch()
         async with self._locked(session):
+            self._save(session, should_run=False)  # first: if it fails, nothing changed
             await session.stop(State.STOPPED, Reason.DISCONNECT_REQUESTED, "disconnected on request")
-            self.registry.put(self._record(session, should_run=False))
         return session.status()
 
     async def logout(self, session_id: str, caller: int | None = None) -> SessionStatus:
         session = self.get(session_id, caller)
         session.touch()
         async with self._locked(session):
+            self._save(session, should_run=False)
             await session.logout()
-            self.registry.put(self._record(session, should_run=False))
         return session.status()
 
     async def delete(self, session_id: str, caller: int | None = None) -> None:
         session = self.get(session_id, caller)
         async with self._locked(session):
+            self._unsave(session_id)
             await session.stop(State.STOPPED, Reason.DISCONNECT_REQUESTED, "session deleted")
             await self.driver.wipe_auth(session_id)
             session.deleted = True
             del self.sessions[session_id]
             if session.last_attempt_at is not None:
                 self._deleted_attempts[session_id] = session.last_attempt_at
-            self.registry.remove(session_id)
         self.hub.finish_session(session_id, "deleted", session.status())
         log.info("session_deleted", session=session_id)
 
@@ -434,8 +438,11 @@ class SessionManager:
             else:
                 continue
             async with self._locked(session):
+                try:
+                    self._save(session, should_run=False)
+                except Unavailable:
+                    continue  # logged and counted; tried again at the next sweep
                 await session.stop(to, reason, message)
-                self.registry.put(self._record(session, should_run=False))
             self.metrics.cleanups.inc()
             stopped += 1
             log.info("session_cleaned_up", session=session.id, idle=round(idle), to_state=to.value)
@@ -453,6 +460,34 @@ class SessionManager:
         await session.stop_runner()
         if session.state in ACTIVE:
             session.transition(State.STOPPED, Reason.SHUTDOWN, "daemon shutting down")
+
+    def _save(self, session: Session, should_run: bool) -> None:
+        """Record the desired state; a registry that cannot be written is ``unavailable``."""
+        try:
+            self.registry.put(self._record(session, should_run))
+        except RegistryError as exc:
+            self._registry_failed(session.id, exc)
+
+    def _unsave(self, session_id: str) -> None:
+        try:
+            self.registry.remove(session_id)
+        except RegistryError as exc:
+            self._registry_failed(session_id, exc)
+
+    def _registry_failed(self, session_id: str, exc: RegistryError) -> None:
+        self.metrics.registry_errors.inc()
+        log.error("registry_write_failed", session=session_id, error=str(exc))
+        raise Unavailable(
+            f"the session's desired state cannot be saved, so nothing was changed: {exc}",
+            {"session": session_id},
+        ) from None
+
+    def _settled(self, session: Session) -> None:
+        """The runner ended in failed or logged_out: stop restarting it after a restart."""
+        try:
+            self._save(session, should_run=False)
+        except Unavailable:
+            pass  # logged and counted; a restart will try the session once more
 
     def _record(self, session: Session, should_run: bool) -> SessionRecord:
         return SessionRecord(session.id, session.owner_uid, session.created_at, should_run, session.options)

@@ -123,6 +123,9 @@ class DaemonMetrics:
             registry=r,
         )
         self.protocol_errors = Counter("wa_protocol_errors", "malformed input from clients", registry=r)
+        self.registry_errors = Counter(
+            "wa_registry_errors", "registry writes that failed (state directory read-only or full)", registry=r
+        )
         self.watch_subscribers = Gauge("wa_watch_subscribers", "open watch streams", registry=r)
         self.watch_dropped = Counter(
             "wa_watch_events_dropped", "stale events dropped from slow watchers' queues", registry=r

@@ -17,6 +17,10 @@ from typing import Protocol
 import msgspec
 
 
+class RegistryError(Exception):
+    """A write did not reach the registry (read-only or full file system, I/O error)."""
+
+
 class SessionOptions(msgspec.Struct, frozen=True, omit_defaults=True):
     """Per-session settings given to ``connect``; None falls back to the daemon's configuration."""
 
@@ -103,7 +107,7 @@ class SqliteRegistry:
         ]
 
     def put(self, record: SessionRecord) -> None:
-        self._db.execute(
+        self._write(
             "INSERT INTO sessions (session, owner_uid, created_at, should_run, options, updated_at)"
             " VALUES (?, ?, ?, ?, ?, ?)"
             " ON CONFLICT(session) DO UPDATE SET should_run = excluded.should_run,"
@@ -119,7 +123,15 @@ class SqliteRegistry:
         )
 
     def remove(self, session: str) -> None:
-        self._db.execute("DELETE FROM sessions WHERE session = ?", (session,))
+        self._write("DELETE FROM sessions WHERE session = ?", (session,))
+
+    def _write(self, sql: str, args: tuple[object, ...]) -> None:
+        # One statement, autocommit: on error SQLite has rolled it back and the file
+        # holds the previous row; the connection stays usable once the disk is back.
+        try:
+            self._db.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise RegistryError(f"cannot write {self.path}: {exc}") from None
 
     def close(self) -> None:
         self._db.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,12 +214,20 @@ class ChromiumConfig:
     app_lost_grace: float = 30.0
 
 
+# pyppeteer's error for an evaluate whose document went away mid-call (a navigation).
+_NAVIGATED = "Execution context was destroyed"
+
+
 class ChromiumBrowser:
     def __init__(self, driver: ChromiumDriver, session_id: str, profile: Path, url: str) -> None:
         self.driver = driver
         self.url = url
         self.session_id = session_id
         self.profile = profile
+        # Chromium's own temp files (its singleton socket directory, shared memory) go
+        # to a directory of this launch under the driver's tmp_base: a killed Chromium
+        # never removes them, so the exit watcher removes the whole directory.
+        self.tmp: Path | None = None
         self.log = log.bind(session=session_id)
         self._send, self._recv = trio.open_memory_channel[PageEvent](_EVENT_BUFFER)
         self._scopes: set[trio.CancelScope] = set()  # the browser's helper tasks
@@ -250,6 +260,7 @@ class ChromiumBrowser:
         # kill Chromium as soon as its thread is recycled.
         self.proc = subprocess.Popen(
             argv,
+            env={**os.environ, "TMPDIR": str(self.tmp)} if self.tmp is not None else None,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -273,6 +284,10 @@ class ChromiumBrowser:
         if not await kill_group(self.pid):
             self.log.error("chromium_group_survived", pgid=self.pid, pids=group_members(self.pid))
         clear_singletons(self.profile)
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.tmp.parent.rmdir()  # only when no other browser uses it
         self.exited.set()
         kind = "crashed" if self.returncode and self.returncode < 0 else "exited"
         self._emit_gone(kind, f"chromium exited with status {self.returncode}")
@@ -302,6 +317,8 @@ class ChromiumBrowser:
     async def launch(self, user_agent: str) -> None:
         cfg = self.driver.config
         self.profile.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.driver.tmp_base.mkdir(mode=0o700, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.session_id}-", dir=self.driver.tmp_base))
         clear_singletons(self.profile)
         argv = [
             cfg.executable,
@@ -314,6 +331,7 @@ class ChromiumBrowser:
         try:
             self._spawn(argv)
         except OSError as exc:
+            shutil.rmtree(self.tmp, ignore_errors=True)
             raise LaunchError(f"cannot start {cfg.executable}: {exc.strerror or exc}") from None
         assert self.proc is not None and self.proc.stderr is not None
         stderr_fd = os.dup(self.proc.stderr.fileno())
@@ -439,6 +457,10 @@ class ChromiumBrowser:
                 self._emit_gone("hung", f"the page did not answer within {cfg.hang_check_timeout:g} s")
                 return
             except Exception as exc:  # "Target closed", "Session closed"...
+                if _NAVIGATED in str(exc):
+                    # The page navigated under the evaluate (the phone's logout sends it to
+                    # ?post_logout=1): alive. Reporting a loss here would hide the logout.
+                    continue
                 self._emit_gone("cdp_lost", f"{type(exc).__name__}: {exc}")
                 return
 
@@ -524,6 +546,13 @@ class ChromiumDriver:
     def sessions_dir(self) -> Path:
         return self.config.state_dir / "sessions"
 
+    @property
+    def tmp_base(self) -> Path:
+        """Where each browser's TMPDIR is made: in the system temp dir, one per state dir,
+        so a daemon starting after a crash can remove what its killed browsers left."""
+        tag = hashlib.sha256(str(self.config.state_dir.resolve()).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"wa-chromium-{tag}"
+
     def profile_of(self, session_id: str) -> Path:
         return self.sessions_dir / session_id / "profile"
 
@@ -531,6 +560,7 @@ class ChromiumDriver:
         """Start-up housekeeping: the state directory exists, no orphan holds a profile."""
         self.sessions_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         kill_orphans(self.sessions_dir)
+        shutil.rmtree(self.tmp_base, ignore_errors=True)  # left by browsers of a killed daemon
         # Importing pyppeteer takes ~130 ms: pay it here, before anything is served,
         # not on the event loop at the first launch.
         import pyppeteer  # noqa: F401
