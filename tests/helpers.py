@@ -155,3 +155,17 @@ class DaemonProcess:
                 self.proc.wait(5)
         self.log.close()
         return self.proc.returncode
+
+
+def zombies_of(pid: int) -> list[int]:
+    """Zombie children of ``pid``: processes it has not reaped."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+            except OSError:
+                continue
+            if fields[0] == "Z" and fields[1] == str(pid):
+                found.append(int(entry.name))
+    return found

@@ -34,7 +34,7 @@ from wa_daemon.daemon.drivers.chromium import ChromiumBrowser, find_orphans, gro
 from wa_daemon.protocol import StateChanged
 from wa_daemon.sim import SimEngine, SimOptions, serve_simulator
 
-from .helpers import running_daemon
+from .helpers import running_daemon, zombies_of
 
 SCALE = 0.05  # simulator time: first ref 3 s, loading 0.15 s
 FAULTS = ("kill_browser", "kill_renderer", "hang", "conflict", "offline", "logout")
@@ -102,19 +102,6 @@ class ChaosReport:
                      f"browser launches {self.launches}; problems {len(self.problems)}")
         lines += [f"  PROBLEM {p}" for p in self.problems]
         return "\n".join(lines)
-
-
-def zombies_of(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
-            except OSError:
-                continue
-            if fields[0] == "Z" and fields[1] == str(pid):
-                found.append(int(entry.name))
-    return found
 
 
 def renderers_of(pgid: int) -> list[int]:

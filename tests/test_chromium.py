@@ -20,7 +20,7 @@ from wa_daemon.daemon.drivers.chromium import ChromiumBrowser, find_orphans, gro
 from wa_daemon.protocol import QrUpdated, StateChanged
 from wa_daemon.sim import SimEngine, SimOptions, serve_simulator
 
-from .helpers import running_daemon
+from .helpers import running_daemon, zombies_of
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="needs Debian's chromium")
 
@@ -60,21 +60,7 @@ async def rig(sock_dir: Path, scale: float = SCALE, **overrides: Any) -> AsyncIt
             nursery.cancel_scope.cancel()
     # After every test: no Chromium of this state directory, no zombie of ours.
     assert find_orphans(state / "sessions") == []
-    assert _zombies() == []
-
-
-def _zombies() -> list[int]:
-    me = str(os.getpid())
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
-            except OSError:
-                continue
-            if fields[0] == "Z" and fields[1] == me:
-                found.append(int(entry.name))
-    return found
+    assert zombies_of(os.getpid()) == []
 
 
 async def reach(wa: AsyncClient, sid: str, *states: str, timeout: float = 30) -> list[Any]:

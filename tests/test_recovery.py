@@ -25,22 +25,9 @@ from wa_daemon import AsyncClient, Client, State
 from wa_daemon.daemon.drivers.chromium import ChromiumConfig, ChromiumDriver, find_orphans
 from wa_daemon.errors import InternalError, LimitExceeded, RateLimited, Unavailable, WaDaemonError
 
-from .helpers import DaemonProcess, running_daemon
+from .helpers import DaemonProcess, running_daemon, zombies_of
 
 CHROMIUM = os.path.exists("/usr/bin/chromium")
-
-
-def _zombies_of(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
-            except OSError:
-                continue
-            if fields[0] == "Z" and fields[1] == str(pid):
-                out.append(int(entry.name))
-    return out
 
 
 def _wait(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
@@ -448,5 +435,5 @@ def test_sigterm_while_chromium_sessions_launch(sock_dir: Path) -> None:
             daemon.stop()
         assert code == 0
         assert find_orphans(state / "sessions") == []
-        assert _zombies_of(daemon.proc.pid) == []
+        assert zombies_of(daemon.proc.pid) == []
         assert not _tmp_base(state).exists()  # every browser's TMPDIR removed, and their base

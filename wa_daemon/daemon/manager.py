@@ -107,11 +107,10 @@ class SessionManager:
     # Every session sorted by id, for the set of ids it was built from: sorting
     # is redone only when a session was added or removed.
     _order: tuple[frozenset[str], builtins.list[Session]] | None = None
-    # The encoded ``list`` of every session: (status generation, session count,
-    # reply, the sessions' locks). See list_raw.
-    _list_cache: tuple[int, int, msgspec.Raw, builtins.list[trio.Lock]] | None = None
-    # The same, per non-admin caller: the list of the sessions it owns.
-    _owned_list_cache: dict[int, tuple[int, int, msgspec.Raw, builtins.list[trio.Lock]]] | None = None
+    # The encoded ``list`` per caller (None: an admin, every session; a uid: the
+    # sessions it owns): (status generation, session count, reply, the sessions'
+    # locks). See list_raw.
+    _list_caches: dict[int | None, tuple[int, int, msgspec.Raw, builtins.list[trio.Lock]]] | None = None
 
     def _sorted(self) -> builtins.list[Session]:
         """Every session, sorted by id. Shared: callers must not change it."""
@@ -147,29 +146,10 @@ class SessionManager:
         """
         if states:
             return to_raw({"sessions": [s.status_raw() for s in self._listed(states, caller)]})
-        if caller is not None:
-            return self._owned_list_raw(caller)
         generation, count = status_generation(), len(self.sessions)
-        cached = self._list_cache
-        if (
-            cached is not None
-            and cached[0] == generation
-            and cached[1] == count
-            and not any(map(trio.Lock.locked, cached[3]))
-        ):
-            return cached[2]
-        sessions = self._sorted()
-        reply = to_raw({"sessions": [s.status_raw() for s in sessions]})
-        locks = [s.lock for s in sessions]
-        self._list_cache = None if any(map(trio.Lock.locked, locks)) else (generation, count, reply, locks)
-        return reply
-
-    def _owned_list_raw(self, caller: int) -> msgspec.Raw:
-        """``list_raw`` of the sessions ``caller`` owns."""
-        generation, count = status_generation(), len(self.sessions)
-        caches = self._owned_list_cache
+        caches = self._list_caches
         if caches is None:
-            caches = self._owned_list_cache = {}
+            caches = self._list_caches = {}
         cached = caches.get(caller)
         if (
             cached is not None
@@ -178,10 +158,10 @@ class SessionManager:
             and not any(map(trio.Lock.locked, cached[3]))
         ):
             return cached[2]
-        sessions = self._listed(None, caller)
+        sessions = self._sorted() if caller is None else self._listed(None, caller)
         reply = to_raw({"sessions": [s.status_raw() for s in sessions]})
         locks = [s.lock for s in sessions]
-        if len(caches) >= 256:  # uids come and go: keep the cache bounded
+        if len(caches) > 256:  # uids come and go: keep the cache bounded
             caches.clear()
         if any(map(trio.Lock.locked, locks)):
             caches.pop(caller, None)
