@@ -769,11 +769,14 @@ async def launch_chromium(nursery: trio.Nursery, profile: Path) -> Cdp:
     args = ["--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe", f"--user-data-dir={profile}"]
     args.append(f"--user-agent={DESKTOP_UA}")
     shell = f'exec 3<&{child_in} 4>&{child_out} {child_in}<&- {child_out}>&-; exec "$0" "$@"'
+    tmp = profile.parent / "tmp"  # Chromium's own temp files go with the test's, not to /tmp
+    tmp.mkdir(exist_ok=True)
     process = await nursery.start(
         partial(
             trio.run_process,
             ["bash", "-c", shell, CHROMIUM, *args],
             pass_fds=(child_in, child_out),
+            env={**os.environ, "TMPDIR": str(tmp)},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             check=False,
