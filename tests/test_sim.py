@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
@@ -677,6 +678,7 @@ class Cdp:
         self._id = 0
         self.session: str | None = None
         self.process: trio.Process | None = None
+        self.tmp: Path | None = None  # its TMPDIR, removed by close_chromium
 
     async def aclose(self) -> None:
         await self._out.aclose()
@@ -769,8 +771,9 @@ async def launch_chromium(nursery: trio.Nursery, profile: Path) -> Cdp:
     args = ["--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe", f"--user-data-dir={profile}"]
     args.append(f"--user-agent={DESKTOP_UA}")
     shell = f'exec 3<&{child_in} 4>&{child_out} {child_in}<&- {child_out}>&-; exec "$0" "$@"'
-    tmp = profile.parent / "tmp"  # Chromium's own temp files go with the test's, not to /tmp
-    tmp.mkdir(exist_ok=True)
+    # Chromium's temp files (its singleton socket among them) in a directory of this
+    # launch, removed on close, instead of one left in /tmp; short, for the socket path.
+    tmp = Path(tempfile.mkdtemp(prefix="wa-chr-"))
     process = await nursery.start(
         partial(
             trio.run_process,
@@ -786,6 +789,7 @@ async def launch_chromium(nursery: trio.Nursery, profile: Path) -> Cdp:
     os.close(child_out)
     cdp = Cdp(trio.lowlevel.FdStream(to_browser_w), trio.lowlevel.FdStream(from_browser_r))
     cdp.process = process
+    cdp.tmp = tmp
     return cdp
 
 
@@ -795,6 +799,8 @@ async def close_chromium(cdp: Cdp) -> None:
     # Until it has exited, a new Chromium on the same profile would hand its URL to this one.
     assert cdp.process is not None
     await cdp.process.wait()
+    if cdp.tmp is not None:
+        shutil.rmtree(cdp.tmp, ignore_errors=True)
 
 
 async def scan_shown_ref(cdp: Cdp, phone: httpx.AsyncClient) -> str:
@@ -893,6 +899,8 @@ async def test_real_chromium_follows_the_login_contract(tmp_path: Path) -> None:
                     await trio.sleep(0.05)
                 assert (await phone.get(f"/__sim__/devices/{device_id}")).json()["state"] == "hung"
             nursery.cancel_scope.cancel()  # kills Chromium: its renderer will not close politely
+    if cdp.tmp is not None:
+        shutil.rmtree(cdp.tmp, ignore_errors=True)  # killed, not closed: its TMPDIR is ours to remove
 
 
 @pytest.mark.slow
