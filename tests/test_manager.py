@@ -617,3 +617,24 @@ async def test_qr_while_connected_means_logged_out(autojump_clock: trio.testing.
         assert m.status("a").reason == Reason.LOGGED_OUT_BY_PHONE.value
         assert "a" not in driver.authed
         assert invalid_transitions(m) == 0
+
+
+async def test_phone_logout_while_the_browser_is_down_is_logged_out(autojump_clock: trio.testing.MockClock) -> None:
+    """The relaunch of a linked profile shows a QR: the phone unlinked the device while
+    no browser ran. That is `logged_out`, not a new QR phase."""
+    async with open_manager(reconnect_jitter=0) as (m, driver):
+        await m.connect("a")
+        await wait_state(m, "a", State.WAITING_QR)
+        driver.simulate("a", "scan")
+        await wait_state(m, "a", State.CONNECTED)
+        driver.simulate("a", "crash")
+        await wait_state(m, "a", State.RECONNECTING)
+        await driver.wipe_auth("a")  # what the phone's "log out" does to a profile while no browser runs
+        await wait_state(m, "a", State.LOGGED_OUT)
+        st = m.status("a")
+        assert st.reason == Reason.LOGGED_OUT_BY_PHONE.value
+        # A session never linked still gets its QR after a crash (test above); and a
+        # new link after this logout is an ordinary QR phase again.
+        await trio.sleep(10)  # past connect_min_interval
+        await m.connect("a")
+        await wait_state(m, "a", State.WAITING_QR)

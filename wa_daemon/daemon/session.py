@@ -158,6 +158,8 @@ class Session:
         self.state_changed_at = now
         self.last_attempt_at: float | None = None
         self._connected_since: float | None = None
+        # The profile holds a login: this session reached `connected` and was not logged out since.
+        self._linked = False
         self._offline_since: float | None = None
 
         self.lock = trio.Lock()  # held by connect/disconnect/logout/delete, never by reads
@@ -312,6 +314,7 @@ class Session:
                     await browser.logout()
             await self.stop_runner()
             await self.ctx.driver.wipe_auth(self.id)
+            self._linked = False
             if self.state != State.LOGGED_OUT:
                 self.transition(State.LOGGED_OUT, Reason.LOGOUT_REQUESTED, "logged out on request; auth wiped")
 
@@ -368,6 +371,7 @@ class Session:
             if isinstance(outcome, _Terminal):
                 if outcome.wipe_auth:
                     await self.ctx.driver.wipe_auth(self.id)
+                    self._linked = False
                 self.transition(outcome.state, outcome.reason, outcome.message)
                 return
             self.ctx.metrics.browser_crashes.labels(outcome.kind).inc()
@@ -501,6 +505,7 @@ class Session:
         if isinstance(event, AppShown):
             if self.state != State.CONNECTED and self.transition(State.CONNECTED, Reason.APP_LOADED):
                 self._connected_since = trio.current_time()
+                self._linked = True
             return None
         if isinstance(event, LoggedOut):
             return _Terminal(
@@ -537,8 +542,10 @@ class Session:
     def _on_qr(self, event: QrShown) -> _Terminal | None:
         cfg = self.ctx.config
         self.ctx.metrics.qr_generated.inc()
-        if self.state == State.CONNECTED:
+        if self.state == State.CONNECTED or (self._linked and self.state in (State.STARTING, State.RECONNECTING)):
             # A linked page never asks for a QR: the login is gone, whatever the URL says.
+            # Also on the relaunch of a linked profile: the phone unlinked it while no
+            # browser was running (between a crash and its reconnect, or while stopped).
             return _Terminal(
                 State.LOGGED_OUT,
                 Reason.LOGGED_OUT_BY_PHONE,

@@ -30,7 +30,7 @@ TRANSITIONS: Final[dict[State, dict[State, str]]] = {
         S.RECONNECTING: "the browser died or the page was lost while starting",
         S.FAILED: "launch error, or the session was found inactive",
         S.STOPPED: "disconnect, delete or shutdown",
-        S.LOGGED_OUT: "logout requested",
+        S.LOGGED_OUT: "logout requested, or a linked profile relaunched to a QR (unlinked while no browser ran)",
     },
     S.WAITING_QR: {
         S.AUTHENTICATING: "the QR was scanned; the app is loading",
@@ -55,11 +55,11 @@ TRANSITIONS: Final[dict[State, dict[State, str]]] = {
         S.STOPPED: "disconnect, delete, idle timeout or shutdown",
     },
     S.RECONNECTING: {
-        S.WAITING_QR: "relaunched; the page shows a login QR (auth was lost)",
+        S.WAITING_QR: "relaunched; the page shows a login QR (the session was not linked yet)",
         S.AUTHENTICATING: "relaunched; the app is loading",
         S.CONNECTED: "relaunched; the app is shown",
         S.FAILED: "max_reconnects, launch error, conflict or inactive",
-        S.LOGGED_OUT: "the phone unlinked the device, or logout requested",
+        S.LOGGED_OUT: "the phone unlinked the device (also while no browser ran), or logout requested",
         S.STOPPED: "disconnect, delete or shutdown",
     },
     S.FAILED: {
