@@ -23,6 +23,7 @@ from wa_daemon.daemon.app import Daemon
 from wa_daemon.daemon.config import Config, from_mapping
 from wa_daemon.daemon.drivers.scripted import ScriptedDriver
 from wa_daemon.daemon.manager import SessionManager
+from wa_daemon.daemon.procfs import proc_files, stat_fields
 from wa_daemon.protocol import State
 
 # Fast, deterministic defaults for logic tests; each test overrides what it checks.
@@ -159,13 +160,10 @@ class DaemonProcess:
 
 def zombies_of(pid: int) -> list[int]:
     """Zombie children of ``pid``: processes it has not reaped."""
+    parent = str(pid).encode()
     found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
-            except OSError:
-                continue
-            if fields[0] == "Z" and fields[1] == str(pid):
-                found.append(int(entry.name))
+    for child, stat in proc_files("stat"):
+        fields = stat_fields(stat)
+        if fields[0] == b"Z" and fields[1] == parent:
+            found.append(child)
     return found

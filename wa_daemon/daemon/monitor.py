@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..protocol import Health, HealthCheck, Reason, State
+from .procfs import proc_files, stat_fields
 from .session import utcnow
 
 if TYPE_CHECKING:
@@ -93,31 +94,24 @@ class _CpuBook:
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def _read_groups(pgids: set[int], proc: Path = Path("/proc")) -> dict[int, dict[int, tuple[int, float]]]:
+def _read_groups(pgids: set[int]) -> dict[int, dict[int, tuple[int, float]]]:
     """{pgid: {pid: (pss bytes, cpu seconds)}} for the live processes of ``pgids``."""
     out: dict[int, dict[int, tuple[int, float]]] = {g: {} for g in pgids}
-    for entry in os.scandir(proc):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (proc / entry.name / "stat").read_bytes()
-        except OSError:
-            continue  # gone between the listing and the read
-        # The command name may hold spaces and parentheses: fields start after the last ')'.
-        fields = stat[stat.rfind(b")") + 2 :].split()
+    for pid, stat in proc_files("stat"):
+        fields = stat_fields(stat)
         if len(fields) < 13 or fields[0] == b"Z":
             continue
-        pgid = int(fields[2])
-        if pgid not in out:
+        members = out.get(int(fields[2]))
+        if members is None:
             continue
         cpu = (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime + stime
-        out[pgid][int(entry.name)] = (_pss_of(proc / entry.name), cpu)
+        members[pid] = (_pss_of(pid), cpu)
     return out
 
 
-def _pss_of(pid_dir: Path) -> int:
+def _pss_of(pid: int) -> int:
     try:
-        with open(pid_dir / "smaps_rollup", "rb") as f:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
             for line in f:
                 if line.startswith(b"Pss:"):
                     return int(line.split()[1]) * 1024

@@ -22,7 +22,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +31,7 @@ import structlog
 import trio
 import trio_asyncio
 
+from ..procfs import proc_files, stat_fields
 from .base import (
     AppShown,
     BrowserGone,
@@ -140,21 +141,11 @@ def chromium_version(executable: str) -> str:
     return match.group(1) if match else ""
 
 
-def _proc_files(name: str) -> Iterator[tuple[int, bytes]]:
-    """(pid, contents of /proc/PID/<name>) for every process we may read."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                yield int(entry.name), (entry / name).read_bytes()
-            except OSError:
-                continue  # gone meanwhile, or not ours to read
-
-
 def group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes of a process group: field 5 of /proc/PID/stat."""
     members = []
-    for pid, stat in _proc_files("stat"):
-        fields = stat.rsplit(b")", 1)[-1].split()
+    for pid, stat in proc_files("stat"):
+        fields = stat_fields(stat)
         if len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] != b"Z":
             members.append(pid)
     return members
@@ -181,7 +172,7 @@ def clear_singletons(profile: Path) -> None:
 def find_orphans(sessions_dir: Path) -> list[int]:
     """Pids of Chromium processes whose --user-data-dir lies under ``sessions_dir``."""
     needle = f"--user-data-dir={sessions_dir.resolve()}/".encode()
-    return [pid for pid, cmdline in _proc_files("cmdline") if needle in cmdline]
+    return [pid for pid, cmdline in proc_files("cmdline") if needle in cmdline]
 
 
 def kill_orphans(sessions_dir: Path) -> int:
