@@ -29,6 +29,7 @@ from typing import Any, TextIO
 import msgspec
 import structlog
 import trio
+from structlog.processors import NAME_TO_LEVEL
 from structlog.typing import EventDict, WrappedLogger
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -175,21 +176,9 @@ def _by_component(logger: WrappedLogger, method_name: str, event_dict: EventDict
     # Bound loggers pass every level (a per-connection logger lives as long as its
     # connection, and a reload must reach it); this drops what is below the
     # current level of the logger's component. Only two debug calls exist, both rare.
-    if _METHOD_LEVELS.get(method_name, logging.INFO) < logger.level:
+    if NAME_TO_LEVEL.get(method_name, logging.INFO) < logger.level:
         raise structlog.DropEvent
     return event_dict
-
-
-_METHOD_LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "warn": logging.WARNING,
-    "error": logging.ERROR,
-    "exception": logging.ERROR,
-    "critical": logging.CRITICAL,
-    "fatal": logging.CRITICAL,
-}
 
 
 def configure(
