@@ -133,8 +133,9 @@ def test_ref_formats() -> None:
         for field in fields[1:4]:
             assert len(base64.b64decode(field, validate=True)) == 32
 
+    # --ref-format shapes the legacy page's data-ref; the module page always shows five fields.
     for fmt, n_fields in (("plain", 4), ("platform", 5), ("url", 4)):
-        model = SimModel(SimOptions(ref_format=fmt))  # type: ignore[arg-type]
+        model = SimModel(SimOptions(ref_format=fmt, page="legacy"))  # type: ignore[arg-type]
         page = model.open_page(None, now=0.0)
         assert page.ref is not None
         shown = page.ref.shown
@@ -159,9 +160,10 @@ def test_ref_formats() -> None:
 
 
 @pytest.mark.parametrize("fmt", ["plain", "platform", "url"])
-@pytest.mark.parametrize("present", ["shown", "plain"])
-def test_scan_accepts_the_shown_ref_and_its_plain_form(fmt: str, present: str) -> None:
-    model = SimModel(SimOptions(ref_format=fmt))  # type: ignore[arg-type]
+@pytest.mark.parametrize("present", ["shown", "plain", "full"])
+@pytest.mark.parametrize("page_kind", ["modules", "legacy"])
+def test_scan_accepts_the_shown_ref_and_its_plain_form(fmt: str, present: str, page_kind: str) -> None:
+    model = SimModel(SimOptions(ref_format=fmt, page=page_kind))  # type: ignore[arg-type]
     page = model.open_page(None, now=0.0)
     assert page.ref is not None
     device = model.scan(getattr(page.ref, present), now=1.0)
@@ -284,6 +286,7 @@ async def test_conflict_and_use_here(autojump_clock: trio.testing.MockClock) -> 
             "linked_at": None,
             "page": None,
             "phone": "online",
+            "number": None,
         }
         with pytest.raises(InvalidState):
             engine.conflict(device_id)  # no page holds the session now
@@ -305,6 +308,7 @@ async def test_conflict_and_use_here(autojump_clock: trio.testing.MockClock) -> 
             "linked_at": None,
             "page": second.id,
             "phone": "online",
+            "number": None,
         }
         engine.take_over(page.id)
         assert engine.view(second.id)["screen"] == "conflict"

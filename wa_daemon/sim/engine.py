@@ -9,12 +9,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
-from .model import Device, Page, SimModel
+from .model import USER_INITIATED, Device, Page, Pairing, SimModel
 from .options import SimOptions
+
+T = TypeVar("T")
 
 
 class SimEngine:
@@ -61,43 +63,39 @@ class SimEngine:
                 return self.model.view(page)
             await self._changed.wait()
 
+    def _apply(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a model method at trio's now, then wake whoever waits for a change
+        (also when it refused: catching up with deadlines may have changed things)."""
+        try:
+            return method(*args, trio.current_time(), **kwargs)
+        finally:
+            self._notify()
+
     # -- pages -------------------------------------------------------------------------
 
     def open_page(self, token: str | None = None) -> Page:
-        try:
-            return self.model.open_page(token, trio.current_time())
-        finally:
-            self._notify()
+        return self._apply(self.model.open_page, token)
 
     def attach(self, page_id: str) -> Page:
-        try:
-            return self.model.attach(page_id, trio.current_time())
-        finally:
-            self._notify()
+        return self._apply(self.model.attach, page_id)
 
     def detach(self, page_id: str) -> None:
-        try:
-            self.model.detach(page_id, trio.current_time())
-        finally:
-            self._notify()
+        self._apply(self.model.detach, page_id)
 
     def reload(self, page_id: str) -> Page:
-        try:
-            return self.model.reload(page_id, trio.current_time())
-        finally:
-            self._notify()
+        return self._apply(self.model.reload, page_id)
 
     def take_over(self, page_id: str) -> Page:
-        try:
-            return self.model.take_over(page_id, trio.current_time())
-        finally:
-            self._notify()
+        return self._apply(self.model.take_over, page_id)
 
     def page_logout(self, page_id: str) -> Device:
-        try:
-            return self.model.page_logout(page_id, trio.current_time())
-        finally:
-            self._notify()
+        return self._apply(self.model.page_logout, page_id)
+
+    def request_code(self, page_id: str, phone: str, *, notify: bool = True) -> Pairing:
+        return self._apply(self.model.request_code, page_id, phone, notify=notify)
+
+    def force_state(self, page_id: str, state: str | None) -> Page:
+        return self._apply(self.model.force_state, page_id, state)
 
     def view(self, page_id: str) -> dict[str, Any]:
         self._sync()
@@ -110,40 +108,28 @@ class SimEngine:
     # -- the phone and faults ----------------------------------------------------------
 
     def scan(self, presented: str) -> Device:
-        try:
-            return self.model.scan(presented, trio.current_time())
-        finally:
-            self._notify()
+        return self._apply(self.model.scan, presented)
 
-    def logout(self, device_id: str) -> Device:
-        try:
-            return self.model.logout(device_id, trio.current_time())
-        finally:
-            self._notify()
+    def pair(self, phone: str, code: str) -> Device:
+        return self._apply(self.model.pair, phone, code)
+
+    def logout(self, device_id: str, reason: str = USER_INITIATED) -> Device:
+        return self._apply(lambda d, now: self.model.logout(d, now, reason), device_id)
 
     def conflict(self, device_id: str) -> Page:
-        try:
-            return self.model.conflict(device_id, trio.current_time())
-        finally:
-            self._notify()
+        return self._apply(self.model.conflict, device_id)
 
     def offline(self, device_id: str, duration: float | None = None) -> Device:
-        try:
-            return self.model.offline(device_id, trio.current_time(), duration)
-        finally:
-            self._notify()
+        return self._apply(lambda d, now: self.model.offline(d, now, duration), device_id)
 
     def online(self, device_id: str) -> Device:
-        try:
-            return self.model.online(device_id, trio.current_time())
-        finally:
-            self._notify()
+        return self._apply(self.model.online, device_id)
 
     def hang(self, device_id: str) -> Page:
-        try:
-            return self.model.hang(device_id, trio.current_time())
-        finally:
-            self._notify()
+        return self._apply(self.model.hang, device_id)
+
+    def force_device_state(self, device_id: str, state: str | None) -> Page:
+        return self._apply(self.model.force_device_state, device_id, state)
 
     def devices(self) -> list[dict[str, Any]]:
         self._sync()

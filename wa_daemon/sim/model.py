@@ -1,4 +1,4 @@
-"""What the simulated WhatsApp Web knows: pages, refs, linked devices, and their clocks.
+"""What the simulated WhatsApp Web knows: pages, refs, pairing codes, linked devices, and their clocks.
 
 Sans-I/O: no sockets, no sleeping, no reading the time. Every method takes
 ``now`` (seconds on whatever monotonic clock the caller uses; the engine uses
@@ -11,21 +11,47 @@ ran. :meth:`SimModel.next_deadline` tells the caller when to call
 from __future__ import annotations
 
 import math
+import re
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 from .options import SimOptions
-from .refs import Ref, new_ref, plain_form, qr_rows
+from .refs import PageKeys, Ref, new_keys, new_ref, plain_form, qr_rows
 
-Screen = Literal["qr", "reload", "loading", "app", "conflict", "logged_out"]
+# "code" is the pairing-code screen; "code_expired" the same once its code ran out.
+Screen = Literal["qr", "reload", "code", "code_expired", "loading", "app", "conflict", "logged_out"]
 DeviceState = Literal["loading", "linked", "conflict", "offline", "hung"]
+LogoutSource = Literal["page", "phone"]
 
 # The loading screen shows 0, 25, 50 and 75 %, evenly over loading_time, then the app.
 LOADING_STEPS = 4
+UNPAIRED_SCREENS: tuple[Screen, ...] = ("qr", "reload", "code", "code_expired")
+# Socket.state of the screens that fix it; loading and app are CONNECTED, or TIMEOUT
+# while the phone is offline.
+_SCREEN_STATE: dict[Screen, str] = {
+    "qr": "UNPAIRED",
+    "code": "UNPAIRED",
+    "reload": "UNPAIRED_IDLE",
+    "code_expired": "UNPAIRED_IDLE",
+    "conflict": "CONFLICT",
+}
+UNPAIRED_STATES = ("UNPAIRED", "UNPAIRED_IDLE")
+
+# Pairing codes as the phone shows them: 8 characters without 0, O, I and U, which
+# people misread; typed with or without the dash after the fourth.
+CODE_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTVWXYZ"
+CODE_LENGTH = 8
+_CODE = re.compile(f"[{CODE_ALPHABET}]{{4}}-?[{CODE_ALPHABET}]{{4}}")
+# An international number without "+", spaces or dashes, as whatsapp-web.js asks for.
+_PHONE = re.compile(r"[0-9]{7,15}")
+# Any name the real page might put in Socket.state, known or not.
+_STATE_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,39}")
+_LOGOUT_REASON = re.compile(r"[a-z][a-z0-9_]{0,63}")
+USER_INITIATED = "user_initiated"
 
 
 class SimError(Exception):
@@ -42,11 +68,34 @@ class InvalidState(SimError):
     status = 409
 
 
+class BadRequest(SimError):
+    """Malformed input (a phone number, a code, a state name)."""
+
+
+@dataclass
+class Pairing:
+    """The code a page shows for a number, until ``deadline``."""
+
+    phone: str
+    code: str
+    notify: bool
+    deadline: float
+
+
+@dataclass(frozen=True)
+class Logout:
+    """Why a page lost its login: ``page`` when Socket.logout() ran on it, else ``phone``."""
+
+    source: LogoutSource
+    reason: str
+
+
 @dataclass
 class Page:
     """One load of the page in one browser tab; the ref on screen belongs to it."""
 
     id: str
+    keys: PageKeys = field(default_factory=new_keys)  # fixed for the load: only the ref rotates
     screen: Screen = "qr"
     device_id: str | None = None
     ref: Ref | None = None  # kept through "reload": the page leaves the last data-ref in place
@@ -56,6 +105,10 @@ class Page:
     cycle: int = 0
     loading_started: float = 0.0
     percent: int | None = None
+    synced: bool = False  # Socket.hasSynced: the app was reached once on this load
+    pairing: Pairing | None = None  # the valid code on the "code" screen
+    logout: Logout | None = None
+    forced_state: str | None = None  # a fault: Socket.state pinned to this name
     hung: bool = False
     clear_auth: bool = False  # the page must forget its stored token
     streams: int = 0  # open event streams
@@ -74,6 +127,7 @@ class Device:
     elsewhere: bool = False  # a (simulated) other window holds the session
     phone_online: bool = True
     online_at: float | None = None
+    number: str | None = None  # the phone number it was linked with by a pairing code
 
 
 def _iso(ts: float) -> str:
@@ -110,6 +164,8 @@ class SimModel:
         for page in self.pages.values():
             if page.screen == "qr":
                 times.append(page.ref_deadline)
+            elif page.screen == "code" and page.pairing is not None:
+                times.append(page.pairing.deadline)
             elif page.screen == "loading":
                 times.append(self._next_loading_step(page))
             if page.close_at is not None:
@@ -127,6 +183,11 @@ class SimModel:
         # so a late timer never stretches the schedule.
         while page.screen == "qr" and page.ref_deadline <= now:
             self._expire_ref(page)
+        if page.screen == "code" and page.pairing is not None and page.pairing.deadline <= now:
+            # The daemon asks for a new code (or the QR) on UNPAIRED_IDLE.
+            page.screen = "code_expired"
+            page.pairing = None
+            self._touch(page)
         if page.screen == "loading":
             self._update_loading(page)
 
@@ -135,7 +196,11 @@ class SimModel:
     def open_page(self, token: str | None, now: float) -> Page:
         """A page load. A token of a device still linked skips the QR."""
         self.advance(now)
-        page = Page(id=_new_id("p", self.pages), close_at=now + self.options.page_grace)
+        page = Page(
+            id=_new_id("p", self.pages),
+            keys=new_keys(self.options.ref_platform),
+            close_at=now + self.options.page_grace,
+        )
         self.pages[page.id] = page
         device = self._device_by_token(token)
         if device is not None:
@@ -172,11 +237,13 @@ class SimModel:
             raise NotFound(f"no page {page_id!r}") from None
 
     def reload(self, page_id: str, now: float) -> Page:
-        """The reload button was clicked: a new cycle of refs."""
+        """The reload button was clicked (``Cmd.refreshQR()``): a new cycle of refs.
+        Also from the pairing-code screens: back to the QR, as "Link with QR code" does."""
         self.advance(now)
         page = self.page(page_id)
-        if page.screen != "reload":
+        if page.screen not in ("reload", "code", "code_expired"):
             raise InvalidState(f"page {page_id} shows no reload button (screen: {page.screen})")
+        page.pairing = None
         self._start_cycle(page)
         return page
 
@@ -191,14 +258,41 @@ class SimModel:
         return page
 
     def page_logout(self, page_id: str, now: float) -> Device:
-        """Log out from the page's own menu."""
+        """Log out from the page's own menu (``Socket.logout()``)."""
         self.advance(now)
         page = self.page(page_id)
         device = self.devices.get(page.device_id) if page.device_id else None
-        if device is None:
+        if device is None or page.screen == "logged_out":
             raise InvalidState(f"page {page_id} is not linked")
-        self._unlink(device)
+        self._unlink(device, USER_INITIATED, by_page=page)
         return device
+
+    def request_code(self, page_id: str, phone: str, now: float, *, notify: bool = True) -> Pairing:
+        """``startAltLinkingFlow(phone)``: the page shows a code to type on that number's phone,
+        instead of the QR. Asking again replaces the code."""
+        self.advance(now)
+        page = self.page(page_id)
+        _check_phone(phone)
+        if page.screen not in UNPAIRED_SCREENS or self.socket_state(page) not in UNPAIRED_STATES:
+            raise InvalidState(f"page {page_id} is not unpaired (state: {self.socket_state(page)})")
+        self._forget_ref(page)
+        page.ref = None
+        page.ref_deadline = math.inf
+        code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+        page.pairing = Pairing(phone, code, notify, self._now + self.options.scaled(self.options.code_ttl))
+        page.screen = "code"
+        self._touch(page)
+        return page.pairing
+
+    def force_state(self, page_id: str, state: str | None, now: float) -> Page:
+        """Pin ``Socket.state`` to ``state`` (any plausible name, known or not); None unpins."""
+        self.advance(now)
+        page = self.page(page_id)
+        if state is not None and not _STATE_NAME.fullmatch(state):
+            raise BadRequest(f"state must match {_STATE_NAME.pattern} or be null, got {state!r}")
+        page.forced_state = state
+        self._touch(page)
+        return page
 
     # -- the phone -------------------------------------------------------------------
 
@@ -206,16 +300,20 @@ class SimModel:
         """The phone presents a QR payload: link the page showing it."""
         self.advance(now)
         page = self.pages.get(self._by_ref.get(plain_form(presented), ""))
-        text = presented.strip()
-        if page is None or page.screen != "qr" or page.ref is None or text not in (page.ref.shown, page.ref.plain):
+        if page is None or page.screen != "qr" or page.ref is None or not page.ref.accepts(presented):
             raise NotFound("unknown or expired ref")
-        device = Device(id=_new_id("d", self.devices), token=secrets.token_urlsafe(32), linked_at=self.wall_clock())
-        self.devices[device.id] = device
-        self._by_token[device.token] = device.id
-        self._forget_ref(page)
-        page.ref = None
-        self._claim(device, page, loading=True)
-        return device
+        return self._link_new(page, number=None)
+
+    def pair(self, phone: str, code: str, now: float) -> Device:
+        """The phone's owner types the code shown for their number: link that page."""
+        self.advance(now)
+        _check_phone(phone)
+        wanted = _normalise_code(code)
+        for page in self.pages.values():
+            pairing = page.pairing
+            if page.screen == "code" and pairing is not None and (pairing.phone, pairing.code) == (phone, wanted):
+                return self._link_new(page, number=phone)
+        raise NotFound("no page shows this code for this number (wrong, expired, or another number's)")
 
     def device(self, device_id: str) -> Device:
         try:
@@ -223,11 +321,13 @@ class SimModel:
         except KeyError:
             raise NotFound(f"no linked device {device_id!r}") from None
 
-    def logout(self, device_id: str, now: float) -> Device:
-        """The phone unlinks the device."""
+    def logout(self, device_id: str, now: float, reason: str = USER_INITIATED) -> Device:
+        """The phone (or WhatsApp, for ``reason``) unlinks the device."""
         self.advance(now)
         device = self.device(device_id)
-        self._unlink(device)
+        if not _LOGOUT_REASON.fullmatch(reason):
+            raise BadRequest(f"reason must match {_LOGOUT_REASON.pattern}, got {reason!r}")
+        self._unlink(device, reason, by_page=None)
         return device
 
     def conflict(self, device_id: str, now: float) -> Page:
@@ -264,6 +364,11 @@ class SimModel:
         self._touch(page)
         return page
 
+    def force_device_state(self, device_id: str, state: str | None, now: float) -> Page:
+        """:meth:`force_state` on the page holding the device's session."""
+        self.advance(now)
+        return self.force_state(self._holding_page(self.device(device_id)).id, state, now)
+
     # -- what the outside sees ---------------------------------------------------------
 
     def device_state(self, device: Device) -> DeviceState:
@@ -285,17 +390,55 @@ class SimModel:
             "linked_at": _iso(device.linked_at),
             "page": device.page_id,
             "phone": "online" if device.phone_online else "offline",
+            "number": device.number,
         }
 
     def page_json(self, page: Page) -> dict[str, Any]:
         return {
             "id": page.id,
             "screen": page.screen,
+            "state": self.socket_state(page),
             "ref": page.ref.shown if page.ref is not None and page.screen == "qr" else None,
             "device": page.device_id,
             "open": page.streams > 0,
             "hung": page.hung,
         }
+
+    # -- the module page's models --------------------------------------------------------
+
+    def socket_state(self, page: Page) -> str | None:
+        """``Socket.state``; None on the way out after a logout (the page keeps what it had)."""
+        if page.screen == "logged_out":
+            return None
+        return page.forced_state or self.modelled_state(page)
+
+    def modelled_state(self, page: Page) -> str:
+        state = _SCREEN_STATE.get(page.screen)
+        if state is not None:
+            return state
+        return "TIMEOUT" if self._phone_offline(page) else "CONNECTED"
+
+    def stream(self, page: Page) -> tuple[str, str]:
+        """``(Stream.mode, Stream.info)``."""
+        if page.screen in UNPAIRED_SCREENS:
+            return "QR", "NORMAL"
+        if page.screen == "conflict":
+            return "CONFLICT", "NORMAL"
+        if self._phone_offline(page):
+            return "OFFLINE", "OFFLINE"
+        if page.screen == "loading":
+            return "SYNCING", "SYNCING"
+        return "MAIN", "NORMAL"
+
+    def progress(self, page: Page) -> int:
+        """``OfflineMessageHandler.getOfflineDeliveryProgress()``."""
+        return 100 if page.synced else page.percent or 0
+
+    def pairing_json(self, page: Page) -> dict[str, Any] | None:
+        pairing = page.pairing if page.screen == "code" else None
+        if pairing is None:
+            return None
+        return {"phone": pairing.phone, "code": pairing.code, "expires_in": max(0.0, pairing.deadline - self._now)}
 
     def view(self, page: Page) -> dict[str, Any]:
         """Everything the page renders; sent whole on every change, so a reconnecting
@@ -310,10 +453,20 @@ class SimModel:
             "qr": list(qr_rows(page.ref.shown)) if showing_qr and page.ref is not None else None,
             "ttl": page.ref_ttl if showing_qr else None,
             "percent": page.percent,
-            "offline": device is not None and not device.phone_online and device.page_id == page.id,
+            "offline": self._phone_offline(page),
             "hung": page.hung,
             "auth": {"device": device.id, "token": device.token} if device is not None else None,
             "clear_auth": page.clear_auth,
+            # The module page's models, all derived here so the page only mirrors them.
+            "state": self.socket_state(page),
+            "forced": page.forced_state is not None,
+            "has_synced": page.synced,
+            "progress": self.progress(page),
+            "stream": dict(zip(("mode", "info"), self.stream(page), strict=True)),
+            "conn_ref": page.ref.conn if showing_qr and page.ref is not None else None,
+            "keys": page.keys.json(),
+            "pairing": self.pairing_json(page),
+            "logout": {"source": page.logout.source, "reason": page.logout.reason} if page.logout else None,
         }
 
     # -- internals ---------------------------------------------------------------------
@@ -339,7 +492,7 @@ class SimModel:
 
     def _show_ref(self, page: Page, ttl: float, start: float) -> None:
         self._forget_ref(page)
-        page.ref = new_ref(self.options.ref_format, self.options.ref_platform)
+        page.ref = new_ref(page.keys, self.options.ref_format, self.options.page)
         page.ref_ttl = ttl
         page.ref_deadline = start + ttl
         page.screen = "qr"
@@ -361,6 +514,26 @@ class SimModel:
         if page.ref is not None and self._by_ref.get(page.ref.plain) == page.id:
             del self._by_ref[page.ref.plain]
 
+    def _phone_offline(self, page: Page) -> bool:
+        device = self.devices.get(page.device_id) if page.device_id else None
+        return device is not None and not device.phone_online and device.page_id == page.id
+
+    def _link_new(self, page: Page, *, number: str | None) -> Device:
+        """A scan or a code links ``page`` to a new device."""
+        device = Device(
+            id=_new_id("d", self.devices),
+            token=secrets.token_urlsafe(32),
+            linked_at=self.wall_clock(),
+            number=number,
+        )
+        self.devices[device.id] = device
+        self._by_token[device.token] = device.id
+        self._forget_ref(page)
+        page.ref = None
+        page.pairing = None
+        self._claim(device, page, loading=True)
+        return device
+
     def _claim(self, device: Device, page: Page, *, loading: bool) -> None:
         """``page`` takes the session; any other open page of the device gets the conflict screen."""
         for other in self.pages.values():
@@ -380,6 +553,7 @@ class SimModel:
         else:
             page.screen = "app"
             page.percent = None
+            page.synced = True
         self._touch(page)
 
     def _next_loading_step(self, page: Page) -> float:
@@ -396,11 +570,12 @@ class SimModel:
             if done >= LOADING_STEPS:
                 page.screen = "app"
                 page.percent = None
+                page.synced = True
             else:
                 page.percent = done * 100 // LOADING_STEPS
             self._touch(page)
 
-    def _unlink(self, device: Device) -> None:
+    def _unlink(self, device: Device, reason: str, *, by_page: Page | None) -> None:
         del self.devices[device.id]
         self._by_token.pop(device.token, None)
         for page in self.pages.values():
@@ -409,6 +584,8 @@ class SimModel:
                 page.screen = "logged_out"
                 page.percent = None
                 page.clear_auth = True
+                # Cmd 'logout' on the page that logged out, 'logout_from_bridge' on the others.
+                page.logout = Logout("page" if page is by_page else "phone", reason)
                 self._touch(page)
 
     def _set_phone(self, device: Device, *, online: bool, until: float | None) -> None:
@@ -426,6 +603,19 @@ class SimModel:
             if device.page_id == page.id:
                 device.page_id = None
         self._touch(page)
+
+
+def _check_phone(phone: str) -> None:
+    if not isinstance(phone, str) or not _PHONE.fullmatch(phone):
+        raise BadRequest(f"phone must be 7 to 15 digits, international, without '+' (e.g. 12025550108), got {phone!r}")
+
+
+def _normalise_code(code: str) -> str:
+    """``k7qm-2xwa`` -> ``K7QM2XWA``; BadRequest for what cannot be a code at all."""
+    text = code.strip().upper() if isinstance(code, str) else ""
+    if not _CODE.fullmatch(text):
+        raise BadRequest(f"code must be {CODE_LENGTH} characters of {CODE_ALPHABET}, optionally as ABCD-EFGH")
+    return text.replace("-", "")
 
 
 def _new_id(prefix: str, taken: dict[str, Any]) -> str:

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 RefFormat = Literal["plain", "platform", "url"]
 REF_FORMATS: tuple[RefFormat, ...] = ("plain", "platform", "url")
+PageKind = Literal["modules", "legacy"]
+PAGE_KINDS: tuple[PageKind, ...] = ("modules", "legacy")
+# The languages the module page is translated into (its texts live in static/modules.js).
+LOCALES: tuple[str, ...] = ("en", "de", "pt-BR")
+DEFAULT_WEB_VERSION = "2.3000.1031980585"
+
+# A version goes into an HTML attribute and a module id into a script: both are kept
+# to characters that need no escaping anywhere, as real ones do.
+_WEB_VERSION = re.compile(r"[0-9][0-9A-Za-z.\-]{0,63}")
+_MODULE_ID = re.compile(r"[A-Za-z_$][\w$]{0,99}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,6 +36,12 @@ class SimOptions:
     qr_refs_per_cycle: int = 6
     ref_format: RefFormat = "plain"
     ref_platform: str = "WEB"
+    # A pairing code's life; WhatsApp's is about three minutes (whatsapp-web.js refreshes every 180 s).
+    code_ttl: float = 180.0
+    page: PageKind = "modules"
+    locale: str = "en"
+    web_version: str = DEFAULT_WEB_VERSION
+    drop_modules: tuple[str, ...] = ()
     # A page whose event stream is gone this long is closed: long enough to ride out
     # EventSource's automatic reconnect, short enough that a killed browser frees its
     # refs and lets its device report "no page" soon after.
@@ -39,6 +56,7 @@ class SimOptions:
         positive("loading_time", self.loading_time, zero_ok=True)
         positive("first_qr_ttl", self.first_qr_ttl)
         positive("qr_ttl", self.qr_ttl)
+        positive("code_ttl", self.code_ttl)
         positive("page_grace", self.page_grace)
         if self.qr_refs_per_cycle < 1:
             raise ValueError(f"qr_refs_per_cycle must be >= 1, got {self.qr_refs_per_cycle!r}")
@@ -48,6 +66,21 @@ class SimOptions:
             raise ValueError(f"ref_platform must be a non-empty string without commas, got {self.ref_platform!r}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port!r}")
+        self._check_page()
+
+    def _check_page(self) -> None:
+        if self.page not in PAGE_KINDS:
+            raise ValueError(f"page must be one of {', '.join(PAGE_KINDS)}, got {self.page!r}")
+        if self.locale not in LOCALES:
+            raise ValueError(f"locale must be one of {', '.join(LOCALES)}, got {self.locale!r}")
+        if not _WEB_VERSION.fullmatch(self.web_version):
+            raise ValueError(f"web_version must look like 2.3000.1031980585, got {self.web_version!r}")
+        if isinstance(self.drop_modules, str):  # a lone id would be dropped letter by letter
+            raise ValueError("drop_modules must be a sequence of module ids, not a string")
+        for module_id in self.drop_modules:
+            if not isinstance(module_id, str) or not _MODULE_ID.fullmatch(module_id):
+                raise ValueError(f"drop_modules: not a module id: {module_id!r}")
+        object.__setattr__(self, "drop_modules", tuple(self.drop_modules))  # a list from a caller: keep it hashable
 
     def scaled(self, seconds: float) -> float:
         return seconds * self.time_scale
