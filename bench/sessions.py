@@ -797,7 +797,7 @@ def p50(values: list[float]) -> float:
 
 def user_agent(chromium: str) -> str:
     from wa_daemon.daemon.drivers.chromium import chromium_version
-    from wa_daemon.daemon.drivers.page import desktop_user_agent
+    from wa_daemon.daemon.drivers.chromium import desktop_user_agent
 
     return desktop_user_agent(chromium_version(chromium))
 

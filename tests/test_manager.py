@@ -605,13 +605,14 @@ async def test_failed_sessions_are_not_restored(autojump_clock: trio.testing.Moc
 
 
 async def test_qr_while_connected_means_logged_out(autojump_clock: trio.testing.MockClock) -> None:
-    from wa_daemon.daemon.drivers.base import QrShown
+    from wa_daemon.daemon.drivers.base import LoginRequired, QrShown
 
     async with open_manager() as (m, driver):
         await m.connect("a")
         await wait_state(m, "a", State.WAITING_QR)
         driver.simulate("a", "scan")
         await wait_state(m, "a", State.CONNECTED)
+        driver.live["a"]._send.send_nowait(LoginRequired())
         driver.live["a"]._send.send_nowait(QrShown("2@again,a,b,c", 60))
         await wait_state(m, "a", State.LOGGED_OUT)
         assert m.status("a").reason == Reason.LOGGED_OUT_BY_PHONE.value

@@ -49,6 +49,7 @@ from .protocol import (
     MetricsParams,
     NoParams,
     Pong,
+    PairingCode,
     QrCode,
     RemoteProtocolError,
     Reply,
@@ -253,8 +254,11 @@ class Client:
         whatsapp_url: str | None = None,
         takeover_on_conflict: bool | None = None,
         idle_timeout: float | None = None,
+        phone_number: str | None = None,
     ) -> SessionStatus:
-        params = ConnectParams(session, whatsapp_url, takeover_on_conflict, idle_timeout)
+        """Start the session. ``phone_number`` (international, digits only, e.g.
+        "12025550108") links by pairing code instead of QR; "" goes back to QR."""
+        params = ConnectParams(session, whatsapp_url, takeover_on_conflict, idle_timeout, phone_number)
         return self._call("connect", params)  # type: ignore[no-any-return]
 
     def disconnect(self, session: str) -> SessionStatus:
@@ -276,6 +280,10 @@ class Client:
 
     def qr(self, session: str) -> QrCode:
         return self._call("qr", SessionParams(session))  # type: ignore[no-any-return]
+
+    def pairing_code(self, session: str) -> PairingCode:
+        """The code to type on the phone while the session is ``waiting_code``."""
+        return self._call("pairing_code", SessionParams(session))  # type: ignore[no-any-return]
 
     def history(self, session: str, limit: int = 100) -> builtins.list[Transition]:
         return self._call("history", HistoryParams(session, limit)).transitions  # type: ignore[no-any-return]
@@ -509,8 +517,11 @@ class AsyncClient:
         whatsapp_url: str | None = None,
         takeover_on_conflict: bool | None = None,
         idle_timeout: float | None = None,
+        phone_number: str | None = None,
     ) -> SessionStatus:
-        params = ConnectParams(session, whatsapp_url, takeover_on_conflict, idle_timeout)
+        """Start the session. ``phone_number`` (international, digits only, e.g.
+        "12025550108") links by pairing code instead of QR; "" goes back to QR."""
+        params = ConnectParams(session, whatsapp_url, takeover_on_conflict, idle_timeout, phone_number)
         return await self._call("connect", params)  # type: ignore[no-any-return]
 
     async def disconnect(self, session: str) -> SessionStatus:
@@ -532,6 +543,10 @@ class AsyncClient:
 
     async def qr(self, session: str) -> QrCode:
         return await self._call("qr", SessionParams(session))  # type: ignore[no-any-return]
+
+    async def pairing_code(self, session: str) -> PairingCode:
+        """The code to type on the phone while the session is ``waiting_code``."""
+        return await self._call("pairing_code", SessionParams(session))  # type: ignore[no-any-return]
 
     async def history(self, session: str, limit: int = 100) -> builtins.list[Transition]:
         result = await self._call("history", HistoryParams(session, limit))

@@ -33,6 +33,7 @@ def make_driver(config: Config, nursery: trio.Nursery) -> Driver:
     if config.driver == "scripted":
         return ScriptedDriver(nursery, config.scripted)
     from .drivers.chromium import ChromiumConfig, ChromiumDriver
+    from .drivers.contract import load_contract
 
     driver = ChromiumDriver(
         nursery,
@@ -46,6 +47,7 @@ def make_driver(config: Config, nursery: trio.Nursery) -> Driver:
             app_lost_grace=config.app_lost_grace,
             extra_args=tuple(config.chromium_args),
             user_agent=config.user_agent,
+            contract=load_contract(config.page_contract),
         ),
     )
     driver.start()

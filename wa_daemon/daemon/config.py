@@ -37,6 +37,7 @@ RESTART_KEYS = (
     "hang_check_interval",
     "hang_check_timeout",
     "app_lost_grace",
+    "page_contract",
     "max_concurrent_launches",
     "socket_group",
     "metrics_listen",
@@ -55,6 +56,7 @@ class ScriptedConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     qr_ttl: PositiveSeconds = 20.0
     qr_refs_per_cycle: Count = 6
     auth_delay: NonNegSeconds = 1.0  # "loading" screen between scan and app
+    pairing_code_ttl: PositiveSeconds = 180.0  # a pairing code's life on the page
     auto_scan_after: NonNegSeconds | None = None  # scan the first QR by itself after this delay
     fail_launch: bool = False
 
@@ -91,6 +93,17 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # these see and touch every session; anybody else only the sessions it created
     admin_uids: list[Annotated[int, msgspec.Meta(ge=0)]] = []
     admin_group: str | None = None  # a group name or number: its members are admins
+
+    # linking by phone number (connect with phone_number): a new code every
+    # pairing_code_interval, at most pairing_code_max_refreshes new codes, and the
+    # phase ends (failed, code_timeout) after pairing_code_timeout
+    pairing_code_interval: PositiveSeconds = 180.0
+    pairing_code_max_refreshes: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 5
+    pairing_code_timeout: PositiveSeconds = 1200.0
+
+    # the page contract (module ids, names, states) over the built-in one: a TOML or
+    # JSON file (docs/page-adapter.md); None: the built-in contract
+    page_contract: str | None = None
 
     # QR
     qr_debounce: NonNegSeconds = 2.0

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from .config import Config
+from .drivers.contract import ContractError, load_contract
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -85,9 +86,16 @@ class ConfigSource:
                 data[key] = value
         _merge(data, self.overrides)
         try:
-            return msgspec.convert(data, Config)
+            config = msgspec.convert(data, Config)
         except msgspec.ValidationError as exc:
             raise ConfigError(self._explain(str(exc), from_file, text)) from None
+        try:
+            # Read here so a broken contract file is a configuration error at start,
+            # at check-config and at reload, not a surprise at the first launch.
+            load_contract(config.page_contract)
+        except ContractError as exc:
+            raise ConfigError(str(exc)) from None
+        return config
 
     def _explain(self, message: str, from_file: set[str], text: str) -> str:
         key, what = _key_of(message)

@@ -16,6 +16,7 @@ import trio
 
 from ..protocol import (
     EndReason,
+    PairingCodeUpdated,
     QrCode,
     QrUpdated,
     SessionError,
@@ -37,6 +38,8 @@ def _session_of(event: WatchEvent) -> str:
         return event.status.session
     if isinstance(event, QrUpdated):
         return event.qr.session
+    if isinstance(event, PairingCodeUpdated):
+        return event.code.session
     if isinstance(event, SessionError):
         return event.session
     return event.status.session

@@ -10,7 +10,7 @@ from __future__ import annotations
 import builtins
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 
 import msgspec
@@ -18,7 +18,7 @@ import structlog
 import trio
 
 from ..errors import Busy, InvalidArgument, LimitExceeded, NotFound, PermissionDenied, RateLimited, Unavailable
-from ..protocol import QrCode, Reason, SessionStatus, State, Transition, to_raw, validate_session_id
+from ..protocol import PairingCode, QrCode, Reason, SessionStatus, State, Transition, to_raw, validate_session_id
 from .config import Config
 from .drivers.base import Driver
 from .hub import Hub, Subscriber
@@ -59,8 +59,10 @@ class SessionManager:
             nursery=nursery,
             rng=rng or random.Random(),
             on_settled=self._settled,
+            on_linked=self._linked_changed,
         )
         self.metrics.track_sessions(self.counts_by_state)
+        self.metrics.track_pages(self._pages)
         self.metrics.limit_refusals.labels("sessions_per_uid")  # exposed at 0 from the start
 
     def reconfigure(self, config: Config) -> None:
@@ -178,6 +180,39 @@ class SessionManager:
                 {"session": session_id, "state": session.state.value},
             )
         return session.qr
+
+    def pairing_code(self, session_id: str, caller: int | None = None) -> PairingCode:
+        session = self.get(session_id, caller)
+        session.touch()
+        if session.pairing_code is None:
+            raise NotFound(
+                f"session {session_id!r} has no pairing code (state {session.state.value})",
+                {"session": session_id, "state": session.state.value},
+            )
+        return session.pairing_code
+
+    def _pages(self) -> Iterator[tuple[str, str | None, dict[str, str]]]:
+        """Per live browser: its web version and the contract items its page lacks."""
+        needed = set(self._needed_items())
+        for session in self.sessions.values():
+            if session.state in ACTIVE and session.state != State.RECONNECTING and session.web_state is not None:
+                lacking = {m: ("required" if m in needed else "optional") for m in session.page_missing}
+                yield session.id, session.web_version, lacking
+
+    def _needed_items(self) -> builtins.list[str]:
+        from .drivers.adapter import needed_modules
+        from .drivers.contract import load_contract
+
+        if self._needed is None or self._needed[0] != self.config.page_contract:
+            try:
+                contract = load_contract(self.config.page_contract)
+            except ValueError:
+                contract = load_contract(None)
+            items = needed_modules(contract, pairing=False) + needed_modules(contract, pairing=True)
+            self._needed = (self.config.page_contract, items)
+        return self._needed[1]
+
+    _needed: tuple[str | None, builtins.list[str]] | None = None
 
     def history(self, session_id: str, limit: int = 100, caller: int | None = None) -> builtins.list[Transition]:
         session = self.get(session_id, caller)
@@ -376,6 +411,8 @@ class SessionManager:
             session = Session(record.session, self._ctx, record.owner_uid)
             session.created_at = record.created_at
             session.options = record.options
+            session.linked = record.linked
+            session.should_run = record.should_run
             self.sessions[record.session] = session
             if record.should_run:
                 session.begin(Reason.RESTORED)
@@ -447,6 +484,7 @@ class SessionManager:
             self.registry.put(self._record(session, should_run))
         except RegistryError as exc:
             self._registry_failed(session.id, exc)
+        session.should_run = should_run
 
     def _unsave(self, session_id: str) -> None:
         try:
@@ -462,6 +500,15 @@ class SessionManager:
             {"session": session_id},
         ) from None
 
+    def _linked_changed(self, session: Session) -> None:
+        """The profile started or stopped holding a login: remember it across restarts."""
+        if session.deleted:
+            return
+        try:
+            self._save(session, should_run=session.should_run)
+        except Unavailable:
+            pass  # logged and counted; the next save carries it
+
     def _settled(self, session: Session) -> None:
         """The runner ended in failed or logged_out: stop restarting it after a restart."""
         try:
@@ -470,7 +517,9 @@ class SessionManager:
             pass  # logged and counted; a restart will try the session once more
 
     def _record(self, session: Session, should_run: bool) -> SessionRecord:
-        return SessionRecord(session.id, session.owner_uid, session.created_at, should_run, session.options)
+        return SessionRecord(
+            session.id, session.owner_uid, session.created_at, should_run, session.options, session.linked
+        )
 
 
 def _merge(current: SessionOptions, new: SessionOptions) -> SessionOptions:

@@ -17,6 +17,34 @@ from prometheus_client.utils import floatToGoString
 from ..protocol import Sample, State
 
 
+class _Pages(Collector):
+    """What live sessions' pages say: their web version, and the contract items they lack."""
+
+    def __init__(self, pages: Callable[[], Iterable[tuple[str, str | None, dict[str, str]]]]) -> None:
+        self._pages = pages
+
+    def collect(self) -> Iterable[Metric]:
+        versions = GaugeMetricFamily(
+            "wa_web_version_info", "WhatsApp Web version of each live session's page (value 1)",
+            labels=["session", "version"],
+        )
+        missing: dict[tuple[str, str], int] = {}
+        for session, version, lacking in self._pages():
+            if version:
+                versions.add_metric([session, version], 1)
+            for item, need in lacking.items():
+                missing[(item, need)] = missing.get((item, need), 0) + 1
+        yield versions
+        family = GaugeMetricFamily(
+            "wa_page_contract_missing",
+            "live sessions whose page lacks a contract item (need: required or optional)",
+            labels=["item", "need"],
+        )
+        for (item, need), count in sorted(missing.items()):
+            family.add_metric([item, need], count)
+        yield family
+
+
 class _SessionsByState(Collector):
     def __init__(self, counts: Callable[[], dict[State, int]]) -> None:
         self._counts = counts
@@ -147,6 +175,11 @@ class DaemonMetrics:
         self.session_recycles = Counter(
             "wa_session_recycles", "browsers closed and relaunched on purpose, by reason", ["reason"], registry=r
         )
+        self.web_unknown_states = Counter(
+            "wa_web_unknown_states", "WhatsApp socket states seen that the page contract does not know", ["state"],
+            registry=r,
+        )
+        self.pairing_codes = Counter("wa_pairing_codes", "pairing codes shown (linking by phone number)", registry=r)
         self.config_reloads = Counter("wa_config_reloads", "configuration reloads (SIGHUP) by result", ["result"],
                                       registry=r)
         self._info = Gauge("wa_build_info", "the daemon's version and driver (value 1)", ["version", "driver"],
@@ -158,6 +191,10 @@ class DaemonMetrics:
 
     def track_sessions(self, counts: Callable[[], dict[State, int]]) -> None:
         self.registry.register(_SessionsByState(counts))
+
+    def track_pages(self, pages: Callable[[], Iterable[tuple[str, str | None, dict[str, str]]]]) -> None:
+        """``pages()``: (session, web version, {missing item: "required"|"optional"}) per live page."""
+        self.registry.register(_Pages(pages))
 
     def collect(self, visible: Callable[[str], bool] | None = None) -> Iterator[Metric]:
         """Every metric family; with ``visible``, without the samples labelled with

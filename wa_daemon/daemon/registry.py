@@ -27,6 +27,7 @@ class SessionOptions(msgspec.Struct, frozen=True, omit_defaults=True):
     whatsapp_url: str | None = None
     takeover_on_conflict: bool | None = None
     idle_timeout: float | None = None
+    phone_number: str | None = None  # link by pairing code for this number; None or "": by QR
 
 
 class SessionRecord(msgspec.Struct, frozen=True):
@@ -35,6 +36,7 @@ class SessionRecord(msgspec.Struct, frozen=True):
     created_at: datetime
     should_run: bool
     options: SessionOptions = SessionOptions()
+    linked: bool = False  # the profile holds a login (reached connected, not logged out since)
 
 
 class Registry(Protocol):
@@ -82,7 +84,8 @@ class SqliteRegistry:
             created_at TEXT NOT NULL,
             should_run INTEGER NOT NULL,
             options    TEXT NOT NULL DEFAULT '{}',
-            updated_at TEXT NOT NULL
+            updated_at TEXT NOT NULL,
+            linked     INTEGER NOT NULL DEFAULT 0
         )
     """
 
@@ -93,25 +96,34 @@ class SqliteRegistry:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(self.SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
+        if "linked" not in columns:  # a registry written before sessions remembered their link
+            self._db.execute("ALTER TABLE sessions ADD COLUMN linked INTEGER NOT NULL DEFAULT 0")
         os.chmod(path, 0o600)
 
     def load(self) -> list[SessionRecord]:
         rows = self._db.execute(
-            "SELECT session, owner_uid, created_at, should_run, options FROM sessions ORDER BY created_at, session"
+            "SELECT session, owner_uid, created_at, should_run, options, linked FROM sessions"
+            " ORDER BY created_at, session"
         ).fetchall()
         return [
             SessionRecord(
-                sid, uid, datetime.fromisoformat(created), bool(run), msgspec.json.decode(opts, type=SessionOptions)
+                sid,
+                uid,
+                datetime.fromisoformat(created),
+                bool(run),
+                msgspec.json.decode(opts, type=SessionOptions),
+                bool(linked),
             )
-            for sid, uid, created, run, opts in rows
+            for sid, uid, created, run, opts, linked in rows
         ]
 
     def put(self, record: SessionRecord) -> None:
         self._write(
-            "INSERT INTO sessions (session, owner_uid, created_at, should_run, options, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)"
+            "INSERT INTO sessions (session, owner_uid, created_at, should_run, options, updated_at, linked)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT(session) DO UPDATE SET should_run = excluded.should_run,"
-            " options = excluded.options, updated_at = excluded.updated_at",
+            " options = excluded.options, updated_at = excluded.updated_at, linked = excluded.linked",
             (
                 record.session,
                 record.owner_uid,
@@ -119,6 +131,7 @@ class SqliteRegistry:
                 int(record.should_run),
                 msgspec.json.encode(record.options).decode(),
                 datetime.now(timezone.utc).isoformat(),
+                int(record.linked),
             ),
         )
 

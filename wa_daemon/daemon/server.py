@@ -558,7 +558,7 @@ class Server:
             "connect": lambda p, c: m.connect(
                 p.session,
                 owner_uid=c.uid if c.uid >= 0 else None,
-                options=SessionOptions(p.whatsapp_url, p.takeover_on_conflict, p.idle_timeout),
+                options=SessionOptions(p.whatsapp_url, p.takeover_on_conflict, p.idle_timeout, p.phone_number),
                 caller=c.caller,
             ),
             "disconnect": lambda p, c: m.disconnect(p.session, c.caller),
@@ -573,6 +573,7 @@ class Server:
             "status": lambda p, c: m.status(p.session, c.caller),
             "list": lambda p, c: m.list_raw(p.states, c.caller),
             "qr": lambda p, c: m.qr(p.session, c.caller),
+            "pairing_code": lambda p, c: m.pairing_code(p.session, c.caller),
             "history": lambda p, c: History(p.session, m.history(p.session, p.limit, c.caller)),
             "metrics": self._metrics,
             "ping": lambda p, c: Pong(utcnow()),

@@ -22,6 +22,8 @@ import structlog
 import trio
 
 from ..protocol import (
+    PairingCode,
+    PairingCodeUpdated,
     QrCode,
     QrUpdated,
     Reason,
@@ -43,10 +45,14 @@ from .drivers.base import (
     LaunchOptions,
     Loading,
     LoggedOut,
+    LoginRequired,
     PageEvent,
+    PageInfo,
+    PairingError,
     PhoneOffline,
     QrExpired,
     QrShown,
+    Refused,
 )
 from .hub import Hub
 from .metrics import DaemonMetrics
@@ -79,6 +85,9 @@ class SessionContext:
     # Told when the runner ends in failed or logged_out, so the registry stops
     # restarting a session nobody can use until someone connects it again.
     on_settled: Callable[[Session], None] = lambda session: None
+    # Told when the session's profile starts or stops holding a login, so the
+    # registry remembers it across restarts.
+    on_linked: Callable[[Session], None] = lambda session: None
 
 
 @dataclass(frozen=True)
@@ -105,7 +114,10 @@ class _Recycle:
 
 # Fields that SessionStatus shows: setting any of them drops the cached status.
 _STATUS_FIELDS = frozenset(
-    {"state", "since", "attempt", "reason", "message", "last_error", "qr", "phone_offline", "owner_uid"}
+    {
+        "state", "since", "attempt", "reason", "message", "last_error", "qr", "phone_offline", "owner_uid",
+        "pairing_code", "web_version", "web_state", "linked",
+    }
 )
 
 # Counts status changes of every session, the creation of one included (its
@@ -146,6 +158,15 @@ class Session:
         self.history: deque[Transition] = deque(maxlen=ctx.config.history_size)
 
         self.qr: QrCode | None = None
+        self.pairing_code: PairingCode | None = None
+        self._code_seq = 0
+        self._code_refreshes = 0
+        self._code_deadline: float | None = None  # the code phase ends: code_timeout
+        self._code_renew_at: float | None = None  # the shown code runs out: ask for the next
+        self._code_wanted = False  # the page asks for a login and no code is on it
+        self.web_version: str | None = None
+        self.web_state: str | None = None
+        self.page_missing: tuple[str, ...] = ()  # contract items the live page lacks
         self._qr_seq = 0
         self._qr_refreshes = 0
         self._qr_deadline: float | None = None
@@ -158,10 +179,13 @@ class Session:
         self.state_changed_at = now
         self.last_attempt_at: float | None = None
         self._connected_since: float | None = None
-        # The profile holds a login: this session reached `connected` and was not logged out since.
-        self._linked = False
+        # The profile holds a login: this session reached `connected` and was not logged
+        # out since. Kept in the registry: after a restart a linked session whose page
+        # asks for a login was unlinked meanwhile, not a new one.
+        self.linked = False
         self._offline_since: float | None = None
 
+        self.should_run = False  # as last recorded in the registry (the manager keeps it)
         self.lock = trio.Lock()  # held by connect/disconnect/logout/delete, never by reads
         self.deleted = False
         self._stop_requested = False  # the browser is going away on purpose: not a crash
@@ -211,10 +235,23 @@ class Session:
             owner_uid=self.owner_uid,
             created_at=self.created_at,
             busy=self.lock.locked(),
+            pairing_code=self.pairing_code,
+            web_version=self.web_version,
+            web_state=self.web_state,
+            linked=self.linked,
         )
 
     def touch(self) -> None:
         self.last_touch = trio.current_time()
+
+    @property
+    def links_by_code(self) -> bool:
+        return bool(self.options.phone_number)
+
+    def _set_linked(self, linked: bool) -> None:
+        if self.linked != linked:
+            self.linked = linked
+            self.ctx.on_linked(self)
 
     # ------------------------------------------------------------------ transitions
 
@@ -233,6 +270,11 @@ class Session:
             self._qr_pending = None
             self._qr_flush_at = None
             self._qr_deadline = None
+        if to != State.WAITING_CODE:
+            self.pairing_code = None
+            self._code_deadline = None
+            self._code_renew_at = None
+            self._code_wanted = False
         if to != State.CONNECTED:
             self.phone_offline = False
             self._offline_since = None
@@ -314,7 +356,7 @@ class Session:
                     await browser.logout()
             await self.stop_runner()
             await self.ctx.driver.wipe_auth(self.id)
-            self._linked = False
+            self._set_linked(False)
             if self.state != State.LOGGED_OUT:
                 self.transition(State.LOGGED_OUT, Reason.LOGOUT_REQUESTED, "logged out on request; auth wiped")
 
@@ -371,7 +413,7 @@ class Session:
             if isinstance(outcome, _Terminal):
                 if outcome.wipe_auth:
                     await self.ctx.driver.wipe_auth(self.id)
-                    self._linked = False
+                    self._set_linked(False)
                 self.transition(outcome.state, outcome.reason, outcome.message)
                 return
             self.ctx.metrics.browser_crashes.labels(outcome.kind).inc()
@@ -454,14 +496,22 @@ class Session:
 
     async def _drive(self, browser: Browser) -> _Terminal | _Gone:
         """Follow the page until the browser is gone or the session reaches an end."""
+        cfg = self.ctx.config
         while True:
+            if self._code_wanted:
+                outcome = await self._next_code(browser)
+                if outcome is not None:
+                    return outcome
             wake = math.inf
             if self.state == State.WAITING_QR and self._qr_deadline is not None:
                 wake = self._qr_deadline
             if self._qr_flush_at is not None:
                 wake = min(wake, self._qr_flush_at)
             if self._offline_since is not None:
-                wake = min(wake, self._offline_since + self.ctx.config.phone_offline_grace)
+                wake = min(wake, self._offline_since + cfg.phone_offline_grace)
+            for at in (self._code_deadline, self._code_renew_at):
+                if at is not None:
+                    wake = min(wake, at)
             event: PageEvent | None = None
             with trio.move_on_at(wake):
                 try:
@@ -472,16 +522,21 @@ class Session:
             if self._qr_flush_at is not None and now >= self._qr_flush_at:
                 self._flush_qr()
             if event is None:
-                grace = self.ctx.config.phone_offline_grace
+                grace = cfg.phone_offline_grace
                 if self._offline_since is not None and now >= self._offline_since + grace:
                     self._offline_since = None
-                    return _Gone("connection_lost", f"the phone was unreachable for {grace:g} s")
+                    return _Gone("connection_lost", f"the connection to WhatsApp was down for {grace:g} s")
                 if self._qr_deadline is not None and now >= self._qr_deadline:
+                    return _Terminal(State.FAILED, Reason.QR_TIMEOUT, f"no scan within {cfg.qr_timeout:g} s")
+                if self._code_deadline is not None and now >= self._code_deadline:
                     return _Terminal(
                         State.FAILED,
-                        Reason.QR_TIMEOUT,
-                        f"no scan within {self.ctx.config.qr_timeout:g} s",
+                        Reason.CODE_TIMEOUT,
+                        f"no pairing code entered within {cfg.pairing_code_timeout:g} s",
                     )
+                if self._code_renew_at is not None and now >= self._code_renew_at:
+                    self._code_renew_at = None
+                    self._code_wanted = True
                 continue
             outcome = await self._on_page_event(browser, event)
             if outcome is not None:
@@ -489,29 +544,42 @@ class Session:
 
     async def _on_page_event(self, browser: Browser, event: PageEvent) -> _Terminal | _Gone | None:
         cfg = self.ctx.config
+        if isinstance(event, PageInfo):
+            self._on_page_info(event)
+            return None
+        if isinstance(event, LoginRequired):
+            return self._on_login_required(event)
         if isinstance(event, QrShown):
+            if self.links_by_code:
+                return None  # the page rotates QRs under the code; nobody scans them
             return self._on_qr(event)
         if isinstance(event, QrExpired):
+            if self.links_by_code:
+                return None  # LoginRequired(idle) asks for the next code
             if self.state == State.WAITING_QR and self._qr_budget_left():
                 self.log.info("qr_reload", refreshes=self._qr_refreshes)
                 await browser.reload_qr()
                 return None
             return _Terminal(State.FAILED, Reason.QR_TIMEOUT, "the QR codes ran out without a scan")
         if isinstance(event, Loading):
-            if self.state in (State.STARTING, State.WAITING_QR, State.RECONNECTING):
-                why = Reason.QR_SCANNED if self.state == State.WAITING_QR else Reason.AUTH_RESTORED
+            if self.state in (State.STARTING, State.WAITING_QR, State.WAITING_CODE, State.RECONNECTING):
+                why = {
+                    State.WAITING_QR: Reason.QR_SCANNED,
+                    State.WAITING_CODE: Reason.CODE_ENTERED,
+                }.get(self.state, Reason.AUTH_RESTORED)
                 self.transition(State.AUTHENTICATING, why)
             return None
         if isinstance(event, AppShown):
             if self.state != State.CONNECTED and self.transition(State.CONNECTED, Reason.APP_LOADED):
                 self._connected_since = trio.current_time()
-                self._linked = True
+                self._set_linked(True)
             return None
         if isinstance(event, LoggedOut):
+            why = f" (WhatsApp's reason: {event.reason})" if event.reason else ""
             return _Terminal(
                 State.LOGGED_OUT,
                 Reason.LOGGED_OUT_BY_PHONE,
-                "the phone unlinked this device; auth wiped",
+                f"the device was logged out{why}; auth wiped",
                 wipe_auth=True,
             )
         if isinstance(event, Conflict):
@@ -521,6 +589,14 @@ class Session:
                 await browser.take_over()
                 return None
             return _Terminal(State.FAILED, Reason.CONFLICT, "WhatsApp is open in another window")
+        if isinstance(event, Refused):
+            if event.kind == "deprecated":
+                return _Terminal(
+                    State.FAILED,
+                    Reason.WEB_VERSION_DEPRECATED,
+                    f"WhatsApp refuses this web version ({self.web_version or 'unknown'}): state {event.state}",
+                )
+            return _Terminal(State.FAILED, Reason.BLOCKED, f"WhatsApp blocks this device: state {event.state}")
         if isinstance(event, PhoneOffline):
             self.phone_offline = event.offline and self.state == State.CONNECTED
             # The page usually recovers by itself; only a long outage is worth a relaunch.
@@ -530,6 +606,82 @@ class Session:
         if isinstance(event, BrowserGone):
             return _Gone(event.kind, event.message)
         raise AssertionError(f"unknown page event {event!r}")
+
+    def _on_page_info(self, info: PageInfo) -> None:
+        if info.version != self.web_version and info.version is not None:
+            self.log.info("web_version", web_version=info.version)
+        if info.unknown and info.web_state != self.web_state and info.web_state is not None:
+            # Never a reason to fail: WhatsApp adds states; we show it and carry on.
+            self.ctx.metrics.web_unknown_states.labels(info.web_state).inc()
+            self.log.warning("web_state_unknown", web_state=info.web_state)
+        if info.missing != self.page_missing:
+            if info.missing:
+                self.log.warning("page_contract_missing", missing=list(info.missing))
+            self.page_missing = info.missing
+        self.web_version = info.version or self.web_version
+        self.web_state = info.web_state
+
+    def _on_login_required(self, event: LoginRequired) -> _Terminal | None:
+        if self.state == State.CONNECTED or (
+            self.linked and self.state in (State.STARTING, State.RECONNECTING, State.AUTHENTICATING)
+        ):
+            # A linked page never asks for a login: the login is gone, whatever the URL
+            # says. Also on the relaunch of a linked profile: the phone unlinked it while
+            # no browser ran (between a crash and its reconnect, or while stopped).
+            return _Terminal(
+                State.LOGGED_OUT,
+                Reason.LOGGED_OUT_BY_PHONE,
+                "the page asks for a new login: this device is no longer linked; auth wiped",
+                wipe_auth=True,
+            )
+        if self.links_by_code and (event.idle or self.pairing_code is None):
+            self._code_wanted = True
+        return None
+
+    # ------------------------------------------------------------------ pairing code
+
+    async def _next_code(self, browser: Browser) -> _Terminal | _Gone | None:
+        """Ask the page for a (new) pairing code, within the phase's refresh cap."""
+        cfg = self.ctx.config
+        self._code_wanted = False
+        first = self.state != State.WAITING_CODE
+        if not first:
+            self._code_refreshes += 1
+            if self._code_refreshes > cfg.pairing_code_max_refreshes:
+                return _Terminal(
+                    State.FAILED,
+                    Reason.CODE_TIMEOUT,
+                    f"no pairing code entered after {cfg.pairing_code_max_refreshes} new codes",
+                )
+        try:
+            code = await browser.request_pairing_code(self.options.phone_number or "")
+        except PairingError as exc:
+            return _Gone("pairing_failed", str(exc))
+        if first:
+            self._code_refreshes = 0
+            self._code_seq = 0
+        self._code_seq += 1
+        now = utcnow()
+        self.pairing_code = PairingCode(
+            session=self.id,
+            code=f"{code[:4]}-{code[4:]}",
+            generated_at=now,
+            expires_at=now + timedelta(seconds=cfg.pairing_code_interval),
+            seq=self._code_seq,
+        )
+        self._code_renew_at = trio.current_time() + cfg.pairing_code_interval
+        self.ctx.metrics.pairing_codes.inc()
+        if first:
+            # Set before the transition so its state event already carries the code.
+            self.transition(State.WAITING_CODE, Reason.CODE_SHOWN)
+            self._code_deadline = trio.current_time() + cfg.pairing_code_timeout
+        # A code is a login credential: the log gets a fingerprint, never the code.
+        self.log.info(
+            "pairing_code_published", seq=self._code_seq, code_fingerprint=qr_fingerprint(code),
+            expires_at=self.pairing_code.expires_at.isoformat(),
+        )
+        self.ctx.hub.publish(PairingCodeUpdated(self.pairing_code))
+        return None
 
     # ------------------------------------------------------------------ QR
 
@@ -542,16 +694,6 @@ class Session:
     def _on_qr(self, event: QrShown) -> _Terminal | None:
         cfg = self.ctx.config
         self.ctx.metrics.qr_generated.inc()
-        if self.state == State.CONNECTED or (self._linked and self.state in (State.STARTING, State.RECONNECTING)):
-            # A linked page never asks for a QR: the login is gone, whatever the URL says.
-            # Also on the relaunch of a linked profile: the phone unlinked it while no
-            # browser was running (between a crash and its reconnect, or while stopped).
-            return _Terminal(
-                State.LOGGED_OUT,
-                Reason.LOGGED_OUT_BY_PHONE,
-                "the page asks for a new QR: this device is no longer linked; auth wiped",
-                wipe_auth=True,
-            )
         if self.state == State.WAITING_QR:
             # A refresh: the same phase goes on, no transition.
             self._qr_refreshes += 1
@@ -561,7 +703,9 @@ class Session:
                 )
         else:
             if not is_allowed(self.state, State.WAITING_QR):
-                self.transition(State.WAITING_QR, Reason.QR_SHOWN)  # logged and counted as the bug it is
+                # Drivers announce a login with LoginRequired first, which ends a linked
+                # session; a QR alone where no login phase can begin changes nothing.
+                self.log.warning("qr_ignored", state=self.state.value)
                 return None
             self._qr_refreshes = 0
             self._qr_seq = 0

@@ -26,6 +26,14 @@ class LaunchOptions:
 
 
 @dataclass(frozen=True)
+class LoginRequired:
+    """The page needs a login (WhatsApp's UNPAIRED or UNPAIRED_IDLE, or a QR on a page
+    read through the DOM fallback). ``idle``: the current QR or code has run out."""
+
+    idle: bool = False
+
+
+@dataclass(frozen=True)
 class QrShown:
     """The page shows a login QR. ``ttl`` is how long the page keeps this ref."""
 
@@ -52,7 +60,10 @@ class AppShown:
 
 @dataclass(frozen=True)
 class LoggedOut:
-    """The phone unlinked this device; the saved auth is no longer valid."""
+    """The device was logged out (the phone unlinked it, or WhatsApp did); the saved
+    auth is no longer valid. ``reason``: WhatsApp's own, when the page gave one."""
+
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,7 +73,29 @@ class Conflict:
 
 @dataclass(frozen=True)
 class PhoneOffline:
+    """The page lost (True) or regained (False) its connection to WhatsApp."""
+
     offline: bool
+
+
+@dataclass(frozen=True)
+class Refused:
+    """WhatsApp refuses this device: ``kind`` is ``blocked`` or ``deprecated``; ``state``
+    is WhatsApp's socket state that says so (e.g. TOS_BLOCK, DEPRECATED_VERSION)."""
+
+    kind: str
+    state: str
+
+
+@dataclass(frozen=True)
+class PageInfo:
+    """What the page says about itself: WhatsApp's socket state as read (also one we do
+    not know: ``unknown`` is then True), its web version, and the contract items missing."""
+
+    web_state: str | None
+    unknown: bool
+    version: str | None
+    missing: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -73,11 +106,27 @@ class BrowserGone:
     message: str = ""
 
 
-PageEvent = QrShown | QrExpired | Loading | AppShown | LoggedOut | Conflict | PhoneOffline | BrowserGone
+PageEvent = (
+    LoginRequired
+    | QrShown
+    | QrExpired
+    | Loading
+    | AppShown
+    | LoggedOut
+    | Conflict
+    | PhoneOffline
+    | Refused
+    | PageInfo
+    | BrowserGone
+)
 
 
 class LaunchError(Exception):
     """The browser could not be started; the message says why."""
+
+
+class PairingError(Exception):
+    """The page could not give a pairing code; the message says why (never the code)."""
 
 
 class Browser(Protocol):
@@ -95,13 +144,20 @@ class Browser(Protocol):
         ...
 
     async def reload_qr(self) -> None:
-        """Click the reload button to start a new QR cycle."""
+        """Ask the page for a new QR cycle (WhatsApp's ``Cmd.refreshQR()``)."""
 
     async def take_over(self) -> None:
-        """Answer a conflict with "Use here"."""
+        """Take the session back from another window (WhatsApp's ``Socket.takeover()``)."""
 
-    async def logout(self) -> None:
-        """Log out from the page (unlinks the device)."""
+    async def request_pairing_code(self, phone_number: str) -> str:
+        """Start linking by phone number; returns the 8-character code the phone must
+        enter. Raises PairingError when the page cannot give one."""
+        ...
+
+    async def logout(self) -> bool:
+        """Log out through the page (WhatsApp's ``Socket.logout()``, unlinking the device on
+        the phone) and close the browser. True once the page confirmed the logout."""
+        ...
 
     async def close(self) -> None:
         """Close the browser and reap it. Idempotent; never raises; keeps saved auth."""

@@ -32,28 +32,19 @@ import trio
 import trio_asyncio
 
 from ..procfs import proc_files, stat_fields
-from .base import (
-    AppShown,
-    BrowserGone,
-    Conflict,
-    LaunchError,
-    LaunchOptions,
-    Loading,
-    LoggedOut,
-    PageEvent,
-    PhoneOffline,
-    QrExpired,
-    QrShown,
-)
-from .page import (
+from .adapter import (
     BINDING,
-    CLICK_LOGOUT,
-    CLICK_RELOAD,
-    CLICK_USE_HERE,
     POST_LOGOUT_MARKER,
-    desktop_user_agent,
-    watcher_script,
+    PageReader,
+    adapter_script,
+    call_script,
+    click_script,
+    needed_modules,
+    pairing_code_script,
 )
+from .base import BrowserGone, LaunchError, LaunchOptions, LoggedOut, PageEvent, PageInfo, PairingError
+from .contract import DEFAULT as DEFAULT_CONTRACT
+from .contract import PageContract
 
 log = structlog.get_logger("wa_daemon.chromium")
 T = TypeVar("T")
@@ -63,9 +54,8 @@ _SINGLETONS = ("SingletonLock", "SingletonSocket", "SingletonCookie")
 _PR_SET_PDEATHSIG = 1
 _EVENT_BUFFER = 1024
 
-# WhatsApp Web's QR rotation: the first ref of a cycle lasts 60 s, later ones 20 s.
-FIRST_QR_TTL = 60.0
-NEXT_QR_TTL = 20.0
+# How long a logout through the page may take to be confirmed by WhatsApp's logout event.
+LOGOUT_CONFIRM_TIMEOUT = 10.0
 
 # Each flag and why. Memory-saving flags are not here: see docs/performance.md.
 CHROMIUM_FLAGS: tuple[str, ...] = (
@@ -130,6 +120,15 @@ async def _aio(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
     """Await an asyncio coroutine function (pyppeteer) from trio."""
     result: T = await trio_asyncio.aio_as_trio(fn)(*args, **kwargs)
     return result
+
+
+def desktop_user_agent(chrome_version: str) -> str:
+    """A normal desktop Chrome UA: WhatsApp refuses one that says HeadlessChrome."""
+    major = chrome_version.split(".")[0] or "130"
+    return (
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        f"Chrome/{major}.0.0.0 Safari/537.36"
+    )
 
 
 def chromium_version(executable: str) -> str:
@@ -203,6 +202,7 @@ class ChromiumConfig:
     extra_args: tuple[str, ...] = ()
     user_agent: str | None = None
     app_lost_grace: float = 30.0
+    contract: PageContract = DEFAULT_CONTRACT
 
 
 # pyppeteer's error for an evaluate whose document went away mid-call (a navigation).
@@ -230,10 +230,11 @@ class ChromiumBrowser:
         self.page: Any = None
         self._closing = False
         self._gone = False
-        self._snapshot: dict[str, Any] = {}
+        self.reader = PageReader(driver.config.contract)
+        self.info: PageInfo | None = None  # the page's last word about itself
+        self._ready = trio.Event()  # the page can be driven (modules, or the DOM fallback)
         self._logged_out = trio.Event()
         self._app_lost = trio.Event()
-        self._refs_in_cycle = 0
 
     @property
     def events(self) -> trio.MemoryReceiveChannel[PageEvent]:
@@ -337,6 +338,10 @@ class ChromiumBrowser:
             nursery.start_soon(self._run_scoped, self._drain, stderr)
             with trio.fail_after(cfg.launch_timeout):
                 await self._attach(endpoint, user_agent)
+            with trio.move_on_after(cfg.launch_timeout):
+                await self._ready.wait()
+            if not self._ready.is_set():
+                raise LaunchError(self._not_ready_message(cfg.launch_timeout))
         except BaseException as exc:
             await self.close()
             if isinstance(exc, trio.TooSlowError):
@@ -370,7 +375,7 @@ class ChromiumBrowser:
         page.on("framenavigated", self._on_navigated)
         await _aio(page.setUserAgent, user_agent)
         await _aio(page.exposeFunction, BINDING, self._on_report)
-        await _aio(page.evaluateOnNewDocument, watcher_script())
+        await _aio(page.evaluateOnNewDocument, adapter_script(self.driver.config.contract))
         try:
             await _aio(page.goto, self.url, waitUntil="domcontentloaded", timeout=0)
         except Exception as exc:  # pyppeteer raises plain exceptions for net errors
@@ -400,41 +405,36 @@ class ChromiumBrowser:
             self._emit(LoggedOut())
 
     def _on_report(self, key: str) -> None:
-        """Called by the page's watcher (through the CDP binding) when what it shows changed."""
+        """Called by the page adapter (through the CDP binding) when what it reads changed."""
         try:
             snap = json.loads(key)
         except (TypeError, ValueError):
             return
-        prev, self._snapshot = self._snapshot, snap
-        if POST_LOGOUT_MARKER in str(snap.get("url", "")) and POST_LOGOUT_MARKER not in str(prev.get("url", "")):
-            self._logged_out.set()
-            self._emit(LoggedOut())
+        if not isinstance(snap, dict):
             return
-        if snap.get("blocked") and not prev.get("blocked"):
-            self._emit_gone("blocked", "WhatsApp Web refused this browser (user agent)")
-            return
-        ref = snap.get("ref")
-        if ref and ref != prev.get("ref"):
-            ttl = FIRST_QR_TTL if self._refs_in_cycle == 0 else NEXT_QR_TTL
-            self._refs_in_cycle += 1
-            self._emit(QrShown(ref, ttl))
-        if snap.get("reload") and not prev.get("reload"):
-            self._refs_in_cycle = 0
-            self._emit(QrExpired())
-        if snap.get("loading") and not snap.get("app") and (
-            not prev.get("loading") or snap.get("percent") != prev.get("percent")
-        ):
-            self._emit(Loading(snap.get("percent")))
-        if snap.get("app") and not prev.get("app"):
-            self._emit(AppShown())
-        if prev.get("app") and not snap.get("app") and not snap.get("conflict"):
+        reader = self.reader
+        had_app = reader.app
+        for event in reader.feed(snap):
+            if isinstance(event, PageInfo):
+                self.info = event
+            if isinstance(event, LoggedOut):
+                self._logged_out.set()
+            self._emit(event)
+        if reader.ready:
+            self._ready.set()
+        if had_app and not reader.app and not reader.holds:
             # A reload passes through here too (startup, loading, app): only an app
             # that stays away means the page lost WhatsApp.
             self._app_lost.set()
-        if snap.get("conflict") and not prev.get("conflict"):
-            self._emit(Conflict())
-        if bool(snap.get("offline")) != bool(prev.get("offline")):
-            self._emit(PhoneOffline(bool(snap.get("offline"))))
+
+    def _not_ready_message(self, timeout: float) -> str:
+        snap = self.reader.prev
+        missing = [m for m in snap.get("missing") or [] if m in needed_modules(self.driver.config.contract, pairing=False)]
+        if snap.get("modules") == "pending" or not snap:
+            what = "WhatsApp Web's module system (window.require) never appeared"
+        else:
+            what = "WhatsApp Web's modules are missing: " + ", ".join(missing or snap.get("missing") or ["?"])
+        return f"{what} within {timeout:g} s, and the page shows no QR and no app (see `wa-daemon probe`)"
 
     async def _hang_check(self) -> None:
         """A renderer that stops answering a trivial evaluate is as lost as a crashed one."""
@@ -461,36 +461,71 @@ class ChromiumBrowser:
             await self._app_lost.wait()
             self._app_lost = trio.Event()
             await trio.sleep(grace)
-            snap = self._snapshot
-            if not snap.get("app") and not snap.get("conflict") and not snap.get("ref"):
+            if not self.reader.app and not self.reader.holds:
                 self._emit_gone("connection_lost", f"the app has not been shown for {grace:g} s")
                 return
 
     # ------------------------------------------------------------------ actions
 
-    async def _page_call(self, script: str) -> bool:
+    async def _page_call(self, script: str, *args: Any) -> bool:
         if self.page is None or self._gone:
             return False
         try:
             with trio.fail_after(self.driver.config.hang_check_timeout):
-                return bool(await _aio(self.page.evaluate, script))
+                return bool(await _aio(self.page.evaluate, script, *args))
         except Exception as exc:  # a dead page is reported by the exit/hang watchers
             self.log.warning("page_call_failed", error=f"{type(exc).__name__}: {exc}")
             return False
 
+    async def _module_call(self, hook_name: str, method: str) -> bool:
+        hook = getattr(self.driver.config.contract.modules, hook_name)
+        return await self._page_call(call_script(hook.module, hook.path, method))
+
     async def reload_qr(self) -> None:
-        await self._page_call(CLICK_RELOAD)
+        names = self.driver.config.contract.names
+        if self.reader.modules_ok:
+            await self._module_call("cmd", names.cmd_refresh_qr)
+        else:
+            await self._page_call(click_script(self.driver.config.contract.dom.qr_reload))
 
     async def take_over(self) -> None:
-        await self._page_call(CLICK_USE_HERE)
+        if self.reader.modules_ok:
+            await self._module_call("socket", self.driver.config.contract.names.socket_takeover)
+        else:
+            # The DOM offers no language-free "Use here": the conflict stays, and the
+            # session's conflict handling decides (docs/states.md).
+            self.log.warning("takeover_unavailable", why="WhatsApp's modules are missing")
 
-    async def logout(self) -> None:
-        # Unlink from the page's own menu (best effort: the phone may already have
-        # unlinked us); the session wipes the profile afterwards in any case.
-        if await self._page_call(CLICK_LOGOUT):
-            with trio.move_on_after(2):
-                await self._logged_out.wait()
+    async def request_pairing_code(self, phone_number: str) -> str:
+        contract = self.driver.config.contract
+        if not self.reader.modules_ok or self.page is None or self._gone:
+            raise PairingError("WhatsApp Web's modules are missing: no linking API to ask for a code")
+        try:
+            with trio.fail_after(self.driver.config.hang_check_timeout):
+                code = await _aio(self.page.evaluate, pairing_code_script(contract), phone_number)
+        except trio.TooSlowError:
+            raise PairingError("the page gave no pairing code in time") from None
+        except Exception as exc:  # the page's own error: never carries the code
+            raise PairingError(f"the page refused a pairing code: {type(exc).__name__}: {str(exc)[:200]}") from None
+        text = str(code or "").strip().upper().replace("-", "")
+        if not re.fullmatch(r"[0-9A-Z]{8}", text):
+            raise PairingError(f"the page gave a pairing code of an unexpected shape ({len(text)} characters)")
+        return text
+
+    async def logout(self) -> bool:
+        # Log out through WhatsApp's own module, which unlinks the device on the phone
+        # (a failed logout would leave it linked, taking one of the phone's 4 slots),
+        # and wait for WhatsApp's logout event as the confirmation.
+        confirmed = False
+        if self.reader.modules_ok:
+            if await self._module_call("socket", self.driver.config.contract.names.socket_logout):
+                with trio.move_on_after(LOGOUT_CONFIRM_TIMEOUT):
+                    await self._logged_out.wait()
+            confirmed = self._logged_out.is_set()
+        if not confirmed:
+            self.log.warning("logout_unconfirmed", modules=self.reader.modules_ok)
         await self.close()
+        return confirmed
 
     async def close(self) -> None:
         """Politely close, then SIGTERM and SIGKILL the group; always reaped. Never raises."""

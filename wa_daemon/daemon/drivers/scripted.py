@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import math
 import secrets
 from dataclasses import dataclass, field
 
@@ -26,13 +27,19 @@ from .base import (
     LaunchOptions,
     Loading,
     LoggedOut,
+    LoginRequired,
     PageEvent,
+    PageInfo,
+    PairingError,
     PhoneOffline,
     QrExpired,
     QrShown,
+    Refused,
 )
 
 _EVENT_BUFFER = 64
+SCRIPTED_WEB_VERSION = "2.3000.0-scripted"
+_CODE_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTVWXYZ"
 
 
 def _fake_ref() -> str:
@@ -46,7 +53,9 @@ def _fake_ref() -> str:
 
 @dataclass
 class _Command:
-    name: str  # scan, logout, conflict, crash, disconnect, refresh_qr, reload, take_over, offline, online
+    # scan, logout, conflict, crash, disconnect, refresh_qr, reload, take_over, offline, online;
+    # and for tests: blocked, deprecated, unknown_state
+    name: str
 
 
 class ScriptedBrowser:
@@ -59,6 +68,9 @@ class ScriptedBrowser:
         self._scope = trio.CancelScope()
         self.closed = trio.Event()
         self.current_ref: str | None = None
+        self.code: str | None = None  # the pairing code on the page, if one was asked for
+        self.code_phone: str | None = None
+        self._code_deadline: float | None = None
 
     @property
     def events(self) -> trio.MemoryReceiveChannel[PageEvent]:
@@ -74,6 +86,7 @@ class ScriptedBrowser:
         cfg = self.driver.config
         with self._scope:
             try:
+                await self._emit(PageInfo("OPENING", False, SCRIPTED_WEB_VERSION, ()))
                 if self.session_id in self.driver.authed:
                     await self._load_app()
                 else:
@@ -91,6 +104,7 @@ class ScriptedBrowser:
         auto_scan_at = (
             trio.current_time() + cfg.auto_scan_after if cfg.auto_scan_after is not None else None
         )
+        await self._emit(LoginRequired())
         while True:
             for i in range(cfg.qr_refs_per_cycle):
                 ttl = cfg.first_qr_ttl if i == 0 else cfg.qr_ttl
@@ -113,9 +127,12 @@ class ScriptedBrowser:
                         break
                     await self._common(cmd)
             self.current_ref = None
+            await self._emit(LoginRequired(idle=True))
             await self._emit(QrExpired())
             while True:  # the reload button waits for a click
-                cmd = await self._cmd_recv.receive()
+                cmd = await self._command_until(math.inf)
+                if cmd is None:
+                    continue
                 if cmd.name == "reload":
                     break
                 await self._common(cmd)
@@ -142,7 +159,15 @@ class ScriptedBrowser:
                 await self._common(cmd)
 
     async def _common(self, cmd: _Command) -> None:
-        if cmd.name == "crash":
+        if cmd.name == "blocked":
+            await self._emit(PageInfo("TOS_BLOCK", False, SCRIPTED_WEB_VERSION, ()))
+            await self._emit(Refused("blocked", "TOS_BLOCK"))
+        elif cmd.name == "deprecated":
+            await self._emit(PageInfo("DEPRECATED_VERSION", False, SCRIPTED_WEB_VERSION, ()))
+            await self._emit(Refused("deprecated", "DEPRECATED_VERSION"))
+        elif cmd.name == "unknown_state":
+            await self._emit(PageInfo("FROBNICATED", True, SCRIPTED_WEB_VERSION, ()))
+        elif cmd.name == "crash":
             await self._gone("crashed", "scripted crash")
         elif cmd.name == "disconnect":
             await self._gone("connection_lost", "scripted connection loss")
@@ -158,9 +183,17 @@ class ScriptedBrowser:
         await trio.lowlevel.checkpoint()
 
     async def _command_until(self, deadline: float) -> _Command | None:
-        with trio.move_on_at(deadline):
-            return await self._cmd_recv.receive()
-        return None
+        """The next command before ``deadline``; None at the deadline. A pairing code
+        that runs out meanwhile makes the page ask for a new login, as WhatsApp's does."""
+        while True:
+            code_at = self._code_deadline
+            with trio.move_on_at(deadline if code_at is None else min(deadline, code_at)):
+                return await self._cmd_recv.receive()
+            if code_at is not None and trio.current_time() >= code_at:
+                self.code = self._code_deadline = None
+                await self._emit(LoginRequired(idle=True))
+                continue
+            return None
 
     # -- what the session and the tests do ------------------------------------
 
@@ -178,9 +211,19 @@ class ScriptedBrowser:
     async def take_over(self) -> None:
         self.command("take_over")
 
-    async def logout(self) -> None:
+    async def request_pairing_code(self, phone_number: str) -> str:
+        if self.closed.is_set() or self.current_ref is None and self.code is None:
+            raise PairingError("the page is not asking for a login")
+        self.code = "".join(secrets.choice(_CODE_ALPHABET) for _ in range(8))
+        self.code_phone = phone_number
+        self._code_deadline = trio.current_time() + self.driver.config.pairing_code_ttl
+        self.command("wake")  # the script re-reads the code deadline
+        return self.code
+
+    async def logout(self) -> bool:
         self.driver.authed.discard(self.session_id)
         await self.close()
+        return True
 
     async def close(self) -> None:
         self._scope.cancel()
