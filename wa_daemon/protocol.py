@@ -72,6 +72,7 @@ class State(str, enum.Enum):
     STOPPED = "stopped"
     STARTING = "starting"
     WAITING_QR = "waiting_qr"
+    WAITING_CODE = "waiting_code"  # linking by phone number: a pairing code is shown
     AUTHENTICATING = "authenticating"
     CONNECTED = "connected"
     RECONNECTING = "reconnecting"
@@ -90,12 +91,17 @@ class Reason(str, enum.Enum):
     CONFLICT = "conflict"
     LOGGED_OUT_BY_PHONE = "logged_out_by_phone"
     INACTIVE = "inactive"
+    CODE_TIMEOUT = "code_timeout"  # no pairing code was entered in time
+    BLOCKED = "blocked"  # WhatsApp refuses this device (PROXYBLOCK, TOS_BLOCK, SMB_TOS_BLOCK)
+    WEB_VERSION_DEPRECATED = "web_version_deprecated"  # WhatsApp refuses this web version
     # other transitions
     CONNECT_REQUESTED = "connect_requested"
     DISCONNECT_REQUESTED = "disconnect_requested"
     LOGOUT_REQUESTED = "logout_requested"
     QR_SHOWN = "qr_shown"
     QR_SCANNED = "qr_scanned"
+    CODE_SHOWN = "code_shown"
+    CODE_ENTERED = "code_entered"  # the phone took the pairing code; the app is loading
     APP_LOADED = "app_loaded"
     CONNECTION_LOST = "connection_lost"
     SHUTDOWN = "shutdown"
@@ -115,6 +121,14 @@ class QrCode(msgspec.Struct, frozen=True, gc=False):
     generated_at: datetime
     expires_at: datetime
     seq: int  # 1 for the first QR of a login phase, +1 per refresh
+
+
+class PairingCode(msgspec.Struct, frozen=True, gc=False):
+    session: str
+    code: str  # as shown to users, "ABCD-EFGH"; a login credential like a QR
+    generated_at: datetime
+    expires_at: datetime
+    seq: int  # 1 for the first code of a linking phase, +1 per new code
 
 
 class Transition(msgspec.Struct, frozen=True, gc=False):
@@ -139,6 +153,10 @@ class SessionStatus(msgspec.Struct, frozen=True, gc=False):
     owner_uid: int | None = None
     created_at: datetime | None = None
     busy: bool = False  # an operation (launch, stop) holds the session's lock
+    pairing_code: PairingCode | None = None  # while waiting_code
+    web_version: str | None = None  # WhatsApp Web's version, as the page reports it
+    web_state: str | None = None  # WhatsApp's own socket state, as last seen (also one we do not know)
+    linked: bool = False  # the profile holds a login (survives restarts)
 
 
 class SessionList(msgspec.Struct, frozen=True):
@@ -200,6 +218,11 @@ class SessionParams(msgspec.Struct, forbid_unknown_fields=True):
     session: SessionId
 
 
+# International number, digits only (no "+", spaces or dashes), as WhatsApp's linking API
+# takes it; "" (allowed by ``connect``) means "link by QR again".
+PHONE_NUMBER_RULE: Final = r"^[0-9]{7,15}\Z"
+PhoneNumber = Annotated[str, msgspec.Meta(pattern=r"^(?:[0-9]{7,15})?\Z")]
+
 # Where a session's browser goes: http(s) only, no whitespace or NUL (it reaches a command line).
 WebUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s\x00]+\Z", max_length=2048)]
 
@@ -211,6 +234,8 @@ class ConnectParams(msgspec.Struct, forbid_unknown_fields=True):
     whatsapp_url: WebUrl | None = None  # e.g. a wa-daemon-sim URL for tests
     takeover_on_conflict: bool | None = None  # None: the daemon's setting
     idle_timeout: Seconds | None = None  # stop when connected and untouched this long
+    # link by pairing code for this number instead of a QR; "" goes back to QR linking
+    phone_number: PhoneNumber | None = None
 
 
 class ListParams(msgspec.Struct, forbid_unknown_fields=True):
@@ -256,13 +281,17 @@ class QrUpdated(msgspec.Struct, tag="qr", tag_field="type", frozen=True):
     qr: QrCode
 
 
+class PairingCodeUpdated(msgspec.Struct, tag="pairing_code", tag_field="type", frozen=True):
+    code: PairingCode
+
+
 class SessionError(msgspec.Struct, tag="session_error", tag_field="type", frozen=True):
     session: str
     code: str
     message: str
 
 
-WatchEvent = Snapshot | StateChanged | QrUpdated | SessionError
+WatchEvent = Snapshot | StateChanged | QrUpdated | PairingCodeUpdated | SessionError
 
 
 # --------------------------------------------------------------------------- methods
@@ -282,6 +311,7 @@ METHODS: Final[dict[str, Method]] = {
     "status": Method(SessionParams, SessionStatus),
     "list": Method(ListParams, SessionList),
     "qr": Method(SessionParams, QrCode),
+    "pairing_code": Method(SessionParams, PairingCode),
     "history": Method(HistoryParams, History),
     "watch": Method(WatchParams, WatchEvent, stream=True),
     "metrics": Method(MetricsParams, Metrics),
