@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -34,7 +35,10 @@ from wa_daemon.errors import (
     WaDaemonError,
 )
 from wa_daemon.protocol import (
+    PHONE_NUMBER_RULE,
     End,
+    PairingCode,
+    PairingCodeUpdated,
     QrCode,
     QrUpdated,
     SessionError,
@@ -234,6 +238,15 @@ def cmd_qr(ctx: Ctx) -> int:
     return EXIT_OK
 
 
+def cmd_pairing_code(ctx: Ctx) -> int:
+    code = ctx.client.pairing_code(ctx.args.session)
+    if ctx.out.json:
+        ctx.out.doc(code)
+    else:
+        ctx.out.line(render.code_text(code))
+    return EXIT_OK
+
+
 def cmd_metrics(ctx: Ctx) -> int:
     metrics = ctx.client.metrics(prometheus=ctx.args.prometheus)
     if ctx.out.json:
@@ -379,6 +392,7 @@ class ConnectView:
         self.scale = scale
         self.state: State | None = None
         self.qr_data: str | None = None
+        self.code: PairingCode | None = None
         # Terminal rows written since the current QR was drawn; 0 when nothing can be redrawn.
         self.rows = 0
 
@@ -395,12 +409,14 @@ class ConnectView:
     def status(self, status: SessionStatus) -> None:
         if status.state != self.state:
             self.state = status.state
-            if status.state != State.WAITING_QR:
-                self.rows = 0  # the QR phase is over: its QR stays on screen as history
+            if status.state not in (State.WAITING_QR, State.WAITING_CODE):
+                self.rows = 0  # the login phase is over: its QR or code stays on screen as history
             if not self.out.json:
                 self.print(render.state_line(status))
         if status.qr is not None:
             self.qr(status.qr)
+        if status.pairing_code is not None:
+            self.pairing_code(status.pairing_code)
 
     def qr(self, qr: QrCode) -> None:
         # A snapshot carries the QR of the moment, which the next qr event may repeat.
@@ -411,19 +427,29 @@ class ConnectView:
             save_png(qr, self.png, self.scale)
         if self.out.json:
             return
-        if self.out.tty and self.rows:
-            if self.rows < shutil.get_terminal_size().lines:
-                self.out.write(f"\x1b[{self.rows}A\r\x1b[J")  # up to the old QR, erase to the end
-            else:
-                self.out.write("\x1b[H\x1b[2J")  # it scrolled out of reach: clear the screen
-        text = render.qr_text(qr.data, unicode=self.out.unicode).rstrip("\n")
         caption = render.qr_caption(qr)
         if self.png:
             caption += f" Saved to {self.png}."
-        self.out.line(text)
-        self.out.line(caption)
+        self._redraw(render.qr_text(qr.data, unicode=self.out.unicode).rstrip("\n"), caption)
+
+    def pairing_code(self, code: PairingCode) -> None:
+        if code == self.code:
+            return
+        self.code = code
+        if not self.out.json:
+            self._redraw(render.code_text(code))
+
+    def _redraw(self, *blocks: str) -> None:
+        """Print ``blocks`` in place of the previous QR or code on a terminal."""
+        if self.out.tty and self.rows:
+            if self.rows < shutil.get_terminal_size().lines:
+                self.out.write(f"\x1b[{self.rows}A\r\x1b[J")  # up to the old one, erase to the end
+            else:
+                self.out.write("\x1b[H\x1b[2J")  # it scrolled out of reach: clear the screen
+        for block in blocks:
+            self.out.line(block)
         if self.out.tty:
-            self.rows = self._rows_of(text) + self._rows_of(caption)
+            self.rows = sum(self._rows_of(block) for block in blocks)
 
     def event(self, event: WatchEvent) -> None:
         if self.out.json:
@@ -432,6 +458,8 @@ class ConnectView:
             self.status(event.status)
         elif isinstance(event, QrUpdated):
             self.qr(event.qr)
+        elif isinstance(event, PairingCodeUpdated):
+            self.pairing_code(event.code)
         elif isinstance(event, SessionError) and not self.out.json:
             self.print(f"{event.session}: error {event.code}: {render.cell(event.message)}")
 
@@ -457,7 +485,7 @@ def session_ended(status: SessionStatus) -> CliError:
 
 def cmd_connect(ctx: Ctx) -> int:
     args, out = ctx.args, ctx.out
-    status = ctx.client.connect(args.session)
+    status = ctx.client.connect(args.session, phone_number=args.phone)
     if args.no_wait:
         show_status(ctx, status)
         return EXIT_OK
@@ -510,6 +538,7 @@ COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "delete": cmd_delete,
     "history": cmd_history,
     "qr": cmd_qr,
+    "pairing-code": cmd_pairing_code,
     "metrics": cmd_metrics,
     "health": cmd_health,
     "ping": cmd_ping,
@@ -518,6 +547,15 @@ COMMANDS: dict[str, Callable[[Ctx], int]] = {
 }
 
 # ============================================================================ parser
+
+
+def phone_number(text: str) -> str:
+    digits = text.strip()
+    if digits and not re.fullmatch(PHONE_NUMBER_RULE, digits):
+        raise argparse.ArgumentTypeError(
+            f"not a phone number: {text!r} (international, 7 to 15 digits, no '+', spaces or dashes)"
+        )
+    return digits
 
 
 def _bounded(
@@ -617,9 +655,16 @@ def build_parser() -> argparse.ArgumentParser:
             help="only sessions in this state (repeatable): " + ", ".join(STATES),
         )
 
-    q = add("connect", "start a session; show its QR until it is connected")
+    q = add("connect", "start a session; show its QR (or pairing code) until it is connected")
     session(q)
     png(q)
+    q.add_argument(
+        "--phone",
+        type=phone_number,
+        metavar="NUMBER",
+        help="link with a pairing code for this number (international, digits only, e.g. 12025550108) "
+        "instead of a QR; --phone '' goes back to QR linking",
+    )
     q.add_argument(
         "--no-wait", action="store_true", help="return after the connect call, printing the status"
     )
@@ -673,6 +718,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = add("qr", "show a session's current QR and its expiry")
     session(q)
     png(q)
+
+    session(add("pairing-code", "show a session's current pairing code and where to type it"))
 
     q = add("metrics", "show the daemon's metrics")
     q.add_argument("--prometheus", action="store_true", help="print the Prometheus text exposition")

@@ -19,6 +19,8 @@ import segno
 
 from wa_daemon.protocol import (
     End,
+    PairingCode,
+    PairingCodeUpdated,
     QrCode,
     QrUpdated,
     Sample,
@@ -146,6 +148,8 @@ def event_line(event: WatchEvent, now: datetime | None = None) -> str:
             line += f" reason={s.reason}"
         if s.qr is not None:
             line += f" qr=#{s.qr.seq} expires={iso(s.qr.expires_at)}"
+        if s.pairing_code is not None:
+            line += f" pairing_code=#{s.pairing_code.seq} expires={iso(s.pairing_code.expires_at)}"
         return line + _message(s.message)
     if isinstance(event, StateChanged):
         t = event.transition
@@ -156,6 +160,10 @@ def event_line(event: WatchEvent, now: datetime | None = None) -> str:
     if isinstance(event, QrUpdated):
         q = event.qr
         return f"{iso(q.generated_at)} {q.session} qr #{q.seq} expires={iso(q.expires_at)}"
+    if isinstance(event, PairingCodeUpdated):
+        # Like a QR, the code is a credential: a log of events names it, never shows it.
+        c = event.code
+        return f"{iso(c.generated_at)} {c.session} pairing_code #{c.seq} expires={iso(c.expires_at)}"
     if isinstance(event, SessionError):
         return f"{iso(now)} {event.session} error {event.code}{_message(event.message)}"
     raise TypeError(f"unknown watch event {event!r}")
@@ -186,6 +194,17 @@ def qr_caption(qr: QrCode, now: datetime | None = None) -> str:
     return (
         f"QR #{qr.seq} for {qr.session}, expires {iso(qr.expires_at)} (in {left} s). "
         "Scan it in WhatsApp: Settings > Linked devices > Link a device."
+    )
+
+
+def code_text(code: PairingCode, now: datetime | None = None) -> str:
+    """The pairing code and where to type it."""
+    left = max(0, round((code.expires_at - (now or utcnow())).total_seconds()))
+    return (
+        f"    {code.code}\n"
+        f"Pairing code #{code.seq} for {code.session}, expires {iso(code.expires_at)} (in {left} s).\n"
+        "Type it in WhatsApp on the phone: Settings > Linked devices > Link a device >\n"
+        "Link with phone number instead."
     )
 
 

@@ -55,7 +55,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="wa-daemon",
         description="WhatsApp Web session daemon. `wa-daemon check-config [FILE]` validates a configuration "
-        "file and prints the effective configuration.",
+        "file and prints the effective configuration; `wa-daemon probe` checks that WhatsApp Web still "
+        "offers what a session needs.",
     )
     p.add_argument("--config", metavar="FILE", help=f"configuration file (default: ${ENV_CONFIG}, "
                    f"else {DEFAULT_CONFIG_PATH} if it exists)")
@@ -123,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["check-config"]:
         return check_config(argv[1:])
+    if argv[:1] == ["probe"]:
+        from .probe import main as probe
+
+        return probe(argv[1:])
     args = parser().parse_args(argv)
     try:
         source = config_source(args)

@@ -575,11 +575,11 @@ class Session:
                 self._set_linked(True)
             return None
         if isinstance(event, LoggedOut):
-            why = f" (WhatsApp's reason: {event.reason})" if event.reason else ""
+            whatsapps = f" (WhatsApp's reason: {event.reason})" if event.reason else ""
             return _Terminal(
                 State.LOGGED_OUT,
                 Reason.LOGGED_OUT_BY_PHONE,
-                f"the device was logged out{why}; auth wiped",
+                f"the device was logged out{whatsapps}; auth wiped",
                 wipe_auth=True,
             )
         if isinstance(event, Conflict):

@@ -22,9 +22,9 @@ from typing import Any, Final
 from .base import (
     AppShown,
     Conflict,
+    Loading,
     LoggedOut,
     LoginRequired,
-    Loading,
     PageEvent,
     PageInfo,
     PhoneOffline,
@@ -120,11 +120,13 @@ class PageReader:
 
     @property
     def holds(self) -> bool:
-        """The page shows something that is not a loss of WhatsApp: a login or a conflict."""
+        """The page, without its app, says why in a way the session handles itself (a
+        login, a conflict, a refusal, an outage with its own grace, or a state we do not
+        know and must not act on): not a loss of the page to time out on."""
         s = self.prev
         if self._modules(s):
             st = self.contract.states
-            return s.get("state") in st.login or s.get("state") in st.conflict
+            return s.get("state") not in (*st.waiting, *st.pairing, *st.connected)
         dom = s.get("dom") or {}
         return bool(dom.get("ref") or dom.get("reload"))
 

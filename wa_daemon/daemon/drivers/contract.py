@@ -11,11 +11,16 @@ release. The DOM is a fallback only, through language-free signals.
 
 from __future__ import annotations
 
-import tomllib
+import sys
 from pathlib import Path
 from typing import Any, Final
 
 import msgspec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 
 class Hook(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

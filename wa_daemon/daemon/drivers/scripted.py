@@ -68,6 +68,7 @@ class ScriptedBrowser:
         self._scope = trio.CancelScope()
         self.closed = trio.Event()
         self.current_ref: str | None = None
+        self.unpaired = False  # the page asks for a login (QR or code)
         self.code: str | None = None  # the pairing code on the page, if one was asked for
         self.code_phone: str | None = None
         self._code_deadline: float | None = None
@@ -104,6 +105,7 @@ class ScriptedBrowser:
         auto_scan_at = (
             trio.current_time() + cfg.auto_scan_after if cfg.auto_scan_after is not None else None
         )
+        self.unpaired = True
         await self._emit(LoginRequired())
         while True:
             for i in range(cfg.qr_refs_per_cycle):
@@ -119,23 +121,32 @@ class ScriptedBrowser:
                             cmd = _Command("scan")
                         else:
                             break  # this ref expired
-                    if cmd.name == "scan":
-                        self.driver.authed.add(self.session_id)
-                        await self._load_app()
+                    if cmd.name == "scan":  # a scanned QR, or an entered pairing code
+                        await self._link()
                         return
                     if cmd.name == "refresh_qr":
                         break
                     await self._common(cmd)
             self.current_ref = None
-            await self._emit(LoginRequired(idle=True))
-            await self._emit(QrExpired())
+            if self.code is None:  # a page showing a pairing code shows no QR to run out
+                await self._emit(LoginRequired(idle=True))
+                await self._emit(QrExpired())
             while True:  # the reload button waits for a click
                 cmd = await self._command_until(math.inf)
                 if cmd is None:
                     continue
                 if cmd.name == "reload":
                     break
+                if cmd.name == "scan" and self.code is not None:
+                    await self._link()
+                    return
                 await self._common(cmd)
+
+    async def _link(self) -> None:
+        self.unpaired = False
+        self.code = self._code_deadline = None
+        self.driver.authed.add(self.session_id)
+        await self._load_app()
 
     async def _load_app(self) -> None:
         self.current_ref = None
@@ -212,7 +223,7 @@ class ScriptedBrowser:
         self.command("take_over")
 
     async def request_pairing_code(self, phone_number: str) -> str:
-        if self.closed.is_set() or self.current_ref is None and self.code is None:
+        if self.closed.is_set() or not self.unpaired:
             raise PairingError("the page is not asking for a login")
         self.code = "".join(secrets.choice(_CODE_ALPHABET) for _ in range(8))
         self.code_phone = phone_number
