@@ -168,3 +168,16 @@ async def test_linked_is_remembered_across_a_restart(autojump_clock: trio.testin
         await m.shutdown()
         nursery.cancel_scope.cancel()
     registry.close()
+
+
+async def test_a_code_the_page_lets_run_out_early_is_renewed_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_manager(scripted={"pairing_code_ttl": 60}) as (m, _):
+        await m.connect("a", options=SessionOptions(phone_number=PHONE))
+        await wait_state(m, "a", State.WAITING_CODE)
+        first = m.pairing_code("a")
+        started = trio.current_time()
+        with trio.fail_after(200):
+            while m.pairing_code("a") == first:
+                await trio.sleep(0.5)
+        assert trio.current_time() - started == pytest.approx(60, abs=1)  # the page's 60 s, not our 180 s
+        assert m.pairing_code("a").seq == 2

@@ -62,6 +62,11 @@ from .states import NEEDS_REASON, is_allowed
 log = structlog.get_logger("wa_daemon.session")
 
 
+# An "idle" login report this soon after a new pairing code was given describes the
+# code it replaced (both were under way at once), not the new one.
+CODE_IDLE_STALE = 10.0
+
+
 def qr_fingerprint(data: str) -> str:
     """12 hex digits of the payload's SHA-256: enough to tell QRs apart in logs, useless to log in with."""
     return hashlib.sha256(data.encode()).hexdigest()[:12]
@@ -164,6 +169,7 @@ class Session:
         self._code_deadline: float | None = None  # the code phase ends: code_timeout
         self._code_renew_at: float | None = None  # the shown code runs out: ask for the next
         self._code_wanted = False  # the page asks for a login and no code is on it
+        self._code_at = -math.inf  # when the current code was given (trio clock)
         self.web_version: str | None = None
         self.web_state: str | None = None
         self.page_missing: tuple[str, ...] = ()  # contract items the live page lacks
@@ -634,8 +640,13 @@ class Session:
                 "the page asks for a new login: this device is no longer linked; auth wiped",
                 wipe_auth=True,
             )
-        if self.links_by_code and (event.idle or self.pairing_code is None):
-            self._code_wanted = True
+        if self.links_by_code:
+            if self.pairing_code is None:
+                self._code_wanted = True
+            elif event.idle and trio.current_time() - self._code_at >= CODE_IDLE_STALE:
+                # The page's code ran out before our renewal timer: ask now. An idle
+                # report just after a new code was given is about the code it replaced.
+                self._code_wanted = True
         return None
 
     # ------------------------------------------------------------------ pairing code
@@ -669,7 +680,8 @@ class Session:
             expires_at=now + timedelta(seconds=cfg.pairing_code_interval),
             seq=self._code_seq,
         )
-        self._code_renew_at = trio.current_time() + cfg.pairing_code_interval
+        self._code_at = trio.current_time()
+        self._code_renew_at = self._code_at + cfg.pairing_code_interval
         self.ctx.metrics.pairing_codes.inc()
         if first:
             # Set before the transition so its state event already carries the code.
