@@ -224,3 +224,23 @@ def test_contract_file_overrides_and_errors(tmp_path: Path) -> None:
 def test_needed_modules() -> None:
     assert needed_modules(DEFAULT, pairing=False)[:3] == ["WAWebSocketModel.Socket", "WAWebConnModel.Conn", "WAWebCmd.Cmd"]
     assert "WAWebAltDeviceLinkingApi" in needed_modules(DEFAULT, pairing=True)
+
+
+def test_the_contract_doc_names_every_key_with_its_built_in_value() -> None:
+    import msgspec
+
+    text = (Path(__file__).parent.parent / "docs" / "page-adapter.md").read_text()
+    table = text[text.index("| section | keys"):]
+    for section, values in msgspec.to_builtins(DEFAULT).items():
+        if isinstance(values, str):
+            assert f"`{section}` (`{values}`" in table
+            continue
+        for key, value in values.items():
+            if section == "dom":
+                assert f"`{key}`" in table
+            elif section == "modules":
+                shown = f"`{key}` (`{value['module']}`" + (f", `{value['path']}`)" if value["path"] else ")")
+                assert shown in table, shown
+            else:
+                shown = f"`{key}` (" + ", ".join(f"`{v}`" for v in (value if isinstance(value, list) else [value])) + ")"
+                assert shown in table, shown

@@ -63,6 +63,10 @@ DOCUMENTED_METRICS = {
     "wa_connections_closed_total",
     "wa_accept_failures_total",
     "wa_session_recycles_total",
+    "wa_web_version_info",
+    "wa_page_contract_missing",
+    "wa_web_unknown_states_total",
+    "wa_pairing_codes_total",
 }
 # prometheus_client's process collector (the daemon process), and Prometheus' own `up`.
 PROCESS_METRICS = {
