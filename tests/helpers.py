@@ -41,7 +41,7 @@ def make_config(**overrides: Any) -> Config:
 async def open_manager(**overrides: Any) -> AsyncIterator[tuple[SessionManager, ScriptedDriver]]:
     cfg = make_config(**overrides)
     async with trio.open_nursery() as nursery:
-        driver = ScriptedDriver(nursery, cfg.scripted)
+        driver = ScriptedDriver(cfg.scripted)
         manager = SessionManager(cfg, driver, nursery, rng=random.Random(1))
         nursery.start_soon(manager.cleanup_loop)
         try:

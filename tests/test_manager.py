@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 import pytest
 import trio
 import trio.testing
@@ -11,6 +13,17 @@ from wa_daemon.errors import LimitExceeded, NotFound, RateLimited
 from wa_daemon.protocol import QrUpdated, Reason, State, StateChanged
 
 from .helpers import open_manager, wait_state
+
+
+def before_open(driver, hook) -> None:  # type: ignore[no-untyped-def]
+    """Call ``hook(options)`` as each browser is opened (it may raise, as a broken driver would)."""
+    real_open = driver.open
+
+    def spying_open(options):  # type: ignore[no-untyped-def]
+        hook(options)
+        return real_open(options)
+
+    driver.open = spying_open
 
 
 def invalid_transitions(manager) -> float:  # type: ignore[no-untyped-def]
@@ -145,19 +158,25 @@ async def test_launches_limited_and_queued_in_order(autojump_clock: trio.testing
     async with open_manager(max_concurrent_launches=2, scripted={"launch_delay": 3}) as (m, driver):
         active = peak = 0
         order: list[str] = []
-        real_launch = driver.launch
+        real_open = driver.open
 
-        async def counting_launch(options):  # type: ignore[no-untyped-def]
+        @asynccontextmanager
+        async def counting_open(options):  # type: ignore[no-untyped-def]
             nonlocal active, peak
             order.append(options.session_id)
             active += 1
             peak = max(peak, active)
             try:
-                return await real_launch(options)
+                cm = real_open(options)
+                browser = await cm.__aenter__()
             finally:
-                active -= 1
+                active -= 1  # launched (or not): the launch slot is free again
+            try:
+                yield browser
+            finally:
+                await cm.__aexit__(None, None, None)
 
-        driver.launch = counting_launch  # type: ignore[method-assign]
+        driver.open = counting_open  # type: ignore[method-assign]
         ids = [f"s{i}" for i in range(7)]
         for sid in ids:
             await m.connect(sid)
@@ -273,13 +292,7 @@ async def test_reconnect_backoff_5_15_45_then_failed(autojump_clock: trio.testin
         driver.simulate("a", "scan")
         await wait_state(m, "a", State.CONNECTED)
         launch_times: list[float] = []
-        real_launch = driver.launch
-
-        async def timed_launch(options):  # type: ignore[no-untyped-def]
-            launch_times.append(trio.current_time())
-            return await real_launch(options)
-
-        driver.launch = timed_launch  # type: ignore[method-assign]
+        before_open(driver, lambda options: launch_times.append(trio.current_time()))
         crash_times = []
         for expected_attempt in (1, 2, 3):
             crash_times.append(trio.current_time())
@@ -432,13 +445,7 @@ async def test_connect_options_are_remembered(autojump_clock: trio.testing.MockC
 
     async with open_manager(connect_min_interval=0) as (m, driver):
         seen = []
-        real_launch = driver.launch
-
-        async def spy(options):  # type: ignore[no-untyped-def]
-            seen.append(options.url)
-            return await real_launch(options)
-
-        driver.launch = spy  # type: ignore[method-assign]
+        before_open(driver, lambda options: seen.append(options.url))
         await m.connect("a", options=SessionOptions(whatsapp_url="http://127.0.0.1:9/", takeover_on_conflict=False))
         await wait_state(m, "a", State.WAITING_QR)
         await m.disconnect("a")
@@ -505,10 +512,10 @@ async def test_broken_driver_reports_state_and_error_never_raises(autojump_clock
         class Boom(Exception):
             pass
 
-        async def broken_launch(options):  # type: ignore[no-untyped-def]
+        def broken(options):  # type: ignore[no-untyped-def]
             raise Boom("driver bug")
 
-        driver.launch = broken_launch  # type: ignore[method-assign]
+        before_open(driver, broken)
         await m.connect("a")
         await wait_state(m, "a", State.FAILED)
         st = m.status("a")

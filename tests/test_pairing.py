@@ -144,7 +144,7 @@ async def test_linked_is_remembered_across_a_restart(autojump_clock: trio.testin
 
     cfg = make_config()
     async with trio.open_nursery() as nursery:
-        driver = ScriptedDriver(nursery, cfg.scripted)
+        driver = ScriptedDriver(cfg.scripted)
         m = SessionManager(cfg, driver, nursery, registry=registry)
         await m.connect("a")
         await wait_state(m, "a", State.WAITING_QR)
@@ -157,7 +157,7 @@ async def test_linked_is_remembered_across_a_restart(autojump_clock: trio.testin
 
     registry = SqliteRegistry(tmp_path / "r.sqlite3")
     async with trio.open_nursery() as nursery:
-        driver = ScriptedDriver(nursery, cfg.scripted)  # a fresh driver: the phone unlinked the profile
+        driver = ScriptedDriver(cfg.scripted)  # a fresh driver: the phone unlinked the profile
         m = SessionManager(cfg, driver, nursery, registry=registry)
         assert m.restore() == 1
         assert m.status("a").linked

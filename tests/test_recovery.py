@@ -84,7 +84,7 @@ def _link(wa: Client, sim: str, sid: str) -> None:
 
 def _tmp_base(state: Path) -> Path:
     """Where the daemon makes each browser's TMPDIR for this state dir."""
-    return ChromiumDriver(None, ChromiumConfig(executable="", state_dir=state, url="")).tmp_base  # type: ignore[arg-type]
+    return ChromiumDriver(ChromiumConfig(executable="", state_dir=state, url="")).tmp_base
 
 
 def _browser_pid(state: Path, sid: str) -> int | None:

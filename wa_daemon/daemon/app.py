@@ -29,14 +29,13 @@ from .systemd import Notifier
 log = structlog.get_logger("wa_daemon")
 
 
-def make_driver(config: Config, nursery: trio.Nursery) -> Driver:
+def make_driver(config: Config) -> Driver:
     if config.driver == "scripted":
-        return ScriptedDriver(nursery, config.scripted)
+        return ScriptedDriver(config.scripted)
     from .drivers.chromium import ChromiumConfig, ChromiumDriver
     from .drivers.contract import load_contract
 
     driver = ChromiumDriver(
-        nursery,
         ChromiumConfig(
             executable=config.chromium_path,
             state_dir=state_dir_of(config),
@@ -106,7 +105,7 @@ class Daemon:
         bound = bound or bind_unix_socket(self.socket_path, group=cfg.socket_group)
         try:
             async with self._browser_loop(), trio.open_nursery() as sessions:
-                self.driver = make_driver(cfg, sessions)
+                self.driver = make_driver(cfg)
                 registry = make_registry(cfg)
                 manager = self.manager = SessionManager(
                     cfg, self.driver, sessions, registry=registry, rng=self._rng

@@ -120,9 +120,8 @@ async def run_probe(config: Config, url: str, timeout: float) -> Report:
     contract = load_contract(config.page_contract)
     state_dir = Path(tempfile.mkdtemp(prefix="wa-probe-"))
     try:
-        async with open_browser_loop(), trio.open_nursery() as nursery:
+        async with open_browser_loop():
             driver = ChromiumDriver(
-                nursery,
                 ChromiumConfig(
                     executable=config.chromium_path,
                     state_dir=state_dir,
@@ -135,26 +134,22 @@ async def run_probe(config: Config, url: str, timeout: float) -> Report:
             )
             driver.start()
             try:
-                browser = await driver.launch(LaunchOptions("probe", url))
+                async with driver.open(LaunchOptions("probe", url)) as browser:
+                    # A fresh profile ends at a login: wait for its QR (or for the timeout).
+                    with trio.move_on_after(timeout):
+                        while True:
+                            snap = browser.reader.prev
+                            if snap.get("modules") == "ok" and snap.get("state") and (
+                                snap.get("state") not in contract.states.waiting + contract.states.login
+                                or snap.get("qr")
+                            ):
+                                break
+                            await trio.sleep(0.1)
+                    return judge(browser.reader.prev, contract, url)
             except LaunchError as exc:
                 report = judge({}, contract, url)
                 report.ok, report.error = False, str(exc)
-                nursery.cancel_scope.cancel()
                 return report
-            try:
-                # A fresh profile ends at a login: wait for its QR (or for the timeout).
-                with trio.move_on_after(timeout):
-                    while True:
-                        snap = browser.reader.prev
-                        if snap.get("modules") == "ok" and snap.get("state") and (
-                            snap.get("state") not in contract.states.waiting + contract.states.login or snap.get("qr")
-                        ):
-                            break
-                        await trio.sleep(0.1)
-                return judge(browser.reader.prev, contract, url)
-            finally:
-                await browser.close()
-                nursery.cancel_scope.cancel()
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)
 

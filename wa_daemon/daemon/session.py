@@ -13,7 +13,8 @@ import hashlib
 import math
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -375,8 +376,6 @@ class Session:
         except Exception as exc:  # a bug in a session must not take the daemon down
             self.log.exception("session_runner_crashed")
             self.last_error = f"internal error: {type(exc).__name__}: {exc}"
-            if self._browser is not None:
-                await self._close_browser(self._browser)
             self.transition(State.FAILED, Reason.INTERNAL_ERROR, self.last_error)
         finally:
             self._runner = None
@@ -387,8 +386,17 @@ class Session:
     async def _lifecycle(self) -> None:
         relaunching = False
         while True:
+            outcome: _Terminal | _Gone | None = None
+            recycle: _Recycle | None = None
             try:
-                browser = await self._launch()
+                async with self._open_browser() as browser:
+                    try:
+                        with trio.CancelScope() as drive_scope:
+                            self._drive_scope = drive_scope
+                            outcome = await self._drive(browser)
+                    finally:
+                        self._drive_scope = None
+                        recycle, self._recycle = self._recycle, None
             except LaunchError as exc:
                 self.ctx.metrics.launches.labels("error").inc()
                 self._error(Reason.LAUNCH_ERROR.value, f"launch failed: {exc}")
@@ -398,15 +406,6 @@ class Session:
                 if not await self._reconnect_after(Reason.LAUNCH_ERROR, str(exc)):
                     return
                 continue
-            outcome: _Terminal | _Gone | None = None
-            try:
-                with trio.CancelScope() as drive_scope:
-                    self._drive_scope = drive_scope
-                    outcome = await self._drive(browser)
-            finally:
-                self._drive_scope = None
-                recycle, self._recycle = self._recycle, None
-                await self._close_browser(browser)
             if self._stop_requested:
                 return  # the operation that asked for the stop (logout) sets the state
             if outcome is None:  # the drive was cancelled by recycle()
@@ -429,29 +428,37 @@ class Session:
                 return
             relaunching = True
 
-    async def _launch(self) -> Browser:
+    @asynccontextmanager
+    async def _open_browser(self) -> AsyncIterator[Browser]:
+        """The session's browser for the block. A launch slot is held only while it
+        starts; when the block ends the driver closes it (shielded, bounded)."""
         metrics = self.ctx.metrics
-        metrics.launch_queue.inc()
-        queued = True
-        try:
-            async with self.ctx.launch_slots:
-                metrics.launch_queue.dec()
-                queued = False
-                browser = await self.ctx.driver.launch(LaunchOptions(self.id, self.options.whatsapp_url))
-        finally:
-            if queued:
-                metrics.launch_queue.dec()
-        self._browser = browser
-        metrics.launches.labels("ok").inc()
-        return browser
-
-    async def _close_browser(self, browser: Browser) -> None:
-        with trio.CancelScope(shield=True):
-            with trio.move_on_after(self.ctx.config.browser_stop_timeout) as cs:
-                await browser.close()
-            if cs.cancelled_caught:
-                self.log.error("browser_close_timeout", timeout=self.ctx.config.browser_stop_timeout)
-        self._browser = None
+        async with AsyncExitStack() as stack:
+            metrics.launch_queue.inc()
+            queued = True
+            try:
+                async with self.ctx.launch_slots:
+                    metrics.launch_queue.dec()
+                    queued = False
+                    browser = await stack.enter_async_context(
+                        self.ctx.driver.open(LaunchOptions(self.id, self.options.whatsapp_url))
+                    )
+            finally:
+                if queued:
+                    metrics.launch_queue.dec()
+            metrics.launches.labels("ok").inc()
+            self._browser = browser
+            try:
+                yield browser
+            finally:
+                # Closed here, bounded and logged, before the driver's own exit (which
+                # then finds it closed), so a stop never waits longer than configured.
+                with trio.CancelScope(shield=True):
+                    with trio.move_on_after(self.ctx.config.browser_stop_timeout) as cs:
+                        await browser.close()
+                    if cs.cancelled_caught:
+                        self.log.error("browser_close_timeout", timeout=self.ctx.config.browser_stop_timeout)
+                self._browser = None
 
     async def _reconnect_after(self, reason: Reason, message: str) -> bool:
         """Count a reconnect attempt and sleep its backoff; False (and FAILED) once the cap is hit."""

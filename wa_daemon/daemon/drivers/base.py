@@ -8,10 +8,17 @@ scripted driver and the Chromium driver implement exactly this.
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
 import trio
+
+if sys.version_info < (3, 11):  # pragma: no cover - Python 3.10: trio's own dependency
+    from exceptiongroup import BaseExceptionGroup
 
 
 @dataclass(frozen=True)
@@ -163,11 +170,30 @@ class Browser(Protocol):
         """Close the browser and reap it. Idempotent; never raises; keeps saved auth."""
 
 
+@contextlib.asynccontextmanager
+async def unwrapped_group() -> AsyncIterator[None]:
+    """Re-raise what a browser's block raised as it was raised.
+
+    The browser's nursery wraps an exception of the block it encloses (a LaunchError
+    on entry, the caller's own error, a cancellation) in an ExceptionGroup; the
+    caller of ``open`` should see the exception itself, as if no nursery were there.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+            raise group.exceptions[0] from group.exceptions[0].__cause__
+        raise
+
+
+
 class Driver(Protocol):
     name: str
 
-    async def launch(self, options: LaunchOptions) -> Browser:
-        """Start a browser for a session. Raises LaunchError. Cancellable."""
+    def open(self, options: LaunchOptions) -> AbstractAsyncContextManager[Browser]:
+        """A browser for a session for the duration of the block: launched on entry
+        (raises LaunchError; cancellable), closed and reaped when the block ends, its
+        helper tasks with it. Keeps the saved auth."""
         ...
 
     async def wipe_auth(self, session_id: str) -> None:

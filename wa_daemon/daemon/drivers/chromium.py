@@ -42,7 +42,16 @@ from .adapter import (
     needed_modules,
     pairing_code_script,
 )
-from .base import BrowserGone, LaunchError, LaunchOptions, LoggedOut, PageEvent, PageInfo, PairingError
+from .base import (
+    BrowserGone,
+    LaunchError,
+    LaunchOptions,
+    LoggedOut,
+    PageEvent,
+    PageInfo,
+    PairingError,
+    unwrapped_group,
+)
 from .contract import DEFAULT as DEFAULT_CONTRACT
 from .contract import PageContract
 
@@ -210,8 +219,14 @@ _NAVIGATED = "Execution context was destroyed"
 
 
 class ChromiumBrowser:
-    def __init__(self, driver: ChromiumDriver, session_id: str, profile: Path, url: str) -> None:
+    """One Chromium of one session. Its helper tasks (exit watch, stderr drain, hang
+    check, app-lost watch) run in ``nursery``, which ChromiumDriver.open owns."""
+
+    def __init__(
+        self, driver: ChromiumDriver, session_id: str, profile: Path, url: str, nursery: trio.Nursery
+    ) -> None:
         self.driver = driver
+        self._nursery = nursery
         self.url = url
         self.session_id = session_id
         self.profile = profile
@@ -221,7 +236,6 @@ class ChromiumBrowser:
         self.tmp: Path | None = None
         self.log = log.bind(session=session_id)
         self._send, self._recv = trio.open_memory_channel[PageEvent](_EVENT_BUFFER)
-        self._scopes: set[trio.CancelScope] = set()  # the browser's helper tasks
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid = 0
         self.exited = trio.Event()
@@ -330,12 +344,12 @@ class ChromiumBrowser:
         self.proc.stderr.close()
         os.set_blocking(stderr_fd, False)
         stderr = trio.lowlevel.FdStream(stderr_fd)
-        nursery = self.driver.nursery
-        nursery.start_soon(self._run_scoped, self._watch_exit)
+        nursery = self._nursery
+        nursery.start_soon(self._watch_exit)
         try:
             with trio.fail_after(cfg.launch_timeout):
                 endpoint = await self._read_endpoint(stderr)
-            nursery.start_soon(self._run_scoped, self._drain, stderr)
+            nursery.start_soon(self._drain, stderr)
             with trio.fail_after(cfg.launch_timeout):
                 await self._attach(endpoint, user_agent)
             with trio.move_on_after(cfg.launch_timeout):
@@ -349,17 +363,8 @@ class ChromiumBrowser:
             if isinstance(exc, Exception) and not isinstance(exc, LaunchError):
                 raise LaunchError(f"cannot attach to chromium: {type(exc).__name__}: {exc}") from None
             raise
-        nursery.start_soon(self._run_scoped, self._hang_check)
-        nursery.start_soon(self._run_scoped, self._app_watch)
-
-    async def _run_scoped(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
-        scope = trio.CancelScope()
-        self._scopes.add(scope)
-        try:
-            with scope:
-                await fn(*args)
-        finally:
-            self._scopes.discard(scope)
+        nursery.start_soon(self._hang_check)
+        nursery.start_soon(self._app_watch)
 
     async def _attach(self, endpoint: str, user_agent: str) -> None:
         import pyppeteer  # the browser stack is imported only when a browser is started
@@ -553,15 +558,13 @@ class ChromiumBrowser:
                 # Ends pyppeteer's websocket tasks, which would otherwise outlive the browser.
                 with trio.move_on_after(1), contextlib.suppress(Exception):
                     await _aio(self.browser.disconnect)
-            for scope in list(self._scopes):
-                scope.cancel()
+            self._nursery.cancel_scope.cancel()  # the helper tasks: the browser is gone
             self._send.close()
             self.driver.live.pop(self.session_id, None)
 
 
 @dataclass
 class ChromiumDriver:
-    nursery: trio.Nursery
     config: ChromiumConfig
     name: str = "chromium"
     live: dict[str, ChromiumBrowser] = field(default_factory=dict)
@@ -601,19 +604,25 @@ class ChromiumDriver:
                 self._user_agent = desktop_user_agent(version)
         return self._user_agent
 
-    async def launch(self, options: LaunchOptions) -> ChromiumBrowser:
+    @contextlib.asynccontextmanager
+    async def open(self, options: LaunchOptions) -> AsyncIterator[ChromiumBrowser]:
+        """A Chromium for the block: launched on entry (LaunchError when it cannot be),
+        closed and reaped, with its helper tasks ended, when the block ends."""
         sid = options.session_id
         if sid in self.live:
             raise LaunchError(f"profile of session {sid!r} is in use by a running browser")
         self.launches += 1
-        browser = ChromiumBrowser(self, sid, self.profile_of(sid), options.url or self.config.url)
-        self.live[sid] = browser
-        try:
-            await browser.launch(await self.user_agent())
-        except BaseException:
-            self.live.pop(sid, None)
-            raise
-        return browser
+        user_agent = await self.user_agent()
+        async with unwrapped_group():
+            async with trio.open_nursery() as nursery:
+                browser = ChromiumBrowser(self, sid, self.profile_of(sid), options.url or self.config.url, nursery)
+                self.live[sid] = browser
+                try:
+                    await browser.launch(user_agent)
+                    yield browser
+                finally:
+                    await browser.close()  # shielded; ends the helper tasks
+                    self.live.pop(sid, None)
 
     async def wipe_auth(self, session_id: str) -> None:
         profile = self.profile_of(session_id)

@@ -11,9 +11,11 @@ logout, conflict, crash, connection loss, phone offline.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import math
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import trio
@@ -35,6 +37,7 @@ from .base import (
     QrExpired,
     QrShown,
     Refused,
+    unwrapped_group,
 )
 
 _EVENT_BUFFER = 64
@@ -244,7 +247,6 @@ class ScriptedBrowser:
 
 @dataclass
 class ScriptedDriver:
-    nursery: trio.Nursery
     config: ScriptedConfig = field(default_factory=ScriptedConfig)
     name: str = "scripted"
     authed: set[str] = field(default_factory=set)
@@ -252,7 +254,8 @@ class ScriptedDriver:
     launches: int = 0
     _numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
-    async def launch(self, options: LaunchOptions) -> ScriptedBrowser:
+    @contextlib.asynccontextmanager
+    async def open(self, options: LaunchOptions) -> AsyncIterator[ScriptedBrowser]:
         sid = options.session_id
         if sid in self.live:
             # Two browsers on one profile is exactly what the manager must prevent.
@@ -261,10 +264,15 @@ class ScriptedDriver:
         await trio.sleep(self.config.launch_delay)
         if self.config.fail_launch:
             raise LaunchError("scripted launch failure")
-        browser = ScriptedBrowser(self, sid, next(self._numbers))
-        self.live[sid] = browser
-        self.nursery.start_soon(browser._script)
-        return browser
+        async with unwrapped_group(), trio.open_nursery() as nursery:
+            browser = ScriptedBrowser(self, sid, next(self._numbers))
+            self.live[sid] = browser
+            nursery.start_soon(browser._script)
+            try:
+                yield browser
+            finally:
+                with trio.CancelScope(shield=True):
+                    await browser.close()
 
     async def wipe_auth(self, session_id: str) -> None:
         self.authed.discard(session_id)
