@@ -96,7 +96,7 @@ async def test_full_qr_flow_with_rotation(sock_dir: Path) -> None:
                         if len(qrs) == 3:  # the ref rotated twice: scan the latest
                             assert (await r.wa.status("alice")).state == State.WAITING_QR
                             r.engine.scan(ev.qr.data)
-            assert len(set(qrs)) == 3 and all(q.startswith("2@") and q.count(",") == 3 for q in qrs)
+            assert len(set(qrs)) == 3 and all(q.startswith("2@") and q.count(",") == 4 for q in qrs)  # five fields
             states = [t.to_state for t in await r.wa.history("alice")]
             assert states == [State.STARTING, State.WAITING_QR, State.AUTHENTICATING, State.CONNECTED]
             assert r.engine.devices()[0]["state"] == "linked"

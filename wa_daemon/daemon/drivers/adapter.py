@@ -165,7 +165,9 @@ class PageReader:
             web_state=state,
             unknown=state is not None and state not in self._known,
             version=str(version) if isinstance(version, str | int | float) and version != "" else None,
-            missing=tuple(str(m) for m in snap.get("missing") or []),
+            # Before the core modules resolve, "missing" only says what has not loaded
+            # yet; a page that never gets them fails its launch, naming them.
+            missing=tuple(str(m) for m in snap.get("missing") or []) if self._modules(snap) else (),
         )
 
     def _read_modules(self, prev: dict[str, Any], snap: dict[str, Any], events: list[PageEvent]) -> None:

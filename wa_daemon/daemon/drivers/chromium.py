@@ -236,6 +236,10 @@ class ChromiumBrowser:
         self.tmp: Path | None = None
         self.log = log.bind(session=session_id)
         self._send, self._recv = trio.open_memory_channel[PageEvent](_EVENT_BUFFER)
+        # The exit watch and the stderr drain must outlive a cancellation of the block
+        # that owns the browser: close() needs them to see Chromium go. Their shielded
+        # scopes are cancelled by close() itself, once the browser is reaped.
+        self._lifelines: set[trio.CancelScope] = set()
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid = 0
         self.exited = trio.Event()
@@ -298,6 +302,15 @@ class ChromiumBrowser:
         kind = "crashed" if self.returncode and self.returncode < 0 else "exited"
         self._emit_gone(kind, f"chromium exited with status {self.returncode}")
 
+    async def _until_closed(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        scope = trio.CancelScope(shield=True)
+        self._lifelines.add(scope)
+        try:
+            with scope:
+                await fn(*args)
+        finally:
+            self._lifelines.discard(scope)
+
     async def _read_endpoint(self, stderr: trio.lowlevel.FdStream) -> str:
         buf = b""
         while True:
@@ -313,10 +326,12 @@ class ChromiumBrowser:
 
     async def _drain(self, stderr: trio.lowlevel.FdStream) -> None:
         # Chromium blocks once the pipe is full: keep reading and drop what it says.
-        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError, OSError):
-            while await stderr.receive_some(65536):
-                pass
-        await stderr.aclose()
+        try:
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError, OSError):
+                while await stderr.receive_some(65536):
+                    pass
+        finally:
+            await stderr.aclose()  # closes the descriptor even when cancelled
 
     # ------------------------------------------------------------------ launch
 
@@ -345,11 +360,11 @@ class ChromiumBrowser:
         os.set_blocking(stderr_fd, False)
         stderr = trio.lowlevel.FdStream(stderr_fd)
         nursery = self._nursery
-        nursery.start_soon(self._watch_exit)
+        nursery.start_soon(self._until_closed, self._watch_exit)
         try:
             with trio.fail_after(cfg.launch_timeout):
                 endpoint = await self._read_endpoint(stderr)
-            nursery.start_soon(self._drain, stderr)
+            nursery.start_soon(self._until_closed, self._drain, stderr)
             with trio.fail_after(cfg.launch_timeout):
                 await self._attach(endpoint, user_agent)
             with trio.move_on_after(cfg.launch_timeout):
@@ -558,6 +573,8 @@ class ChromiumBrowser:
                 # Ends pyppeteer's websocket tasks, which would otherwise outlive the browser.
                 with trio.move_on_after(1), contextlib.suppress(Exception):
                     await _aio(self.browser.disconnect)
+            for scope in list(self._lifelines):
+                scope.cancel()
             self._nursery.cancel_scope.cancel()  # the helper tasks: the browser is gone
             self._send.close()
             self.driver.live.pop(self.session_id, None)
