@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import fcntl
 import json
 import math
@@ -450,7 +451,18 @@ async def open_page(client: httpx.AsyncClient, token: str | None = None) -> tupl
     return body["page"], body["view"]
 
 
-async def test_index_page_has_the_login_contract(client: httpx.AsyncClient) -> None:
+@pytest.fixture
+async def legacy_client(nursery: trio.Nursery) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a simulator serving the legacy page (--page legacy)."""
+    options = dataclasses.replace(STEADY, page="legacy")
+    with trio.fail_after(IO_TIMEOUT):
+        url = await nursery.start(serve_simulator, options)
+    async with httpx.AsyncClient(base_url=url, headers={"user-agent": DESKTOP_UA}, timeout=IO_TIMEOUT) as c:
+        yield c
+
+
+async def test_legacy_page_has_the_dom_login_contract(legacy_client: httpx.AsyncClient) -> None:
+    client = legacy_client
     with trio.fail_after(IO_TIMEOUT):
         response = await client.get("/")
         assert response.status_code == 200
@@ -467,17 +479,19 @@ async def test_index_page_has_the_login_contract(client: httpx.AsyncClient) -> N
             "WhatsApp is open in another window.",
             '<div role="button" tabindex="0" data-sim-action="use-here">Use here</div>',
             "Trying to reach phone",
-            '<script src="/__sim__/static/sim.js" defer></script>',
+            '<script src="/__sim__/static/legacy.js" defer></script>',
         ):
             assert markup in html, markup
         assert "<template" in html and "update your browser" not in html.lower()
+        assert "modules.js" not in html and "wa_web_initial_startup" not in html
         assert (await client.get("/?post_logout=1")).text == html
 
-        script = await client.get("/__sim__/static/sim.js")
+        script = await client.get("/__sim__/static/legacy.js")
         assert script.status_code == 200
         assert script.headers["content-type"].startswith("text/javascript")
         for needle in ('"data-ref"', "div[data-ref]", "/?post_logout=1", "localStorage", "EventSource", "for (;;) {}"):
             assert needle in script.text, needle
+        assert "require" not in script.text and "Debug" not in script.text
         assert (await client.get("/__sim__/static/sim.css")).status_code == 200
         assert (await client.get("/__sim__/static/index.html")).status_code == 404
         assert (await client.get("/__sim__/static/..%2Fserver.py")).status_code == 404
@@ -657,17 +671,50 @@ def test_command_without_the_sim_extra_says_what_to_install() -> None:
 # ------------------------------------------------------------------ real Chromium, when installed
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-needs_chromium = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Chromium (/usr/bin/chromium)")
+# The daemon's launch flags (CHROMIUM_FLAGS in wa_daemon/daemon/drivers/chromium.py), but for the
+# DevTools endpoint: these tests speak over --remote-debugging-pipe.
+CHROMIUM_FLAGS: tuple[str, ...] = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-dev-shm-usage",
+    "--disable-gpu",
+    "--no-first-run",
+)
+CHROMIUM_FLAGS += ("--no-default-browser-check", "--disable-background-networking", "--disable-component-update")
+CHROMIUM_FLAGS += ("--disable-sync", "--disable-extensions", "--disable-default-apps", "--mute-audio")
+CHROMIUM_FLAGS += ("--disable-blink-features=AutomationControlled", "--password-store=basic")
+CHROMIUM_FLAGS += ("--disable-features=Translate,MediaRouter,OptimizationHints",)
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Chromium's path: a missing browser fails the test under CI (CI=true), skips it elsewhere."""
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"Chromium is missing on CI ({CHROMIUM}; Debian: apt-get install chromium)")
+        pytest.skip(f"needs Chromium ({CHROMIUM})")
+    return CHROMIUM
 
 
 class CdpError(Exception):
     pass
 
 
+# Checked on every DOM change and, on the module page, on every change of its models
+# (a forced Socket.state changes nothing else).
 _WAIT_FOR = """new Promise(resolve => {
-    const check = () => { const v = (CONDITION); if (v) { observer.disconnect(); resolve(v); } };
+    const models = [];
+    const check = () => {
+        const v = (CONDITION);
+        if (v) { observer.disconnect(); models.forEach(m => m.off('change', check)); resolve(v); }
+    };
     const observer = new MutationObserver(check);
     observer.observe(document, {subtree: true, childList: true, attributes: true, characterData: true});
+    try {
+        models.push(require('WAWebSocketModel').Socket, require('WAWebStreamModel').Stream,
+                    require('WAWebConnModel').Conn, require('WAWebNetworkStatus').default);
+        models.forEach(m => m.on('change', check));
+    } catch (e) { models.length = 0; }  /* the legacy page, or modules not defined yet */
     check();
 })"""
 
@@ -707,12 +754,17 @@ class Cdp:
                 result: dict[str, Any] = reply["result"]
                 return result
 
-    async def open_tab(self, url: str) -> None:
-        target = await self.call("Target.createTarget", {"url": url}, browser=True)
+    async def open_tab(self, url: str, *, init_script: str | None = None) -> None:
+        """A new tab on ``url``; ``init_script`` runs first in each of its documents."""
+        target = await self.call("Target.createTarget", {"url": "about:blank"}, browser=True)
         attached = await self.call(
             "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True}, browser=True
         )
         self.session = attached["sessionId"]
+        if init_script is not None:
+            await self.call("Page.enable")
+            await self.call("Page.addScriptToEvaluateOnNewDocument", {"source": init_script})
+        await self.call("Page.navigate", {"url": url})
 
     async def js(self, expression: str) -> Any:
         reply = await self.call(
@@ -735,11 +787,9 @@ class Cdp:
                 await trio.sleep(0.05)  # the new document is not ready to evaluate in yet
 
 
-# The ref and the modules drawn for it (SIZE modules a side, in a quiet zone of 4),
-# each sampled at its centre.
-READ_QR_CANVAS = """(() => {
-    const holder = document.querySelector('div[data-ref]');
-    const canvas = holder.querySelector(':scope > canvas[aria-label="Scan this QR code to link a device!"]');
+# The modules drawn on CANVAS (SIZE modules a side, in a quiet zone of 4), each sampled at its centre.
+READ_CANVAS_ROWS = """(() => {
+    const canvas = CANVAS;
     const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
     const step = canvas.width / (SIZE + 8), rows = [];
     for (let y = 0; y < SIZE; y++) {
@@ -750,8 +800,13 @@ READ_QR_CANVAS = """(() => {
         }
         rows.push(row);
     }
-    return {ref: holder.dataset.ref, rows};
+    return rows;
 })()"""
+READ_QR_CANVAS = """(() => {
+    const holder = document.querySelector('div[data-ref]');
+    const drawn = holder.querySelector(':scope > canvas[aria-label="Scan this QR code to link a device!"]');
+    return {ref: holder.dataset.ref, rows: ROWS};
+})()""".replace("ROWS", READ_CANVAS_ROWS.replace("CANVAS", "drawn"))
 
 
 async def read_qr(cdp: Cdp) -> tuple[str, list[str]]:
@@ -763,7 +818,7 @@ async def read_qr(cdp: Cdp) -> tuple[str, list[str]]:
             return ref, shown["rows"]
 
 
-async def launch_chromium(nursery: trio.Nursery, profile: Path) -> Cdp:
+async def launch_chromium(nursery: trio.Nursery, profile: Path, chromium: str = CHROMIUM) -> Cdp:
     to_browser_r, to_browser_w = os.pipe()
     from_browser_r, from_browser_w = os.pipe()
     # The pipe must be fds 3 and 4 in Chromium; bash moves them there. Its ends are first
@@ -772,8 +827,7 @@ async def launch_chromium(nursery: trio.Nursery, profile: Path) -> Cdp:
     child_out = fcntl.fcntl(from_browser_w, fcntl.F_DUPFD_CLOEXEC, 10)
     os.close(to_browser_r)
     os.close(from_browser_w)
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe", f"--user-data-dir={profile}"]
-    args.append(f"--user-agent={DESKTOP_UA}")
+    args = [*CHROMIUM_FLAGS, "--remote-debugging-pipe", f"--user-data-dir={profile}", f"--user-agent={DESKTOP_UA}"]
     shell = f'exec 3<&{child_in} 4>&{child_out} {child_in}<&- {child_out}>&-; exec "$0" "$@"'
     # Chromium's temp files (its singleton socket among them) in a directory of this
     # launch, removed on close, instead of one left in /tmp; short, for the socket path.
@@ -781,7 +835,7 @@ async def launch_chromium(nursery: trio.Nursery, profile: Path) -> Cdp:
     process = await nursery.start(
         partial(
             trio.run_process,
-            ["bash", "-c", shell, CHROMIUM, *args],
+            ["bash", "-c", shell, chromium, *args],
             pass_fds=(child_in, child_out),
             env={**os.environ, "TMPDIR": str(tmp)},
             stdout=subprocess.DEVNULL,
@@ -819,18 +873,18 @@ async def scan_shown_ref(cdp: Cdp, phone: httpx.AsyncClient) -> str:
 
 
 @pytest.mark.slow
-@needs_chromium
-async def test_real_chromium_follows_the_login_contract(tmp_path: Path) -> None:
-    """The page in a real headless Chromium: QR drawn, scan, restart on the same profile,
+async def test_real_chromium_follows_the_legacy_login_contract(tmp_path: Path, chromium: str) -> None:
+    """The legacy page in a real headless Chromium: QR drawn, scan, restart on the same profile,
     conflict and "Use here", phone offline, logout to post_logout=1, reload button, hang."""
-    options = SimOptions(time_scale=0.01, loading_time=100)  # refs 0.6 s then 0.2 s; loading 1 s
+    # refs 0.6 s then 0.2 s; loading 1 s
+    options = SimOptions(time_scale=0.01, loading_time=100, page="legacy")
     engine = SimEngine(options)
     profile = tmp_path / "profile"
     with trio.fail_after(90):
         async with trio.open_nursery() as nursery:
             url = await nursery.start(partial(serve_simulator, options, engine=engine))
             async with httpx.AsyncClient(base_url=url, timeout=IO_TIMEOUT) as phone:
-                cdp = await launch_chromium(nursery, profile)
+                cdp = await launch_chromium(nursery, profile, chromium)
                 await cdp.open_tab(url + "/")
                 ref = await cdp.wait_for("document.querySelector('div[data-ref]')?.dataset.ref")
                 assert ref.startswith("2@") and len(ref.split(",")) == 4
@@ -855,7 +909,7 @@ async def test_real_chromium_follows_the_login_contract(tmp_path: Path) -> None:
                 # A restarted Chromium on the same profile goes straight to the app.
                 await close_chromium(cdp)
                 issued = engine.model.refs_issued
-                cdp = await launch_chromium(nursery, profile)
+                cdp = await launch_chromium(nursery, profile, chromium)
                 await cdp.open_tab(url + "/")
                 await cdp.wait_for("document.querySelector('#pane-side')")
                 assert engine.model.refs_issued == issued
@@ -908,13 +962,14 @@ async def test_real_chromium_follows_the_login_contract(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@needs_chromium
-async def test_headless_chromium_default_user_agent_gets_the_update_page(nursery: trio.Nursery, tmp_path: Path) -> None:
+async def test_headless_chromium_default_user_agent_gets_the_update_page(
+    nursery: trio.Nursery, tmp_path: Path, chromium: str
+) -> None:
     with trio.fail_after(60):
         url = await nursery.start(serve_simulator, SimOptions())
         result = await trio.run_process(
             [
-                CHROMIUM,
+                chromium,
                 "--headless",
                 "--no-sandbox",
                 "--disable-gpu",
@@ -926,3 +981,208 @@ async def test_headless_chromium_default_user_agent_gets_the_update_page(nursery
             capture_stderr=True,
         )
     assert "Update your browser" in result.stdout.decode()
+
+
+# What a module-layer driver does at document start: trap the assignment of `require`
+# and `__d` (as wa-js's loader does), and follow Socket, Cmd and progress once
+# WAWebSocketModel is defined. The Cmd logout events go to sessionStorage, which
+# outlives the navigation to /?post_logout=1.
+RECORDER = """(() => {
+    const rec = window.__rec = {states: [], progress: [], synced: [], splash: null, debugBefore: null};
+    let req, define;
+    const follow = () => {
+        const Socket = req('WAWebSocketModel').Socket, Cmd = req('WAWebCmd').Cmd;
+        const Offline = req('WAWebOfflineHandler').OfflineMessageHandler;
+        rec.states.push(Socket.state);
+        Socket.on('change:state', (model, state) => rec.states.push(state));
+        Socket.on('change:hasSynced', (model, synced) => rec.synced.push([synced, Socket.state]));
+        Cmd.on('offline_progress_update_from_bridge', () => rec.progress.push(Offline.getOfflineDeliveryProgress()));
+        for (const name of ['logout', 'logout_from_bridge']) {
+            Cmd.on(name, reason => sessionStorage.setItem('rec-logout', name + ':' + reason));
+        }
+    };
+    Object.defineProperty(window, 'require', {configurable: true, get: () => req, set: value => {
+        req = value;
+        rec.splash = !!document.querySelector('#app > #wa_web_initial_startup progress[value="0"][max="100"]');
+        rec.debugBefore = typeof window.Debug;
+    }});
+    Object.defineProperty(window, '__d', {configurable: true, get: () => define, set: value => {
+        define = function (id) {
+            const result = value.apply(this, arguments);
+            if (id === 'WAWebSocketModel') Promise.resolve().then(follow);
+            return result;
+        };
+    }});
+})()"""
+
+# The QR text exactly as whatsapp-web.js assembles it (AuthStore.js and Client.js).
+WWJS_QR = """(async () => {
+    const AuthStore = {};
+    AuthStore.Conn = window.require('WAWebConnModel').Conn;
+    AuthStore.Base64Tools = window.require('WABase64');
+    AuthStore.RegistrationUtils = {
+        ...window.require('WAWebCompanionRegClientUtils'),
+        ...window.require('WAWebAdvSignatureApi'),
+        ...window.require('WAWebUserPrefsInfoStore'),
+        ...window.require('WAWebSignalStoreApi'),
+    };
+    const registrationInfo = await AuthStore.RegistrationUtils.waSignalStore.getRegistrationInfo();
+    const noiseKeyPair = await AuthStore.RegistrationUtils.waNoiseInfo.get();
+    const staticKeyB64 = AuthStore.Base64Tools.encodeB64(noiseKeyPair.staticKeyPair.pubKey);
+    const identityKeyB64 = AuthStore.Base64Tools.encodeB64(registrationInfo.identityKeyPair.pubKey);
+    const advSecretKey = await AuthStore.RegistrationUtils.getADVSecretKey();
+    const platform = AuthStore.RegistrationUtils.DEVICE_PLATFORM;
+    return AuthStore.Conn.ref + ',' + staticKeyB64 + ',' + identityKeyB64 + ',' + advSecretKey + ',' + platform;
+})()"""
+
+# whatsapp-web.js's requestPairingCode, one round.
+WWJS_PAIRING_CODE = """(async () => {
+    const L = window.require('WAWebAltDeviceLinkingApi');
+    L.setPairingType('ALT_DEVICE_LINKING');
+    await L.initializeAltDeviceLinking();
+    return L.startAltLinkingFlow(PHONE, true);
+})()"""
+
+SOCKET = "require('WAWebSocketModel').Socket"
+STREAM = "require('WAWebStreamModel').Stream"
+QR_CANVAS = "document.querySelector('#app canvas[aria-label]')"
+
+
+@pytest.mark.slow
+async def test_real_chromium_module_page(tmp_path: Path, chromium: str) -> None:
+    """The module page in a real headless Chromium, read as whatsapp-web.js reads it: splash
+    first, OPENING -> UNPAIRED, the five-field QR scanned, loading to hasSynced; faults;
+    Socket.logout(); then a pairing code and its link."""
+    options = SimOptions(time_scale=0.01, first_qr_ttl=1000, loading_time=20, code_ttl=1000)
+    phone_number = "12025550108"
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_simulator, options)
+            async with httpx.AsyncClient(base_url=url, timeout=IO_TIMEOUT) as phone:
+                cdp = await launch_chromium(nursery, tmp_path / "profile", chromium)
+                await cdp.open_tab(url + "/", init_script=RECORDER)
+                await cdp.wait_for(f"window.__rec && __rec.states.length >= 2 && {QR_CANVAS}")
+                rec = await cdp.js("window.__rec")
+                assert rec["splash"] is True, "the startup splash and its progress come first"
+                assert rec["debugBefore"] == "undefined"
+                assert rec["states"][:2] == ["OPENING", "UNPAIRED"]
+                assert await cdp.js("document.getElementById('wa_web_initial_startup')") is None
+                assert await cdp.js("Debug.VERSION") == options.web_version
+                assert await cdp.js("document.querySelector('[data-ref]')") is None
+                assert await cdp.js(f"[{STREAM}.mode, {STREAM}.info]") == ["QR", "NORMAL"]
+
+                qr = await cdp.js(WWJS_QR)
+                fields = qr.split(",")
+                assert len(fields) == 5 and fields[0].startswith("2@") and fields[4] == "WEB"
+                assert all(len(base64.b64decode(f, validate=True)) == 32 for f in fields[1:4])
+                rows = list(qr_rows(qr))
+                size = str(len(rows))
+                assert await cdp.js(READ_CANVAS_ROWS.replace("CANVAS", QR_CANVAS).replace("SIZE", size)) == rows
+
+                response = await phone.post("/__sim__/scan", content=qr)
+                assert response.status_code == 200, response.text
+                device_id = response.json()["device"]
+                await cdp.wait_for(f"{SOCKET}.hasSynced && document.querySelector('#pane-side')")
+                rec = await cdp.js("window.__rec")
+                assert rec["states"] == ["OPENING", "UNPAIRED", "PAIRING", "CONNECTED"]
+                assert rec["synced"] == [[True, "CONNECTED"]]
+                assert rec["progress"][-1] == 100 and rec["progress"] == sorted(rec["progress"])
+                assert set(rec["progress"]) <= {0, 25, 50, 75, 100}
+                assert await cdp.js(f"[{STREAM}.mode, {STREAM}.info]") == ["MAIN", "NORMAL"]
+                base = f"/__sim__/devices/{device_id}"
+
+                await phone.post(f"{base}/conflict")
+                await cdp.wait_for(f"{SOCKET}.state === 'CONFLICT'")
+                await cdp.js(f"{SOCKET}.takeover()")
+                await cdp.wait_for(f"{SOCKET}.state === 'CONNECTED' && {SOCKET}.hasSynced")
+
+                await phone.post(f"{base}/offline")
+                await cdp.wait_for(f"{SOCKET}.state === 'TIMEOUT'")
+                assert await cdp.js(f"[require('WAWebNetworkStatus').default.online, {STREAM}.info]") == [
+                    False,
+                    "OFFLINE",
+                ]
+                await phone.post(f"{base}/online")
+                await cdp.wait_for(f"{SOCKET}.state === 'CONNECTED' && {STREAM}.info === 'NORMAL'")
+
+                forced = await phone.post(f"{base}/state", json={"state": "TOS_BLOCK"})
+                assert forced.json()["page_state"] == "TOS_BLOCK"
+                await cdp.wait_for(f"{SOCKET}.state === 'TOS_BLOCK'")
+                assert await cdp.js("!!document.querySelector('#pane-side')"), "nothing else changes"
+                await phone.post(f"{base}/state", json={"state": None})
+                await cdp.wait_for(f"{SOCKET}.state === 'CONNECTED'")
+
+                # Socket.logout(): Cmd 'logout', then the page reloads to a new QR.
+                await cdp.js(f"{SOCKET}.logout().then(() => 1)")
+                await cdp.wait_for(
+                    f"location.search.includes('post_logout=1') && window.__rec && __rec.states.includes('UNPAIRED') "
+                    f"&& {QR_CANVAS}"
+                )
+                assert await cdp.js("sessionStorage.getItem('rec-logout')") == "logout:user_initiated"
+                assert await cdp.js("localStorage.getItem('wa-sim-auth')") is None
+                assert (await phone.get("/__sim__/devices")).json() == []
+
+                # A pairing code instead of the QR; a wrong code leaves the page unpaired.
+                code = await cdp.js(WWJS_PAIRING_CODE.replace("PHONE", json.dumps(phone_number)))
+                assert len(code) == 8 and set(code) <= set("123456789ABCDEFGHJKLMNPQRSTVWXYZ")
+                await cdp.wait_for(f"document.body.innerText.includes({json.dumps(code[:4] + '-' + code[4:])})")
+                assert await cdp.js(f"{SOCKET}.state") == "UNPAIRED"
+                assert await cdp.js(QR_CANVAS) is None
+                wrong = "".join("2" if c != "2" else "3" for c in code)
+                response = await phone.post("/__sim__/pair", json={"phone": phone_number, "code": wrong})
+                assert response.status_code == 404
+                response = await phone.post("/__sim__/pair", json={"phone": phone_number, "code": code.lower()})
+                assert response.status_code == 200, response.text
+                device_id = response.json()["device"]
+                await cdp.wait_for(f"{SOCKET}.hasSynced && document.querySelector('#pane-side')")
+                states = await cdp.js("__rec.states")
+                assert states[-3:] == ["UNPAIRED", "PAIRING", "CONNECTED"]
+                assert (await phone.get(f"/__sim__/devices/{device_id}")).json()["number"] == phone_number
+
+                # The phone unlinks it: Cmd 'logout_from_bridge'.
+                await phone.post(f"/__sim__/devices/{device_id}/logout")
+                await cdp.wait_for("sessionStorage.getItem('rec-logout') === 'logout_from_bridge:user_initiated'")
+                await close_chromium(cdp)
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.slow
+async def test_real_chromium_page_variants(tmp_path: Path, chromium: str) -> None:
+    """--locale de, --page legacy and --drop-module, each a simulator of its own, in one browser."""
+    steady = dataclasses.replace(STEADY, web_version="2.3000.1012345678")
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            german = await nursery.start(serve_simulator, dataclasses.replace(steady, locale="de"))
+            legacy = await nursery.start(serve_simulator, dataclasses.replace(steady, page="legacy"))
+            dropped = await nursery.start(
+                serve_simulator, dataclasses.replace(steady, drop_modules=("WAWebSocketModel",))
+            )
+            cdp = await launch_chromium(nursery, tmp_path / "profile", chromium)
+
+            await cdp.open_tab(german + "/")
+            await cdp.wait_for(f"window.Debug && {QR_CANVAS}")
+            assert await cdp.js("document.documentElement.lang") == "de"
+            text = await cdp.js("document.body.innerText")
+            assert "Öffne WhatsApp auf deinem Telefon" in text and "Open WhatsApp" not in text
+            assert await cdp.js(f"{QR_CANVAS}.getAttribute('aria-label')") == (
+                "Scanne diesen QR-Code, um ein Gerät zu verknüpfen!"
+            )
+            assert await cdp.js(f"{SOCKET}.state") == "UNPAIRED"
+            assert await cdp.js("Debug.VERSION") == "2.3000.1012345678"
+
+            await cdp.open_tab(legacy + "/")
+            ref = await cdp.wait_for("document.querySelector('div[data-ref]')?.dataset.ref")
+            assert ref.startswith("2@")
+            assert await cdp.js("[typeof window.require, typeof window.__d, typeof window.Debug]") == [
+                "undefined",
+                "undefined",
+                "undefined",
+            ]
+
+            await cdp.open_tab(dropped + "/")
+            await cdp.wait_for(f"window.Debug && {QR_CANVAS}")
+            error = await cdp.js("(() => { try { require('WAWebSocketModel'); } catch (e) { return e.message; } })()")
+            assert "WAWebSocketModel" in error
+            assert await cdp.js("typeof require('WAWebConnModel').Conn.ref") == "string"
+            await close_chromium(cdp)
+            nursery.cancel_scope.cancel()

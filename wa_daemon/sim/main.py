@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from .options import REF_FORMATS, SimOptions
+from .options import LOCALES, PAGE_KINDS, REF_FORMATS, SimOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +51,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ref-platform", default=d.ref_platform, help="the 5th field of --ref-format platform (default: %(default)s)"
     )
+    p.add_argument(
+        "--code-ttl",
+        type=float,
+        default=d.code_ttl,
+        help="life of a pairing code (link with phone number) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--page",
+        choices=PAGE_KINDS,
+        default=d.page,
+        help="modules: WhatsApp Web's module layer (require('WAWebSocketModel') ...), as the real page; "
+        "legacy: the DOM-only page with div[data-ref] (default: %(default)s)",
+    )
+    p.add_argument(
+        "--locale",
+        choices=LOCALES,
+        default=d.locale,
+        help="language of the module page's texts and <html lang> (default: %(default)s)",
+    )
+    p.add_argument(
+        "--web-version",
+        default=d.web_version,
+        help="Debug.VERSION of the module page (default: %(default)s)",
+    )
+    p.add_argument(
+        "--drop-module",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="leave this module undefined on the module page, e.g. WAWebSocketModel (repeatable)",
+    )
     p.add_argument("--quiet", action="store_true", help="log warnings only, not scans and faults")
     return p
 
@@ -68,6 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             qr_refs_per_cycle=args.qr_refs_per_cycle,
             ref_format=args.ref_format,
             ref_platform=args.ref_platform,
+            code_ttl=args.code_ttl,
+            page=args.page,
+            locale=args.locale,
+            web_version=args.web_version,
+            drop_modules=tuple(args.drop_module),
         )
     except ValueError as exc:
         print(f"wa-daemon-sim: {exc}", file=sys.stderr)

@@ -31,7 +31,12 @@ class PageKeys:
     platform: str
 
     def json(self) -> dict[str, str]:
-        return {"static": self.static, "identity": self.identity, "adv_secret": self.adv_secret, "platform": self.platform}
+        return {
+            "static": self.static,
+            "identity": self.identity,
+            "adv_secret": self.adv_secret,
+            "platform": self.platform,
+        }
 
 
 @dataclass(frozen=True)

@@ -2,19 +2,25 @@
 
 A small hand-written ASGI app served by hypercorn on trio. Routes:
 
-    GET  /                                   the page (the "update your browser" page for HeadlessChrome)
-    GET  /__sim__/static/{name}              its script and style
+    GET  /                                   the page: the module page, or the legacy one (--page legacy);
+                                             the "update your browser" page for HeadlessChrome
+    GET  /__sim__/static/{name}              its scripts and style
     POST /__sim__/pages                      a page load registers itself: {"token"} -> {"page", "view"}
     GET  /__sim__/pages[/{id}]               pages and their views, for people and tests
     GET  /__sim__/pages/{id}/events          Server-Sent Events: the page's whole view on every change
     POST /__sim__/pages/{id}/reload|take-over|logout   clicks on the page
+    POST /__sim__/pages/{id}/pairing-code    startAltLinkingFlow: {"phone", "notify"} -> {"code", ...}
+    POST /__sim__/pages/{id}/state           fault: {"state": NAME | null} pins Socket.state
     POST /__sim__/scan                       the phone presents a QR payload
+    POST /__sim__/pair                       the phone's owner types a pairing code: {"phone", "code"}
     GET  /__sim__/devices[/{id}]             linked devices
-    POST /__sim__/devices/{id}/logout|conflict|offline|online|hang   faults
+    POST /__sim__/devices/{id}/logout|conflict|offline|online|hang|state   faults
 """
 
 from __future__ import annotations
 
+import hashlib
+import html
 import json
 import logging
 import math
@@ -33,7 +39,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
 
 from .engine import SimEngine
-from .model import SimError
+from .model import USER_INITIATED, SimError
 from .options import SimOptions
 
 log = logging.getLogger("wa_daemon.sim")
@@ -45,13 +51,37 @@ SSE_PING_INTERVAL = 15.0
 SSE_RETRY_MS = 1000
 
 _STATIC_TYPES = {
-    "sim.js": "text/javascript; charset=utf-8",
+    "modules.js": "text/javascript; charset=utf-8",
+    "legacy.js": "text/javascript; charset=utf-8",
     "sim.css": "text/css; charset=utf-8",
 }
 
 
 def _static(name: str) -> bytes:
     return (files("wa_daemon.sim") / "static" / name).read_bytes()
+
+
+def page_html(options: SimOptions) -> bytes:
+    """The page served at ``/``: the legacy page as it is, or the module page's shell with
+    its language, web version, device platform and dropped modules filled in."""
+    if options.page == "legacy":
+        return _static("legacy.html")
+    fields = {
+        "{{LANG}}": options.locale,
+        "{{WEB_VERSION}}": options.web_version,
+        "{{DROP_MODULES}}": ",".join(options.drop_modules),
+        "{{PLATFORM}}": options.ref_platform,
+    }
+    text = _static("modules.html").decode()
+    for placeholder, value in fields.items():
+        text = text.replace(placeholder, html.escape(value))
+    return text.encode()
+
+
+def fingerprint(secret: str) -> str:
+    """What the log may say about a credential (a QR payload, a pairing code): enough to
+    tell two apart, nothing to use."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:8]
 
 
 class HttpError(Exception):
@@ -112,6 +142,7 @@ class SimApp:
 
     def __init__(self, engine: SimEngine) -> None:
         self.engine = engine
+        self._page_html = page_html(engine.options)
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
             ("GET", re.compile(r"/"), self._index),
             ("GET", re.compile(r"/__sim__/static/(?P<name>[\w.-]+)"), self._static),
@@ -119,7 +150,10 @@ class SimApp:
             ("GET", re.compile(r"/__sim__/pages"), self._pages),
             ("GET", re.compile(r"/__sim__/pages/(?P<page>[\w-]+)"), self._page),
             ("POST", re.compile(r"/__sim__/pages/(?P<page>[\w-]+)/(?P<action>reload|take-over|logout)"), self._click),
+            ("POST", re.compile(r"/__sim__/pages/(?P<page>[\w-]+)/pairing-code"), self._pairing_code),
+            ("POST", re.compile(r"/__sim__/pages/(?P<page>[\w-]+)/state"), self._page_state),
             ("POST", re.compile(r"/__sim__/scan"), self._scan),
+            ("POST", re.compile(r"/__sim__/pair"), self._pair),
             ("GET", re.compile(r"/__sim__/devices"), self._devices),
             ("GET", re.compile(r"/__sim__/devices/(?P<device>[\w-]+)"), self._device),
             (
@@ -127,6 +161,7 @@ class SimApp:
                 re.compile(r"/__sim__/devices/(?P<device>[\w-]+)/(?P<action>logout|conflict|offline|online|hang)"),
                 self._fault,
             ),
+            ("POST", re.compile(r"/__sim__/devices/(?P<device>[\w-]+)/state"), self._device_state),
         ]
         self._events_path = re.compile(r"/__sim__/pages/(?P<page>[\w-]+)/events")
 
@@ -190,8 +225,9 @@ class SimApp:
     async def _index(self, request: Request) -> Response:
         # WhatsApp Web turns away headless Chromium by its user agent; a driver must
         # present a normal desktop Chrome one, and this keeps it honest.
-        name = "update.html" if "HeadlessChrome" in request.headers.get("user-agent", "") else "index.html"
-        return Response(200, _static(name), "text/html; charset=utf-8")
+        if "HeadlessChrome" in request.headers.get("user-agent", ""):
+            return Response(200, _static("update.html"), "text/html; charset=utf-8")
+        return Response(200, self._page_html, "text/html; charset=utf-8")
 
     async def _static(self, request: Request) -> Response:
         name = request.params["name"]
@@ -221,6 +257,22 @@ class SimApp:
         else:
             device = self.engine.page_logout(page_id)
             log.info("device %s logged out from its page %s", device.id, page_id)
+        return json_response(self.engine.view(page_id))
+
+    async def _pairing_code(self, request: Request) -> Response:
+        body = request.json()
+        phone, notify = body.get("phone"), body.get("notify", True)
+        if not isinstance(phone, str) or not isinstance(notify, bool):
+            raise HttpError(400, 'body must be {"phone": "<digits>", "notify": true|false}')
+        page_id = request.params["page"]
+        pairing = self.engine.request_code(page_id, phone, notify=notify)
+        log.info("page %s shows a pairing code (fingerprint %s)", page_id, fingerprint(pairing.code))
+        view = self.engine.view(page_id)
+        return json_response({"code": pairing.code, "expires_in": view["pairing"]["expires_in"], "view": view})
+
+    async def _page_state(self, request: Request) -> Response:
+        page_id = request.params["page"]
+        self.engine.force_state(page_id, _state(request))
         return json_response(self.engine.view(page_id))
 
     async def _events(self, page_id: str, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
@@ -273,6 +325,15 @@ class SimApp:
         log.info("linked device %s to page %s", device.id, device.page_id)
         return json_response({"device": device.id, "page": device.page_id})
 
+    async def _pair(self, request: Request) -> Response:
+        body = request.json()
+        phone, code = body.get("phone"), body.get("code")
+        if not isinstance(phone, str) or not isinstance(code, str):
+            raise HttpError(400, 'body must be {"phone": "<digits>", "code": "ABCD-EFGH"}')
+        device = self.engine.pair(phone, code)
+        log.info("linked device %s to page %s by pairing code", device.id, device.page_id)
+        return json_response({"device": device.id, "page": device.page_id})
+
     async def _devices(self, request: Request) -> Response:
         return json_response(self.engine.devices())
 
@@ -283,9 +344,12 @@ class SimApp:
         device_id, action = request.params["device"], request.params["action"]
         engine = self.engine
         if action == "logout":
-            engine.logout(device_id)
-            log.info("device %s logged out from the phone", device_id)
-            return json_response({"device": device_id, "state": "logged_out"})
+            reason = request.json().get("reason", USER_INITIATED)
+            if not isinstance(reason, str):
+                raise HttpError(400, 'reason must be a string, e.g. "user_initiated"')
+            engine.logout(device_id, reason)
+            log.info("device %s logged out from the phone (%s)", device_id, reason)
+            return json_response({"device": device_id, "state": "logged_out", "reason": reason})
         if action == "conflict":
             engine.conflict(device_id)
         elif action == "offline":
@@ -296,6 +360,23 @@ class SimApp:
             engine.hang(device_id)
         log.info("device %s: %s", device_id, action)
         return json_response(engine.device(device_id))
+
+    async def _device_state(self, request: Request) -> Response:
+        device_id = request.params["device"]
+        page = self.engine.force_device_state(device_id, _state(request))
+        log.info("device %s: Socket.state of page %s forced to %s", device_id, page.id, page.forced_state)
+        return json_response(self.engine.device(device_id) | {"page_state": self.engine.view(page.id)["state"]})
+
+
+def _state(request: Request) -> str | None:
+    """The forced state of a state fault: a name, or null to end it."""
+    body = request.json()
+    if "state" not in body:
+        raise HttpError(400, 'body must be {"state": "<NAME>"} or {"state": null}')
+    state = body["state"]
+    if state is not None and not isinstance(state, str):
+        raise HttpError(400, "state must be a string or null")
+    return state
 
 
 def _duration(request: Request) -> float | None:

@@ -1,6 +1,7 @@
-// The simulated WhatsApp Web page. The server decides everything (refs, their
-// rotation, linking, faults) and pushes the whole view over Server-Sent Events;
-// this script only renders it, keeps the login (IndexedDB and localStorage), and reports clicks.
+// The legacy simulated WhatsApp Web page (--page legacy): DOM only, div[data-ref], English.
+// The server decides everything (refs, their rotation, linking, faults) and pushes the
+// whole view over Server-Sent Events; this script only renders it, keeps the login
+// (IndexedDB and localStorage), and reports clicks.
 "use strict";
 
 (function () {

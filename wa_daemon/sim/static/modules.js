@@ -1,0 +1,659 @@
+// The simulated WhatsApp Web page with the real page's module layer (--page modules).
+//
+// Drivers of the real page (whatsapp-web.js, wa-js) read WhatsApp Web's own modules
+// through Meta's `require`, not the DOM: this page offers the same ids, exports,
+// attributes and events (docs/simulator.md, "The module page"). The server still
+// decides everything and pushes the whole view over Server-Sent Events; this script
+// mirrors the view into the models, fires their events in the real page's order,
+// renders the screens in the page's language, and keeps the login (IndexedDB and
+// localStorage, as the legacy page).
+"use strict";
+
+(function () {
+  const script = document.currentScript;
+  const WEB_VERSION = script.dataset.webVersion;
+  const DROPPED = (script.dataset.dropModules || "").split(",").filter(Boolean);
+  const DEVICE_PLATFORM = script.dataset.platform;
+  const AUTH_KEY = "wa-sim-auth";
+  const QUIET_ZONE = 4; // modules of white around the code, as the QR spec asks
+  const QR_PIXELS = 264; // the size WhatsApp Web draws its QR at
+  const LOGOUT_RELOAD_MS = 300; // the real page reloads to /?post_logout=1 about this long after a logout
+  const UNPAIRED = ["UNPAIRED", "UNPAIRED_IDLE"];
+
+  // Every visible text, by <html lang>. Nothing of the module contract depends on it.
+  const TEXTS = {
+    en: {
+      title: "Use WhatsApp on your computer",
+      steps: [
+        "Open WhatsApp on your phone",
+        "Tap Menu or Settings and select Linked devices",
+        "Tap on Link a device",
+        "Point your phone to this screen to capture the QR code",
+      ],
+      qrLabel: "Scan this QR code to link a device!",
+      reload: "Click to reload QR code",
+      simNote: "Simulator: POST this QR's text to /__sim__/scan to link.",
+      codeTitle: "Enter code on phone",
+      codeSteps: [
+        "Open WhatsApp on your phone",
+        "Tap Menu or Settings and select Linked devices",
+        "Tap Link a device",
+        "Tap Link with phone number instead and enter this code on your phone",
+      ],
+      codeLabel: "Linking code",
+      codeExpired: "This code has expired.",
+      newCode: "Get a new code",
+      loading: "Loading your chats",
+      menu: "Menu",
+      logout: "Log out",
+      search: "Search or start new chat",
+      chatList: "Chat list",
+      chat: "Simulator",
+      linked: "Linked to the WhatsApp Web simulator.",
+      offlineTitle: "Trying to reach phone",
+      offlineText: "Make sure your phone has an active Internet connection.",
+      conflict: 'WhatsApp is open in another window. Click "Use here" to use WhatsApp in this window.',
+      useHere: "Use here",
+    },
+    de: {
+      title: "WhatsApp auf deinem Computer verwenden",
+      steps: [
+        "Öffne WhatsApp auf deinem Telefon",
+        "Tippe auf Menü oder Einstellungen und wähle Verknüpfte Geräte aus",
+        "Tippe auf Gerät hinzufügen",
+        "Richte dein Telefon auf diesen Bildschirm, um den QR-Code zu scannen",
+      ],
+      qrLabel: "Scanne diesen QR-Code, um ein Gerät zu verknüpfen!",
+      reload: "Klicke, um den QR-Code neu zu laden",
+      simNote: "Simulator: Sende den Text dieses QR-Codes per POST an /__sim__/scan, um zu verknüpfen.",
+      codeTitle: "Code auf dem Telefon eingeben",
+      codeSteps: [
+        "Öffne WhatsApp auf deinem Telefon",
+        "Tippe auf Menü oder Einstellungen und wähle Verknüpfte Geräte aus",
+        "Tippe auf Gerät hinzufügen",
+        "Tippe auf Stattdessen mit Telefonnummer verknüpfen und gib diesen Code auf deinem Telefon ein",
+      ],
+      codeLabel: "Verknüpfungscode",
+      codeExpired: "Dieser Code ist abgelaufen.",
+      newCode: "Neuen Code anfordern",
+      loading: "Deine Chats werden geladen",
+      menu: "Menü",
+      logout: "Abmelden",
+      search: "Suchen oder neuen Chat beginnen",
+      chatList: "Chatliste",
+      chat: "Simulator",
+      linked: "Mit dem WhatsApp-Web-Simulator verknüpft.",
+      offlineTitle: "Telefon wird erreicht",
+      offlineText: "Stelle sicher, dass dein Telefon eine aktive Internetverbindung hat.",
+      conflict: "WhatsApp ist in einem anderen Fenster geöffnet. Klicke auf „Hier verwenden“, um WhatsApp in diesem Fenster zu verwenden.",
+      useHere: "Hier verwenden",
+    },
+    "pt-BR": {
+      title: "Use o WhatsApp no seu computador",
+      steps: [
+        "Abra o WhatsApp no seu celular",
+        "Toque em Mais opções ou Configurações e selecione Aparelhos conectados",
+        "Toque em Conectar um aparelho",
+        "Aponte seu celular para esta tela para escanear o QR code",
+      ],
+      qrLabel: "Escaneie este QR code para conectar um aparelho!",
+      reload: "Clique para recarregar o QR code",
+      simNote: "Simulador: envie o texto deste QR code por POST para /__sim__/scan para conectar.",
+      codeTitle: "Insira o código no celular",
+      codeSteps: [
+        "Abra o WhatsApp no seu celular",
+        "Toque em Mais opções ou Configurações e selecione Aparelhos conectados",
+        "Toque em Conectar um aparelho",
+        "Toque em Conectar com número de telefone e insira este código no seu celular",
+      ],
+      codeLabel: "Código de conexão",
+      codeExpired: "Este código expirou.",
+      newCode: "Gerar novo código",
+      loading: "Carregando suas conversas",
+      menu: "Mais opções",
+      logout: "Desconectar",
+      search: "Pesquisar ou começar uma nova conversa",
+      chatList: "Lista de conversas",
+      chat: "Simulador",
+      linked: "Conectado ao simulador do WhatsApp Web.",
+      offlineTitle: "Tentando conectar ao celular",
+      offlineText: "Verifique se o seu celular tem uma conexão ativa com a internet.",
+      conflict: 'O WhatsApp está aberto em outra janela. Clique em "Usar aqui" para usar o WhatsApp nesta janela.',
+      useHere: "Usar aqui",
+    },
+  };
+  const T = TEXTS[document.documentElement.lang] || TEXTS.en;
+
+  // -- Meta's module system ------------------------------------------------------------
+  // Plain assignments, as on the real page, so a hook that traps them sees them.
+  const modulesMap = Object.create(null);
+
+  window.__d = function (id, deps, factory) {
+    if (!(id in modulesMap)) modulesMap[id] = { deps: deps, factory: factory, module: null };
+  };
+
+  window.require = function (id) {
+    const entry = modulesMap[id];
+    if (!entry) throw new Error('Requiring unknown module "' + id + '"');
+    if (!entry.module) {
+      // The factory runs once, on first require; the arguments follow Meta's order.
+      entry.module = { exports: {} };
+      const importDefault = function (dep) { return window.require(dep).default; };
+      entry.factory(window, window.require, importDefault, window.require, entry.module, entry.module.exports);
+    }
+    return entry.module.exports;
+  };
+
+  function define(id, factory) {
+    if (DROPPED.indexOf(id) === -1) window.__d(id, [], factory);
+  }
+
+  // -- Backbone-style models -----------------------------------------------------------
+
+  class Events {
+    constructor() {
+      Object.defineProperty(this, "_handlers", { value: Object.create(null) });
+    }
+
+    on(name, callback, context) {
+      (this._handlers[name] = this._handlers[name] || []).push({ callback: callback, context: context });
+      return this;
+    }
+
+    once(name, callback, context) {
+      const self = this;
+      const wrapper = function () {
+        self.off(name, wrapper);
+        return callback.apply(this, arguments);
+      };
+      wrapper._original = callback;
+      return this.on(name, wrapper, context);
+    }
+
+    off(name, callback) {
+      if (name === undefined) {
+        Object.keys(this._handlers).forEach(function (key) { delete this._handlers[key]; }, this);
+      } else if (callback === undefined) {
+        delete this._handlers[name];
+      } else if (this._handlers[name]) {
+        this._handlers[name] = this._handlers[name].filter(function (h) {
+          return h.callback !== callback && h.callback._original !== callback;
+        });
+      }
+      return this;
+    }
+
+    trigger(name) {
+      const args = Array.prototype.slice.call(arguments, 1);
+      // A copy: a handler that removes itself (whatsapp-web.js does) must not skip the next one.
+      (this._handlers[name] || []).slice().forEach(function (h) {
+        try {
+          h.callback.apply(h.context === undefined ? this : h.context, args);
+        } catch (error) {
+          // A listener's failure must not stop the page's own updates; it still surfaces.
+          setTimeout(function () { throw error; });
+        }
+      }, this);
+      return this;
+    }
+  }
+
+  class Model extends Events {
+    constructor(attributes) {
+      super();
+      Object.defineProperty(this, "attributes", { value: Object.assign({}, attributes) });
+      Object.keys(attributes).forEach(function (key) {
+        Object.defineProperty(this, key, { get: function () { return this.attributes[key]; }, enumerable: true });
+      }, this);
+    }
+
+    get(key) {
+      return this.attributes[key];
+    }
+
+    // Every attribute is set first, then 'change:<attr>' (model, value) for each, then 'change'.
+    set(changes) {
+      const changed = Object.keys(changes).filter(function (key) {
+        return this.attributes[key] !== changes[key];
+      }, this);
+      changed.forEach(function (key) { this.attributes[key] = changes[key]; }, this);
+      changed.forEach(function (key) { this.trigger("change:" + key, this, this.attributes[key]); }, this);
+      if (changed.length) this.trigger("change", this);
+      return this;
+    }
+
+    serialize() {
+      return Object.assign({}, this.attributes);
+    }
+  }
+
+  // -- talking to the simulator ----------------------------------------------------------
+
+  let pageId = null;
+  let version = -1;
+
+  async function call(action, body) {
+    const response = await fetch("/__sim__/pages/" + pageId + "/" + action, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body || {}),
+    });
+    const answer = await response.json().catch(function () { return {}; });
+    if (!response.ok) throw new Error(answer.error || action + ": HTTP " + response.status);
+    // The answer carries the new view: applied now, so the caller's promise resolves
+    // on a page that already shows the result (the same view on the stream is ignored).
+    const view = answer.view || (answer.version !== undefined ? answer : null);
+    if (view) apply(view);
+    return answer;
+  }
+
+  // -- the models and their modules --------------------------------------------------------
+
+  const Socket = new Model({ state: "OPENING", hasSynced: false });
+  Socket.takeover = function () { return call("take-over").then(function () {}); };
+  Socket.logout = function () { return call("logout").then(function () {}); };
+
+  const Conn = new Model({ ref: null, refTTL: 0 });
+  const Cmd = new Events();
+  Cmd.refreshQR = function () {
+    // Like the real one it never fails its caller: a page with a valid QR simply keeps it.
+    return call("reload").then(function () {}, function () {});
+  };
+  const Stream = new Model({ mode: null, info: "OPENING" });
+  const NetworkStatus = new Model({ online: true });
+  NetworkStatus.checkOnline = function () { return Promise.resolve(NetworkStatus.online); };
+  let progress = 0;
+
+  let keys = null;
+  let keysKnown;
+  const keysReady = new Promise(function (resolve) { keysKnown = resolve; });
+
+  function fromB64(text) {
+    const binary = atob(text);
+    const bytes = new Uint8Array(binary.length);
+    for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+    return bytes.buffer;
+  }
+
+  function encodeB64(data) {
+    const bytes = data instanceof Uint8Array ? data : new Uint8Array(data);
+    let binary = "";
+    for (let i = 0; i < bytes.length; i++) binary += String.fromCharCode(bytes[i]);
+    return btoa(binary);
+  }
+
+  const getADVSecretKey = function () {
+    return keysReady.then(function () { return keys.adv_secret; });
+  };
+  let pairingType = null;
+  let lastPhone = null;
+  let lastNotify = true;
+
+  function startAltLinkingFlow(phone, showNotification) {
+    lastPhone = String(phone);
+    lastNotify = showNotification !== false;
+    return call("pairing-code", { phone: lastPhone, notify: lastNotify }).then(function (answer) {
+      return answer.code;
+    });
+  }
+
+  function defineModules() {
+    define("__debug", function (g, r, d, n, module) { module.exports = { modulesMap: modulesMap }; });
+    define("WAWebSocketModel", function (g, r, d, n, module) { module.exports = { Socket: Socket }; });
+    define("WAWebConnModel", function (g, r, d, n, module) { module.exports = { Conn: Conn }; });
+    define("WAWebCmd", function (g, r, d, n, module) { module.exports = { Cmd: Cmd }; });
+    define("WAWebOfflineHandler", function (g, r, d, n, module) {
+      module.exports = { OfflineMessageHandler: { getOfflineDeliveryProgress: function () { return progress; } } };
+    });
+    define("WAWebStreamModel", function (g, r, d, n, module) { module.exports = { Stream: Stream }; });
+    define("WAWebNetworkStatus", function (g, r, d, n, module) { module.exports = { default: NetworkStatus }; });
+    define("WAWebAltDeviceLinkingApi", function (g, r, d, n, module) {
+      module.exports = {
+        setPairingType: function (type) { pairingType = type; },
+        initializeAltDeviceLinking: function () { return Promise.resolve(); },
+        startAltLinkingFlow: startAltLinkingFlow,
+      };
+    });
+    define("WABase64", function (g, r, d, n, module) { module.exports = { encodeB64: encodeB64 }; });
+    define("WAWebSignalStoreApi", function (g, r, d, n, module) {
+      module.exports = {
+        waSignalStore: {
+          getRegistrationInfo: function () {
+            return keysReady.then(function () { return { identityKeyPair: { pubKey: fromB64(keys.identity) } }; });
+          },
+        },
+      };
+    });
+    define("WAWebUserPrefsInfoStore", function (g, r, d, n, module) {
+      module.exports = {
+        waNoiseInfo: {
+          get: function () {
+            return keysReady.then(function () { return { staticKeyPair: { pubKey: fromB64(keys.static) } }; });
+          },
+        },
+      };
+    });
+    define("WAWebUserPrefsMultiDevice", function (g, r, d, n, module) { module.exports = { getADVSecretKey: getADVSecretKey }; });
+    define("WAWebAdvSignatureApi", function (g, r, d, n, module) { module.exports = { getADVSecretKey: getADVSecretKey }; });
+    define("WAWebCompanionRegClientUtils", function (g, r, d, n, module) {
+      module.exports = { DEVICE_PLATFORM: DEVICE_PLATFORM };
+    });
+  }
+
+  // -- the view into the models, in the real page's order ----------------------------------
+
+  let loggedOut = false;
+
+  function applyModels(view) {
+    // Conn.ref first: whatsapp-web.js reads it as soon as the state leaves OPENING.
+    if (view.conn_ref && view.conn_ref !== Conn.ref) {
+      Conn.set({ ref: view.conn_ref, refTTL: Math.round((view.ttl || 0) * 1000) });
+    }
+    NetworkStatus.set({ online: !view.offline });
+    const stepped = view.progress !== progress || (view.screen === "loading" && Stream.mode !== "SYNCING");
+    progress = view.progress;
+    if (view.state === "CONNECTED" && UNPAIRED.indexOf(Socket.state) !== -1) {
+      // A scan or a code: the real page passes through PAIRING on its way to CONNECTED.
+      Stream.set({ info: "PAIRING" });
+      Socket.set({ state: "PAIRING" });
+    }
+    Socket.set({ state: view.state });
+    Stream.set({ mode: view.stream.mode, info: view.stream.info });
+    if (stepped && (view.screen === "loading" || (view.has_synced && !Socket.hasSynced))) {
+      Cmd.trigger("offline_progress_update_from_bridge");
+    }
+    Socket.set({ hasSynced: view.has_synced });
+  }
+
+  function logOut(view) {
+    if (loggedOut) return;
+    loggedOut = true;
+    const logout = view.logout || { source: "phone", reason: "user_initiated" };
+    Cmd.trigger(logout.source === "page" ? "logout" : "logout_from_bridge", logout.reason);
+    // As the real page: a fresh load a moment later, which shows a new QR.
+    setTimeout(function () { location.replace("/?post_logout=1"); }, LOGOUT_RELOAD_MS);
+  }
+
+  function apply(view) {
+    if (view.version <= version || loggedOut) return;
+    version = view.version;
+    if (view.clear_auth) clearAuth();
+    if (view.auth) saveAuth(view.auth);
+    if (view.screen === "logged_out") {
+      logOut(view);
+      return;
+    }
+    if (view.forced) {
+      // A forced state is the only change: the screen and the other models stay as they are.
+      Socket.set({ state: view.state });
+      return;
+    }
+    applyModels(view);
+    render(view);
+    if (view.hung) {
+      // The renderer stops responding: evaluate calls time out, clicks go nowhere.
+      for (;;) {}
+    }
+  }
+
+  // -- rendering -------------------------------------------------------------------------
+
+  const app = document.getElementById("app");
+  let screen = null;
+
+  function h(tag, attributes, children) {
+    const element = document.createElement(tag);
+    Object.keys(attributes || {}).forEach(function (name) {
+      if (name === "onclick") element.addEventListener("click", attributes[name]);
+      else element.setAttribute(name, attributes[name]);
+    });
+    (children || []).forEach(function (child) {
+      element.append(child);
+    });
+    return element;
+  }
+
+  function show(name, build) {
+    // A screen is rebuilt only when it changes: observers of the canvas or the
+    // code see one element whose content changes, as on WhatsApp Web.
+    if (screen !== name) {
+      app.replaceChildren(build());
+      screen = name;
+    }
+    return app.firstElementChild;
+  }
+
+  function steps(texts) {
+    return h("ol", {}, texts.map(function (text) { return h("li", {}, [text]); }));
+  }
+
+  function buildLanding() {
+    return h("div", { class: "landing", "data-sim-screen": "qr" }, [
+      h("div", { class: "landing-text" }, [h("h1", {}, [T.title]), steps(T.steps), h("p", { class: "sim-note" }, [T.simNote])]),
+      h("div", { class: "qr-box" }, [
+        h("div", { class: "qr-holder" }, [h("canvas", { "aria-label": T.qrLabel, role: "img", width: QR_PIXELS, height: QR_PIXELS })]),
+      ]),
+    ]);
+  }
+
+  // The server's QR modules (rows of "0"/"1"), as one path of unit squares scaled onto the canvas.
+  function drawQr(canvas, rows) {
+    const side = rows.length + 2 * QUIET_ZONE;
+    const scale = Math.max(1, Math.floor(QR_PIXELS / side));
+    canvas.width = canvas.height = side * scale;
+    const dark = new Path2D();
+    rows.forEach(function (row, y) {
+      Array.prototype.forEach.call(row, function (module, x) {
+        if (module === "1") dark.rect(x + QUIET_ZONE, y + QUIET_ZONE, 1, 1);
+      });
+    });
+    const ctx = canvas.getContext("2d");
+    ctx.fillStyle = "#fff";
+    ctx.fillRect(0, 0, canvas.width, canvas.height);
+    ctx.setTransform(scale, 0, 0, scale, 0, 0);
+    ctx.fillStyle = "#000";
+    ctx.fill(dark);
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+  }
+
+  let drawnQr = null;
+
+  function renderLanding(view) {
+    const holder = show("landing", buildLanding).querySelector(".qr-holder");
+    const button = holder.querySelector(":scope > span");
+    if (view.screen === "qr") {
+      if (button) button.remove();
+      holder.classList.remove("expired");
+      if (drawnQr !== view.ref) {
+        drawQr(holder.querySelector("canvas"), view.qr);
+        drawnQr = view.ref;
+      }
+    } else if (!button) {
+      // Expired: the last QR stays, dimmed, under the reload button.
+      holder.classList.add("expired");
+      holder.append(h("span", {}, [h("button", { type: "button", onclick: function () { Cmd.refreshQR(); } }, [T.reload])]));
+    }
+  }
+
+  function buildCode() {
+    return h("div", { class: "landing code", "data-sim-screen": "code" }, [
+      h("div", { class: "landing-text" }, [h("h1", {}, [T.codeTitle]), steps(T.codeSteps)]),
+      h("div", { class: "code-box" }, [h("div", { class: "link-code", "aria-label": T.codeLabel }, [])]),
+    ]);
+  }
+
+  function renderCode(view) {
+    const box = show("code", buildCode).querySelector(".code-box");
+    const expired = box.querySelector(".code-expired");
+    if (view.pairing) {
+      const code = view.pairing.code;
+      box.querySelector(".link-code").textContent = code.slice(0, 4) + "-" + code.slice(4);
+      box.classList.remove("expired");
+      if (expired) expired.remove();
+    } else if (!expired) {
+      box.classList.add("expired");
+      box.append(
+        h("div", { class: "code-expired" }, [
+          h("p", {}, [T.codeExpired]),
+          h("button", { type: "button", onclick: function () { startAltLinkingFlow(lastPhone, lastNotify).catch(function () {}); } }, [T.newCode]),
+        ]),
+      );
+    }
+  }
+
+  function buildLoading() {
+    return h("div", { class: "loading", "data-sim-screen": "loading" }, [
+      h("progress", { value: 0, max: 100 }),
+      h("div", { class: "loading-title" }, [T.loading]),
+    ]);
+  }
+
+  function buildApp() {
+    const menu = h("ul", { class: "menu", hidden: "" }, [
+      h("li", {}, [h("div", { role: "button", tabindex: 0, "aria-label": T.logout, onclick: function () { Socket.logout(); } }, [T.logout])]),
+    ]);
+    const toggle = function () { menu.hidden = !menu.hidden; };
+    return h("div", { class: "two", "data-sim-screen": "app" }, [
+      h("div", { id: "side" }, [
+        h("header", {}, [
+          h("span", { class: "me" }, ["WhatsApp"]),
+          h("div", { class: "menu-wrap" }, [
+            h("div", { role: "button", tabindex: 0, "aria-label": T.menu, title: T.menu, onclick: toggle }, [h("span", { "data-icon": "menu" }, ["\u22ee"])]),
+            menu,
+          ]),
+        ]),
+        h("div", { class: "banners" }),
+        h("div", { class: "search" }, [h("span", { "data-icon": "search" }, ["\u{1F50D}"]), h("input", { type: "text", placeholder: T.search })]),
+        h("div", { id: "pane-side", "aria-label": T.chatList }, [h("div", { class: "chat", role: "listitem" }, [T.chat])]),
+      ]),
+      h("div", { id: "main-empty" }, [T.linked]),
+    ]);
+  }
+
+  function renderApp(view) {
+    const banners = show("app", buildApp).querySelector(".banners");
+    const banner = banners.querySelector(".banner.offline");
+    if (view.offline && !banner) {
+      banners.append(
+        h("div", { class: "banner offline", role: "alert" }, [
+          h("span", { "data-icon": "alert-phone" }, ["!"]),
+          h("div", {}, [h("div", { class: "banner-title" }, [T.offlineTitle]), h("div", {}, [T.offlineText])]),
+        ]),
+      );
+    }
+    if (!view.offline && banner) banner.remove();
+  }
+
+  function buildConflict() {
+    return h("div", { class: "conflict", "data-sim-screen": "conflict" }, [
+      h("div", { class: "conflict-text" }, [T.conflict]),
+      h("div", { role: "button", tabindex: 0, onclick: function () { Socket.takeover(); } }, [T.useHere]),
+    ]);
+  }
+
+  function render(view) {
+    switch (view.screen) {
+      case "qr":
+      case "reload":
+        renderLanding(view);
+        break;
+      case "code":
+      case "code_expired":
+        renderCode(view);
+        break;
+      case "loading":
+        show("loading", buildLoading).querySelector("progress").value = view.percent || 0;
+        break;
+      case "app":
+        renderApp(view);
+        break;
+      case "conflict":
+        show("conflict", buildConflict);
+        break;
+    }
+  }
+
+  // -- login storage: IndexedDB first (written through on commit), localStorage as well ----
+
+  function withStore(mode, work) {
+    return new Promise(function (resolve) {
+      let open;
+      try {
+        open = indexedDB.open("wa-sim", 1);
+      } catch (e) {
+        return resolve(null);
+      }
+      open.onupgradeneeded = function () { open.result.createObjectStore("auth"); };
+      open.onerror = function () { resolve(null); };
+      open.onsuccess = function () {
+        const db = open.result;
+        const tx = db.transaction("auth", mode);
+        const request = work(tx.objectStore("auth"));
+        const finish = function (value) { db.close(); resolve(value); };
+        tx.oncomplete = function () { finish(request.result === undefined ? null : request.result); };
+        tx.onerror = tx.onabort = function () { finish(null); };
+      };
+    });
+  }
+
+  function saveAuth(auth) {
+    localStorage.setItem(AUTH_KEY, JSON.stringify(auth));
+    withStore("readwrite", function (store) { return store.put(auth, AUTH_KEY); });
+  }
+
+  function clearAuth() {
+    localStorage.removeItem(AUTH_KEY);
+    withStore("readwrite", function (store) { return store.delete(AUTH_KEY); });
+  }
+
+  async function storedAuth() {
+    const saved = await withStore("readonly", function (store) { return store.get(AUTH_KEY); });
+    if (saved && typeof saved.token === "string") return saved;
+    try {
+      const local = JSON.parse(localStorage.getItem(AUTH_KEY) || "null");
+      return local && typeof local.token === "string" ? local : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  // -- start -----------------------------------------------------------------------------
+
+  function startupProgress(value) {
+    const bar = document.querySelector("#wa_web_initial_startup progress");
+    if (bar) bar.value = value;
+  }
+
+  async function start() {
+    const auth = await storedAuth();
+    // The modules arrive a moment after `require` exists, as bundles do. Debug.VERSION
+    // comes with them: whatsapp-web.js requires the modules as soon as it sees it. Then,
+    // as the real page opens its socket, Socket.state stays OPENING until the server answers.
+    defineModules();
+    window.Debug = { VERSION: WEB_VERSION };
+    startupProgress(50);
+    const response = await fetch("/__sim__/pages", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ token: auth ? auth.token : null }),
+    });
+    if (!response.ok) throw new Error("registering the page: HTTP " + response.status);
+    const opened = await response.json();
+    pageId = opened.page;
+    keys = opened.view.keys;
+    keysKnown();
+    startupProgress(90);
+    apply(opened.view); // the first screen replaces the startup splash
+    const events = new EventSource("/__sim__/pages/" + pageId + "/events");
+    events.addEventListener("view", function (event) { apply(JSON.parse(event.data)); });
+    events.onerror = function () {
+      // EventSource retries by itself after a network error; CLOSED means the server
+      // forgot this page (closed after a long disconnect, or restarted): load anew.
+      if (events.readyState === EventSource.CLOSED) setTimeout(function () { location.reload(); }, 2000);
+    };
+  }
+
+  start().catch(function () {
+    setTimeout(function () { location.reload(); }, 2000);
+  });
+})();
