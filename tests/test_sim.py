@@ -8,6 +8,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,8 +25,10 @@ import trio
 import trio.testing
 
 from wa_daemon.sim import LINK_PREFIX, InvalidState, NotFound, SimEngine, SimModel, SimOptions, serve_simulator
-from wa_daemon.sim.model import Page
+from wa_daemon.sim.model import CODE_ALPHABET, CODE_LENGTH, BadRequest, Page
+from wa_daemon.sim.options import LOCALES
 from wa_daemon.sim.refs import qr_rows
+from wa_daemon.sim.server import page_html
 
 DESKTOP_UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36"
 HEADLESS_UA = DESKTOP_UA.replace("Chrome/", "HeadlessChrome/")
@@ -400,10 +403,211 @@ def test_model_is_pure_and_catches_up_without_a_timer() -> None:
     assert math.isinf(page.ref_deadline)
 
 
+# ------------------------------------------------------------------ the module page's model, plain calls
+
+PHONE = "12025550108"
+
+
+def models(model: SimModel, page: Page) -> tuple[Any, ...]:
+    """What the module page mirrors: Socket.state, hasSynced, Stream mode/info, progress, online."""
+    view = model.view(page)
+    return (
+        view["state"],
+        view["has_synced"],
+        view["stream"]["mode"],
+        view["stream"]["info"],
+        view["progress"],
+        not view["offline"],
+    )
+
+
+def fresh(**options: Any) -> tuple[SimModel, Page]:
+    model = SimModel(SimOptions(**options))
+    page = model.open_page(None, now=0.0)
+    model.attach(page.id, now=0.0)
+    return model, page
+
+
+def test_module_states_fresh_profile_scan_and_sync() -> None:
+    model, page = fresh(loading_time=4)
+    assert models(model, page) == ("UNPAIRED", False, "QR", "NORMAL", 0, True)
+    first = model.view(page)
+    model.advance(60.0)  # the next ref: a new Conn.ref, the same registration keys
+    second = model.view(page)
+    assert second["conn_ref"] != first["conn_ref"] and second["keys"] == first["keys"]
+    model.advance(160.0)
+    assert models(model, page)[0] == "UNPAIRED_IDLE"
+    assert model.view(page)["conn_ref"] is None
+    model.reload(page.id, now=170.0)  # Cmd.refreshQR()
+    assert models(model, page)[0] == "UNPAIRED"
+
+    model.scan(model.view(page)["ref"], now=171.0)
+    seen = [models(model, page)]
+    for now in (172.0, 173.0, 174.0, 175.0):
+        model.advance(now)
+        seen.append(models(model, page))
+    assert seen == [
+        ("CONNECTED", False, "SYNCING", "SYNCING", 0, True),
+        ("CONNECTED", False, "SYNCING", "SYNCING", 25, True),
+        ("CONNECTED", False, "SYNCING", "SYNCING", 50, True),
+        ("CONNECTED", False, "SYNCING", "SYNCING", 75, True),
+        ("CONNECTED", True, "MAIN", "NORMAL", 100, True),
+    ]
+
+
+def test_five_field_qr_payload() -> None:
+    model, page = fresh(ref_platform="MACOS")
+    view = model.view(page)
+    keys = view["keys"]
+    assert set(keys) == {"static", "identity", "adv_secret", "platform"}
+    five = ",".join([view["conn_ref"], keys["static"], keys["identity"], keys["adv_secret"], keys["platform"]])
+    assert view["ref"] == five and five.endswith(",MACOS")
+    assert view["conn_ref"].startswith("2@") and "," not in view["conn_ref"]
+    assert all(len(base64.b64decode(keys[k], validate=True)) == 32 for k in ("static", "identity", "adv_secret"))
+    assert view["qr"] == list(qr_rows(five)), "the canvas shows the five-field text"
+    assert model.page_json(page)["ref"] == five
+    other = model.open_page(None, now=0.0)
+    assert model.view(other)["keys"] != keys, "keys belong to one page load"
+    with pytest.raises(NotFound):
+        model.scan(five.replace(",MACOS", ",WEB"), now=1.0)
+    assert model.scan(five, now=1.0).page_id == page.id
+
+
+def test_module_states_restore_conflict_offline() -> None:
+    model, page = fresh(loading_time=0)
+    device = model.scan(model.view(page)["ref"], now=1.0)
+    assert models(model, page) == ("CONNECTED", True, "MAIN", "NORMAL", 100, True)
+
+    again = model.open_page(device.token, now=2.0)  # restored login: never UNPAIRED
+    assert models(model, again)[:2] == ("CONNECTED", True)
+    assert models(model, page)[:3] == ("CONFLICT", True, "CONFLICT")
+    model.take_over(page.id, now=3.0)  # Socket.takeover()
+    assert models(model, page) == ("CONNECTED", True, "MAIN", "NORMAL", 100, True)
+
+    model.offline(device.id, now=4.0, duration=10)
+    assert models(model, page) == ("TIMEOUT", True, "OFFLINE", "OFFLINE", 100, False)
+    model.advance(14.0)
+    assert models(model, page) == ("CONNECTED", True, "MAIN", "NORMAL", 100, True)
+
+
+def test_restored_login_loads_without_unpaired() -> None:
+    model, page = fresh(loading_time=4)
+    device = model.scan(model.view(page)["ref"], now=0.0)
+    model.advance(4.0)
+    restored = model.open_page(device.token, now=5.0)
+    states = [models(model, restored)[:2]]
+    for now in (6.0, 7.0, 8.0, 9.0):
+        model.advance(now)
+        states.append(models(model, restored)[:2])
+    assert states == [("CONNECTED", False)] * 4 + [("CONNECTED", True)]
+
+
+def test_logout_events_carry_source_and_reason() -> None:
+    model, page = fresh(loading_time=0)
+    device = model.scan(model.view(page)["ref"], now=0.0)
+    second = model.open_page(device.token, now=1.0)  # page now in conflict
+    model.page_logout(second.id, now=2.0)  # Socket.logout() on the second
+    assert model.view(second)["logout"] == {"source": "page", "reason": "user_initiated"}
+    assert model.view(page)["logout"] == {"source": "phone", "reason": "user_initiated"}
+    assert model.view(second)["state"] is None, "the page keeps its state on its way out"
+    with pytest.raises(InvalidState):
+        model.page_logout(second.id, now=3.0)
+
+    model, page = fresh(loading_time=0)
+    device = model.scan(model.view(page)["ref"], now=0.0)
+    with pytest.raises(BadRequest):
+        model.logout(device.id, now=1.0, reason="Not A Reason")
+    model.logout(device.id, now=1.0, reason="client_version_outdated")
+    assert model.view(page)["logout"] == {"source": "phone", "reason": "client_version_outdated"}
+    assert model.view(page)["clear_auth"] is True
+
+
+def test_forced_states() -> None:
+    model, page = fresh(loading_time=0)
+    before = model.view(page)
+    for name in ("DEPRECATED_VERSION", "TOS_BLOCK", "SMB_TOS_BLOCK", "PROXYBLOCK", "FROBNICATED", "X" * 40):
+        model.force_state(page.id, name, now=1.0)
+        view = model.view(page)
+        assert (view["state"], view["forced"]) == (name, True)
+        assert view["stream"] == before["stream"] and view["screen"] == "qr", "nothing else changes"
+    for bad in ("tos_block", "", "X" * 41, "1ABC", "A-B"):
+        with pytest.raises(BadRequest):
+            model.force_state(page.id, bad, now=1.0)
+    model.force_state(page.id, None, now=2.0)
+    assert (model.view(page)["state"], model.view(page)["forced"]) == ("UNPAIRED", False)
+    with pytest.raises(NotFound):
+        model.force_state("p-nope", "TOS_BLOCK", now=2.0)
+
+    device = model.scan(model.view(page)["ref"], now=3.0)
+    model.force_device_state(device.id, "DEPRECATED_VERSION", now=4.0)
+    assert model.view(page)["state"] == "DEPRECATED_VERSION"
+    model.force_device_state(device.id, None, now=5.0)
+    assert model.view(page)["state"] == "CONNECTED"
+    model.conflict(device.id, now=6.0)
+    with pytest.raises(InvalidState):  # no page holds the session
+        model.force_device_state(device.id, "TOS_BLOCK", now=7.0)
+
+
+def test_pairing_code_issue_replace_expire_and_pair() -> None:
+    model, page = fresh(time_scale=0.5, code_ttl=100, loading_time=0)  # codes live 50 s
+    ref = model.view(page)["ref"]
+    pairing = model.request_code(page.id, PHONE, now=10.0)
+    code = pairing.code
+    assert len(code) == CODE_LENGTH and set(code) <= set(CODE_ALPHABET)
+    view = model.view(page)
+    assert (view["screen"], view["state"], view["ref"], view["qr"]) == ("code", "UNPAIRED", None, None)
+    assert view["pairing"] == {"phone": PHONE, "code": code, "expires_in": 50.0}
+    assert model.next_deadline() == 60.0
+    with pytest.raises(NotFound):
+        model.scan(ref, now=11.0)  # the QR is gone with the code screen
+
+    replaced = model.request_code(page.id, PHONE, now=20.0).code  # asking again replaces it
+    assert replaced != code  # 32**8 codes
+    with pytest.raises(NotFound):
+        model.pair(PHONE, code, now=21.0)
+    model.advance(69.9)
+    assert model.view(page)["pairing"]["code"] == replaced
+    model.advance(70.0)
+    view = model.view(page)
+    assert (view["screen"], view["state"], view["pairing"]) == ("code_expired", "UNPAIRED_IDLE", None)
+    with pytest.raises(NotFound):
+        model.pair(PHONE, replaced, now=71.0)
+
+    code = model.request_code(page.id, PHONE, now=72.0).code  # the daemon asks for a new one
+    dashed = (code[:4] + "-" + code[4:]).lower()
+    device = model.pair(PHONE, dashed, now=73.0)
+    assert (device.page_id, device.number) == (page.id, PHONE)
+    assert model.view(page)["state"] == "CONNECTED" and model.view(page)["pairing"] is None
+    with pytest.raises(InvalidState):
+        model.request_code(page.id, PHONE, now=74.0)
+
+
+def test_pairing_code_wrong_other_number_and_malformed() -> None:
+    model, page = fresh()
+    code = model.request_code(page.id, PHONE, now=0.0).code
+    wrong = "".join("2" if c != "2" else "3" for c in code)
+    with pytest.raises(NotFound):
+        model.pair(PHONE, wrong, now=1.0)
+    with pytest.raises(NotFound):
+        model.pair("4915112345678", code, now=1.0)  # another number's
+    for phone, typed in (("+12025550108", code), ("123", code), ("1" * 16, code), (PHONE, "ABC"), (PHONE, "0OIU0OIU")):
+        with pytest.raises(BadRequest):
+            model.pair(phone, typed, now=1.0)
+    for phone in ("", "12 025 550", "+12025550108", "abcdefgh"):
+        with pytest.raises(BadRequest):
+            model.request_code(page.id, phone, now=1.0)
+    view = model.view(page)
+    assert (view["screen"], view["pairing"]["code"], model.devices) == ("code", code, {}), "still unpaired, code valid"
+    model.reload(page.id, now=2.0)  # "Link with QR code instead"
+    assert (model.view(page)["screen"], model.view(page)["pairing"]) == ("qr", None)
+    with pytest.raises(NotFound):
+        model.pair(PHONE, code, now=3.0)
+
+
 # ------------------------------------------------------------------ HTTP on loopback
 
-# The first ref lasts 10 s so a test's scan never races a rotation; loading takes 0.2 s.
-STEADY = SimOptions(time_scale=0.01, first_qr_ttl=1000, loading_time=20)
+# The first ref and a code last 10 s so a test's scan never races a rotation; loading takes 0.2 s.
+STEADY = SimOptions(time_scale=0.01, first_qr_ttl=1000, loading_time=20, code_ttl=1000)
 FAST = SimOptions(time_scale=0.01, loading_time=20)  # refs: 0.6 s then 0.2 s
 
 
@@ -617,6 +821,149 @@ async def test_faults_over_http(client: httpx.AsyncClient, sim: tuple[str, SimEn
             await engine.wait_changed()
         assert (await client.post("/__sim__/devices/d-nope/hang")).status_code == 404
         assert (await client.get("/__sim__/nope")).status_code == 404
+
+
+async def test_module_page_shell(client: httpx.AsyncClient) -> None:
+    with trio.fail_after(IO_TIMEOUT):
+        response = await client.get("/")
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+        html = response.text
+        assert '<html lang="en"' in html
+        # The startup splash with its progress is the body's first content, as on every real shell.
+        body = html[html.index("<body>") :]
+        assert body.index('<div id="app"><div id="wa_web_initial_startup"') < body.index("<progress")
+        assert '<progress value="0" max="100"></progress>' in body
+        assert 'data-web-version="2.3000.1031980585"' in html and "data-ref" not in html
+        assert '<script src="/__sim__/static/modules.js" defer' in html
+
+        script = await client.get("/__sim__/static/modules.js")
+        assert script.headers["content-type"].startswith("text/javascript")
+        text = script.text
+        # Plain assignments, so a hook trapping them sees them.
+        for needle in ("window.__d = function", "window.require = function", "window.Debug = { VERSION"):
+            assert needle in text, needle
+        assert "defineProperty(window" not in text
+        for module_id in (
+            "WAWebSocketModel",
+            "WAWebConnModel",
+            "WAWebCmd",
+            "WAWebOfflineHandler",
+            "WAWebStreamModel",
+            "WAWebNetworkStatus",
+            "WAWebAltDeviceLinkingApi",
+            "WABase64",
+            "WAWebSignalStoreApi",
+            "WAWebUserPrefsInfoStore",
+            "WAWebUserPrefsMultiDevice",
+            "WAWebAdvSignatureApi",
+            "WAWebCompanionRegClientUtils",
+        ):
+            assert f'define("{module_id}"' in text, module_id
+        for locale in LOCALES:
+            assert re.search(rf'^    "?{re.escape(locale)}"?: {{$', text, re.M), f"no texts for {locale}"
+
+
+def test_module_page_shell_options() -> None:
+    # A list, as callers pass one: kept as a tuple.
+    drop: Any = ["WAWebCmd", "WABase64"]
+    options = SimOptions(locale="pt-BR", web_version="2.3000.1", drop_modules=drop)
+    html = page_html(options).decode()
+    assert '<html lang="pt-BR"' in html
+    assert 'data-web-version="2.3000.1"' in html and 'data-drop-modules="WAWebCmd,WABase64"' in html
+    assert options.drop_modules == ("WAWebCmd", "WABase64")
+    assert b"legacy.js" in page_html(SimOptions(page="legacy"))
+    for bad in (
+        {"locale": "fr"},
+        {"page": "dom"},
+        {"web_version": 'x"><script>'},
+        {"web_version": ""},
+        {"drop_modules": ["no spaces"]},
+        {"drop_modules": "WAWebCmd"},
+        {"code_ttl": 0},
+    ):
+        with pytest.raises(ValueError):
+            SimOptions(**bad)
+
+
+def test_command_line_options() -> None:
+    from wa_daemon.sim.main import build_parser
+
+    args = build_parser().parse_args(
+        ["--page", "legacy", "--locale", "de", "--web-version", "2.3000.9", "--code-ttl", "30"]
+        + ["--drop-module", "WAWebCmd", "--drop-module", "WABase64"]
+    )
+    assert (args.page, args.locale, args.web_version, args.code_ttl) == ("legacy", "de", "2.3000.9", 30.0)
+    assert args.drop_module == ["WAWebCmd", "WABase64"]
+    assert build_parser().parse_args([]).page == "modules"
+
+
+async def test_pairing_code_over_http(client: httpx.AsyncClient) -> None:
+    with trio.fail_after(IO_TIMEOUT):
+        page_id, view = await open_page(client)
+        base = f"/__sim__/pages/{page_id}/pairing-code"
+        for body in ({"phone": "+1 202"}, {"phone": 12025550108}, {}, {"phone": PHONE, "notify": "yes"}):
+            response = await client.post(base, json=body)
+            assert response.status_code == 400, body
+            assert "error" in response.json()
+        assert (await client.post("/__sim__/pages/p-nope/pairing-code", json={"phone": PHONE})).status_code == 404
+        response = await client.post(base, json={"phone": PHONE, "notify": False})
+        assert response.status_code == 200
+        code = response.json()["code"]
+        assert response.json()["view"]["screen"] == "code"
+        pairing = (await client.get(f"/__sim__/pages/{page_id}")).json()["pairing"]
+        assert (pairing["phone"], pairing["code"]) == (PHONE, code)
+        assert 0 < pairing["expires_in"] <= 10
+
+        wrong = "".join("2" if c != "2" else "3" for c in code)
+        for body, status in (
+            ({"phone": PHONE, "code": wrong}, 404),
+            ({"phone": "4915112345678", "code": code}, 404),
+            ({"phone": PHONE}, 400),
+            ({"phone": PHONE, "code": "??"}, 400),
+            ({"code": code}, 400),
+        ):
+            response = await client.post("/__sim__/pair", json=body)
+            assert response.status_code == status, body
+            assert "error" in response.json()
+        assert (await client.post("/__sim__/pair", content=b"not json")).status_code == 400
+        assert (await client.get(f"/__sim__/pages/{page_id}")).json()["pairing"]["code"] == code
+
+        response = await client.post("/__sim__/pair", json={"phone": PHONE, "code": f"{code[:4]}-{code[4:]}"})
+        assert response.status_code == 200
+        assert response.json()["page"] == page_id
+        device = (await client.get(f"/__sim__/devices/{response.json()['device']}")).json()
+        assert device["number"] == PHONE
+        assert (await client.post(base, json={"phone": PHONE})).status_code == 409
+
+
+async def test_forced_state_and_logout_reason_over_http(client: httpx.AsyncClient) -> None:
+    with trio.fail_after(IO_TIMEOUT):
+        page_id, view = await open_page(client)
+        base = f"/__sim__/pages/{page_id}/state"
+        for body in ({}, {"state": 1}, {"state": "lower"}):
+            assert (await client.post(base, json=body)).status_code == 400, body
+        response = await client.post(base, json={"state": "DEPRECATED_VERSION"})
+        assert (response.json()["state"], response.json()["forced"]) == ("DEPRECATED_VERSION", True)
+        pages = (await client.get("/__sim__/pages")).json()
+        assert [p["state"] for p in pages] == ["DEPRECATED_VERSION"]
+        assert (await client.post(base, json={"state": None})).json()["state"] == "UNPAIRED"
+
+        # The phone scans the five fields the module page assembles.
+        assert len(view["ref"].split(",")) == 5
+        device_id = (await client.post("/__sim__/scan", content=view["ref"])).json()["device"]
+        state = f"/__sim__/devices/{device_id}/state"
+        assert (await client.post("/__sim__/devices/d-nope/state", json={"state": "TOS_BLOCK"})).status_code == 404
+        response = await client.post(state, json={"state": "TOS_BLOCK"})
+        assert response.status_code == 200 and response.json()["page_state"] == "TOS_BLOCK"
+        assert (await client.post(state, json={"state": None})).json()["page_state"] == "CONNECTED"
+
+        logout = f"/__sim__/devices/{device_id}/logout"
+        assert (await client.post(logout, json={"reason": 7})).status_code == 400
+        assert (await client.post(logout, json={"reason": "Bad Reason"})).status_code == 400
+        response = await client.post(logout, json={"reason": "storage_quota_exceeded"})
+        assert response.json() == {"device": device_id, "state": "logged_out", "reason": "storage_quota_exceeded"}
+        view = (await client.get(f"/__sim__/pages/{page_id}")).json()
+        assert view["logout"] == {"source": "phone", "reason": "storage_quota_exceeded"}
 
 
 @pytest.mark.slow
@@ -1053,7 +1400,7 @@ async def test_real_chromium_module_page(tmp_path: Path, chromium: str) -> None:
     """The module page in a real headless Chromium, read as whatsapp-web.js reads it: splash
     first, OPENING -> UNPAIRED, the five-field QR scanned, loading to hasSynced; faults;
     Socket.logout(); then a pairing code and its link."""
-    options = SimOptions(time_scale=0.01, first_qr_ttl=1000, loading_time=20, code_ttl=1000)
+    options = STEADY
     phone_number = "12025550108"
     with trio.fail_after(90):
         async with trio.open_nursery() as nursery:
