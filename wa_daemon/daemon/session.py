@@ -63,11 +63,6 @@ from .states import NEEDS_REASON, is_allowed
 log = structlog.get_logger("wa_daemon.session")
 
 
-# An "idle" login report this soon after a new pairing code was given describes the
-# code it replaced (both were under way at once), not the new one.
-CODE_IDLE_STALE = 10.0
-
-
 def qr_fingerprint(data: str) -> str:
     """12 hex digits of the payload's SHA-256: enough to tell QRs apart in logs, useless to log in with."""
     return hashlib.sha256(data.encode()).hexdigest()[:12]
@@ -170,7 +165,9 @@ class Session:
         self._code_deadline: float | None = None  # the code phase ends: code_timeout
         self._code_renew_at: float | None = None  # the shown code runs out: ask for the next
         self._code_wanted = False  # the page asks for a login and no code is on it
-        self._code_at = -math.inf  # when the current code was given (trio clock)
+        # Page events already queued when the current code was given: an "idle" among
+        # them is about the code it replaced (both ran out at once), not the new one.
+        self._stale_events = 0
         self.web_version: str | None = None
         self.web_state: str | None = None
         self.page_missing: tuple[str, ...] = ()  # contract items the live page lacks
@@ -551,17 +548,20 @@ class Session:
                     self._code_renew_at = None
                     self._code_wanted = True
                 continue
-            outcome = await self._on_page_event(browser, event)
+            stale, self._stale_events = self._stale_events > 0, max(0, self._stale_events - 1)
+            outcome = await self._on_page_event(browser, event, stale)
             if outcome is not None:
                 return outcome
 
-    async def _on_page_event(self, browser: Browser, event: PageEvent) -> _Terminal | _Gone | None:
+    async def _on_page_event(
+        self, browser: Browser, event: PageEvent, stale: bool = False
+    ) -> _Terminal | _Gone | None:
         cfg = self.ctx.config
         if isinstance(event, PageInfo):
             self._on_page_info(event)
             return None
         if isinstance(event, LoginRequired):
-            return self._on_login_required(event)
+            return self._on_login_required(event, stale)
         if isinstance(event, QrShown):
             if self.links_by_code:
                 return None  # the page rotates QRs under the code; nobody scans them
@@ -634,7 +634,7 @@ class Session:
         self.web_version = info.version or self.web_version
         self.web_state = info.web_state
 
-    def _on_login_required(self, event: LoginRequired) -> _Terminal | None:
+    def _on_login_required(self, event: LoginRequired, stale: bool) -> _Terminal | None:
         if self.state == State.CONNECTED or (
             self.linked and self.state in (State.STARTING, State.RECONNECTING, State.AUTHENTICATING)
         ):
@@ -650,10 +650,8 @@ class Session:
         if self.links_by_code:
             if self.pairing_code is None:
                 self._code_wanted = True
-            elif event.idle and trio.current_time() - self._code_at >= CODE_IDLE_STALE:
-                # The page's code ran out before our renewal timer: ask now. An idle
-                # report just after a new code was given is about the code it replaced.
-                self._code_wanted = True
+            elif event.idle and not stale:
+                self._code_wanted = True  # the page's code ran out before our renewal timer
         return None
 
     # ------------------------------------------------------------------ pairing code
@@ -687,8 +685,8 @@ class Session:
             expires_at=now + timedelta(seconds=cfg.pairing_code_interval),
             seq=self._code_seq,
         )
-        self._code_at = trio.current_time()
-        self._code_renew_at = self._code_at + cfg.pairing_code_interval
+        self._stale_events = browser.events.statistics().current_buffer_used
+        self._code_renew_at = trio.current_time() + cfg.pairing_code_interval
         self.ctx.metrics.pairing_codes.inc()
         if first:
             # Set before the transition so its state event already carries the code.

@@ -140,7 +140,7 @@ class Browser(Protocol):
     """One running browser of one session."""
 
     @property
-    def events(self) -> trio.abc.ReceiveChannel[PageEvent]:
+    def events(self) -> trio.MemoryReceiveChannel[PageEvent]:
         """Page events in order. Ends (EndOfChannel) after a BrowserGone or close()."""
         ...
 

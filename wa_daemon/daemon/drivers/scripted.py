@@ -203,10 +203,13 @@ class ScriptedBrowser:
             code_at = self._code_deadline
             with trio.move_on_at(deadline if code_at is None else min(deadline, code_at)):
                 return await self._cmd_recv.receive()
-            if code_at is not None and trio.current_time() >= code_at:
+            # Re-read: a new code asked for meanwhile replaced the one that woke us.
+            if self._code_deadline is not None and trio.current_time() >= self._code_deadline:
                 self.code = self._code_deadline = None
                 await self._emit(LoginRequired(idle=True))
                 continue
+            if trio.current_time() < deadline:
+                continue  # woken for a code that was replaced since
             return None
 
     # -- what the session and the tests do ------------------------------------
