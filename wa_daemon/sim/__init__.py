@@ -1,8 +1,11 @@
 """A local WhatsApp Web simulator: a page with WhatsApp Web's login contract, run offline.
 
-Point a browser driver (the daemon's, or your own) at it, play the phone through
-its control API (``POST /__sim__/scan`` with the QR text, faults under
-``/__sim__/devices/{id}/...``), and speed up the QR schedule with ``time_scale``.
+By default the page offers WhatsApp Web's module layer (``require('WAWebSocketModel')``
+and the other modules whatsapp-web.js reads); ``page="legacy"`` serves the DOM-only
+page with ``div[data-ref]``. Point a browser driver (the daemon's, or your own) at
+it, play the phone through its control API (``POST /__sim__/scan`` with the QR text,
+``POST /__sim__/pair`` with a pairing code, faults under ``/__sim__/devices/{id}/...``),
+and speed up the QR schedule with ``time_scale``.
 See docs/simulator.md.
 
     from wa_daemon.sim import SimOptions, serve_simulator
@@ -18,8 +21,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .model import InvalidState, NotFound, SimError, SimModel
-from .options import REF_FORMATS, RefFormat, SimOptions
+from .model import BadRequest, InvalidState, NotFound, SimError, SimModel
+from .options import LOCALES, PAGE_KINDS, REF_FORMATS, PageKind, RefFormat, SimOptions
 from .refs import LINK_PREFIX, plain_form
 
 if TYPE_CHECKING:
@@ -40,9 +43,13 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "LINK_PREFIX",
+    "LOCALES",
+    "PAGE_KINDS",
     "REF_FORMATS",
+    "BadRequest",
     "InvalidState",
     "NotFound",
+    "PageKind",
     "RefFormat",
     "SimApp",
     "SimEngine",
