@@ -872,7 +872,11 @@ def test_module_page_shell_options() -> None:
     assert 'data-web-version="2.3000.1"' in html and 'data-drop-modules="WAWebCmd,WABase64"' in html
     assert options.drop_modules == ("WAWebCmd", "WABase64")
     assert b"legacy.js" in page_html(SimOptions(page="legacy"))
+    assert SimOptions().weight == "light" and b'data-weight="light"' in page_html(SimOptions())
+    assert b'data-weight="realistic"' in page_html(SimOptions(weight="realistic"))
     for bad in (
+        {"weight": "heavy"},
+        {"weight": "realistic", "page": "legacy"},  # the realistic app is the module page's
         {"locale": "fr"},
         {"page": "dom"},
         {"web_version": 'x"><script>'},
@@ -895,6 +899,17 @@ def test_command_line_options() -> None:
     assert (args.page, args.locale, args.web_version, args.code_ttl) == ("legacy", "de", "2.3000.9", 30.0)
     assert args.drop_module == ["WAWebCmd", "WABase64"]
     assert build_parser().parse_args([]).page == "modules"
+    assert build_parser().parse_args([]).weight == "light"
+    assert build_parser().parse_args(["--weight", "realistic"]).weight == "realistic"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--weight", "heavy"])
+
+
+def test_command_line_rejects_a_realistic_legacy_page(capsys: pytest.CaptureFixture[str]) -> None:
+    from wa_daemon.sim.main import main
+
+    assert main(["--weight", "realistic", "--page", "legacy"]) == 2
+    assert "needs the module page" in capsys.readouterr().err
 
 
 async def test_pairing_code_over_http(client: httpx.AsyncClient) -> None:
@@ -1532,4 +1547,72 @@ async def test_real_chromium_page_variants(tmp_path: Path, chromium: str) -> Non
             assert "WAWebSocketModel" in error
             assert await cdp.js("typeof require('WAWebConnModel').Conn.ref") == "string"
             await close_chromium(cdp)
+            nursery.cancel_scope.cancel()
+
+
+# The realistic page's documented sizes (docs/simulator.md, "The realistic page").
+REALISTIC_SIZES = {"chats": 300, "contacts": 1200, "messages": 30000}
+REALISTIC_SHOWN_MESSAGES = 60
+REALISTIC_MIN_HEAP = 60 * 1024 * 1024  # documented: about 95 MiB used; performance.memory is coarse
+SIM_APP = "require('__debug').simApp"
+# The chat shown first below the pinned ones (rows are placed with translateY), and the
+# chat whose last message is the newest: after an arrival they are the same.
+TOP_CHAT = """(() => {
+    const chats = require('WAWebCollections').Chat.models;
+    const newest = chats.reduce((a, b) => (b.t > a.t ? b : a));
+    const firstUnpinned = chats.findIndex(c => !c.pin);
+    const row = [...document.querySelectorAll('#pane-side [role=listitem]')]
+        .find(r => r.style.transform === `translateY(${firstUnpinned * 72}px)`);
+    return {newest: newest.pin ? null : newest.name, row: row && row.querySelector('.chat-title').textContent};
+})()"""
+
+
+@pytest.mark.slow
+async def test_real_chromium_realistic_page(tmp_path: Path, chromium: str) -> None:
+    """--weight realistic: after the scan the page builds a busy account (chats, contacts,
+    messages in WAWebCollections; a virtualised chat list; the open chat), its heap grows to
+    the documented size, and page timers keep it changing (messages arrive and move their
+    chat to the top) without asking the simulator."""
+    options = dataclasses.replace(STEADY, weight="realistic")
+    engine = SimEngine(options)
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(partial(serve_simulator, options, engine=engine))
+            async with httpx.AsyncClient(base_url=url, timeout=IO_TIMEOUT) as phone:
+                cdp = await launch_chromium(nursery, tmp_path / "profile", chromium)
+                await cdp.open_tab(url + "/")
+                await cdp.wait_for(f"window.Debug && {SOCKET}.state === 'UNPAIRED' && {QR_CANVAS}")
+                # Nothing is built before the login: the collections exist and are empty.
+                assert await cdp.js("require('WAWebCollections').Chat.length") == 0
+                assert await cdp.js(f"{SIM_APP}.built") is False
+                heap_before = await cdp.js("performance.memory ? performance.memory.usedJSHeapSize : null")
+                response = await phone.post("/__sim__/scan", content=await cdp.js(WWJS_QR))
+                assert response.status_code == 200, response.text
+                await cdp.wait_for(f"{SOCKET}.hasSynced && {SIM_APP}.built")
+                stats = await cdp.js(f"Object.assign({{}}, {SIM_APP})")
+                assert {key: stats[key] for key in REALISTIC_SIZES} == REALISTIC_SIZES
+                collections = "require('WAWebCollections')"
+                assert await cdp.js(f"[{collections}.Chat.length, {collections}.Msg.length]") == [300, 30000]
+                # A virtualised list: a pane as tall as every chat, rows only around the visible window.
+                rows = await cdp.js("document.querySelectorAll('#pane-side [role=listitem]').length")
+                assert 8 <= rows <= 40 and rows == stats["rows"]
+                assert await cdp.js("document.querySelector('#pane-side .chat-list').style.height") == "21600px"
+                assert (
+                    await cdp.js("document.querySelectorAll('#pane-side img.avatar[src^=\"data:image/png\"]').length")
+                    == rows
+                )
+                assert await cdp.js("document.querySelectorAll('#main .message').length") == REALISTIC_SHOWN_MESSAGES
+                heap_after = await cdp.js("performance.memory ? performance.memory.usedJSHeapSize : null")
+                if heap_after is not None:
+                    assert heap_after >= REALISTIC_MIN_HEAP and heap_after > 10 * heap_before
+
+                # Updates come from page timers: messages arrive, their chat goes to the top.
+                version = engine.model.version
+                arrived = stats["arrived"]
+                await cdp.wait_for(f"{SIM_APP}.arrived >= {arrived + 2}")
+                top = await cdp.js(TOP_CHAT)
+                if top["newest"] is not None:  # else the newest went to a pinned chat, which stays put
+                    assert top["row"] == top["newest"]
+                assert await cdp.js(f"{collections}.Msg.length") == 30000  # the oldest give way, as on the real page
+                assert engine.model.version == version, "updates must come from the page, not the server"
             nursery.cancel_scope.cancel()

@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from .options import LOCALES, PAGE_KINDS, REF_FORMATS, SimOptions
+from .options import LOCALES, PAGE_KINDS, REF_FORMATS, WEIGHTS, SimOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="leave this module undefined on the module page, e.g. WAWebSocketModel (repeatable)",
     )
+    p.add_argument(
+        "--weight",
+        choices=WEIGHTS,
+        default=d.weight,
+        help="the logged-in app: light (one placeholder chat) or realistic (a busy account: a few hundred "
+        "chats, an open chat, message collections, messages arriving every few seconds) (default: %(default)s)",
+    )
     p.add_argument("--quiet", action="store_true", help="log warnings only, not scans and faults")
     return p
 
@@ -104,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             locale=args.locale,
             web_version=args.web_version,
             drop_modules=tuple(args.drop_module),
+            weight=args.weight,
         )
     except ValueError as exc:
         print(f"wa-daemon-sim: {exc}", file=sys.stderr)

@@ -11,6 +11,11 @@ RefFormat = Literal["plain", "platform", "url"]
 REF_FORMATS: tuple[RefFormat, ...] = ("plain", "platform", "url")
 PageKind = Literal["modules", "legacy"]
 PAGE_KINDS: tuple[PageKind, ...] = ("modules", "legacy")
+# How heavy the logged-in app is: "light", one placeholder chat (the page as it always
+# was); "realistic", a busy account's WhatsApp Web (chat list, open chat, message and
+# contact collections, messages arriving): sizes and sources in docs/simulator.md.
+Weight = Literal["light", "realistic"]
+WEIGHTS: tuple[Weight, ...] = ("light", "realistic")
 # The languages the module page is translated into (its texts live in static/modules.js).
 LOCALES: tuple[str, ...] = ("en", "de", "pt-BR")
 DEFAULT_WEB_VERSION = "2.3000.1031980585"
@@ -42,6 +47,7 @@ class SimOptions:
     locale: str = "en"
     web_version: str = DEFAULT_WEB_VERSION
     drop_modules: tuple[str, ...] = ()
+    weight: Weight = "light"
     # A page whose event stream is gone this long is closed: long enough to ride out
     # EventSource's automatic reconnect, short enough that a killed browser frees its
     # refs and lets its device report "no page" soon after.
@@ -81,6 +87,10 @@ class SimOptions:
             if not isinstance(module_id, str) or not _MODULE_ID.fullmatch(module_id):
                 raise ValueError(f"drop_modules: not a module id: {module_id!r}")
         object.__setattr__(self, "drop_modules", tuple(self.drop_modules))  # a list from a caller: keep it hashable
+        if self.weight not in WEIGHTS:
+            raise ValueError(f"weight must be one of {', '.join(WEIGHTS)}, got {self.weight!r}")
+        if self.weight != "light" and self.page != "modules":
+            raise ValueError(f"weight {self.weight} needs the module page (--page modules)")
 
     def scaled(self, seconds: float) -> float:
         return seconds * self.time_scale

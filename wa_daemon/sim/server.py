@@ -71,6 +71,7 @@ def page_html(options: SimOptions) -> bytes:
         "{{WEB_VERSION}}": options.web_version,
         "{{DROP_MODULES}}": ",".join(options.drop_modules),
         "{{PLATFORM}}": options.ref_platform,
+        "{{WEIGHT}}": options.weight,
     }
     text = _static("modules.html").decode()
     for placeholder, value in fields.items():

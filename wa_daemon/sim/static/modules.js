@@ -14,6 +14,7 @@
   const WEB_VERSION = script.dataset.webVersion;
   const DROPPED = (script.dataset.dropModules || "").split(",").filter(Boolean);
   const DEVICE_PLATFORM = script.dataset.platform;
+  const WEIGHT = script.dataset.weight || "light";
   const AUTH_KEY = "wa-sim-auth";
   const QUIET_ZONE = 4; // modules of white around the code, as the QR spec asks
   const QR_PIXELS = 264; // the size WhatsApp Web draws its QR at
@@ -298,7 +299,7 @@
   }
 
   function defineModules() {
-    define("__debug", function (g, r, d, n, module) { module.exports = { modulesMap: modulesMap }; });
+    define("__debug", function (g, r, d, n, module) { module.exports = { modulesMap: modulesMap, simApp: heavyStats }; });
     define("WAWebSocketModel", function (g, r, d, n, module) { module.exports = { Socket: Socket }; });
     define("WAWebConnModel", function (g, r, d, n, module) { module.exports = { Conn: Conn }; });
     define("WAWebCmd", function (g, r, d, n, module) { module.exports = { Cmd: Cmd }; });
@@ -338,6 +339,13 @@
     define("WAWebCompanionRegClientUtils", function (g, r, d, n, module) {
       module.exports = { DEVICE_PLATFORM: DEVICE_PLATFORM };
     });
+    if (WEIGHT === "realistic") {
+      // Where whatsapp-web.js finds the chats and messages (empty until the app is shown).
+      define("WAWebCollections", function (g, r, d, n, module) {
+        const account = function (name) { return { get: function () { return heavy ? heavy[name] : new Collection(); }, enumerable: true }; };
+        module.exports = Object.defineProperties({}, { Chat: account("Chat"), Msg: account("Msg"), Contact: account("Contact") });
+      });
+    }
   }
 
   // -- the view into the models, in the real page's order ----------------------------------
@@ -394,6 +402,377 @@
       // The renderer stops responding: evaluate calls time out, clicks go nowhere.
       for (;;) {}
     }
+  }
+
+  // -- the realistic app (--weight realistic) ------------------------------------------------
+  //
+  // A busy account's WhatsApp Web once logged in: chats, contacts and messages kept as
+  // Backbone-style collections (as WhatsApp keeps them, read through WAWebCollections), a
+  // virtualised chat list as the real one (rows for the visible window and a few more,
+  // absolutely positioned in a pane as tall as every chat), the open chat's messages, and
+  // updates from page timers: messages arriving and moving their chat to the top, typing
+  // indicators, presence changes, delivery ticks, timestamps ticking. Content is seeded,
+  // so every load builds the same account; nothing is fetched. Sizes and their sources:
+  // docs/simulator.md, "The realistic page". Timers are in real seconds (never scaled):
+  // they model the load a busy account puts on the browser, not the login schedule.
+  const HEAVY = {
+    seed: 0x5eed1e55,
+    chats: 300,
+    contacts: 1200,
+    messagesPerChat: 100, // kept in memory per chat: chats x this in the Msg collection
+    shownMessages: 60, // rendered in the open chat's pane
+    rowHeight: 72, // px, as the real chat list
+    overscan: 8, // rows rendered above and below the visible window
+    avatarPixels: 49, // the real list's avatar size
+    messageMs: [1000, 5000], // a new message every 1-5 s
+    typingMs: [2000, 6000], // someone starts typing every 2-6 s, for 3 s
+    typingForMs: 3000,
+    presenceMs: [1000, 4000], // a contact comes online or goes away every 1-4 s
+    ackMs: 1500, // an own message's ticks: sent, delivered, read, 1.5 s apart
+    clockMs: 30000, // the list's and the pane's time labels are refreshed
+  };
+  const heavyStats = { built: false, chats: 0, messages: 0, contacts: 0, updates: 0, arrived: 0, rows: 0 };
+
+  class Collection extends Events {
+    constructor(comparator) {
+      super();
+      this.models = [];
+      this._byId = new Map();
+      this.comparator = comparator || null;
+    }
+
+    get length() { return this.models.length; }
+
+    get(id) { return this._byId.get(typeof id === "string" ? id : id._serialized) || null; }
+
+    at(index) { return this.models[index]; }
+
+    add(model) {
+      this.models.push(model);
+      this._byId.set(model.id._serialized, model);
+      this.trigger("add", model, this);
+      return model;
+    }
+
+    remove(model) {
+      const index = this.models.indexOf(model);
+      if (index !== -1) this.models.splice(index, 1);
+      this._byId.delete(model.id._serialized);
+      this.trigger("remove", model, this);
+      return model;
+    }
+
+    sort() {
+      if (this.comparator) this.models.sort(this.comparator);
+      this.trigger("sort", this);
+      return this;
+    }
+
+    forEach(fn, context) { this.models.forEach(fn, context); }
+  }
+
+  // Mulberry32: small, fast and the same everywhere.
+  function seeded(seed) {
+    let a = seed >>> 0;
+    const next = function () {
+      a = (a + 0x6d2b79f5) >>> 0;
+      let t = a;
+      t = Math.imul(t ^ (t >>> 15), t | 1);
+      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    };
+    next.int = function (lo, hi) { return lo + Math.floor(next() * (hi - lo + 1)); };
+    next.pick = function (list) { return list[Math.floor(next() * list.length)]; };
+    return next;
+  }
+
+  const FIRST = ("Ana Ben Chloé Dara Emil Fatima Gabriel Hana Ivan Jana Kofi Lena Mateo Nadia Omar Priya Quinn Rosa " +
+    "Samir Tara Uma Victor Wen Ximena Yusuf Zoe Amaru Bianca Carlos Deniz Elif Farid Greta Hugo Ines Joao").split(" ");
+  const LAST = ("Silva Okafor Müller Rossi Novak Haddad Kim Santos Ivanova Garcia Mensah Dubois Costa Nakamura " +
+    "Fischer Oliveira Kowalski Ahmed Jensen Moreau Petrov Rahman Lopez Schmidt Tanaka Yilmaz").split(" ");
+  const GROUPS = ("Family|Football|Book club|Neighbours|Office|Trip planning|Class of 2015|Climbing|Parents|Band|" +
+    "Flat|Project Apollo|Choir|Running|Cousins").split("|");
+  const WORDS = ("ok yes no sure thanks see you tomorrow tonight later the a meeting call me when are we going " +
+    "lunch dinner coffee at noon sounds good let me check I'll be there in ten minutes running late did you get " +
+    "the photo file address on my way happy birthday congrats great idea maybe next week can't today what time " +
+    "where exactly love it haha sorry just saw this will do done sent it please send the invoice again").split(" ");
+
+  function sentence(rand) {
+    const words = [];
+    for (let n = rand.int(2, 24); n > 0; n--) words.push(rand.pick(WORDS));
+    const text = words.join(" ");
+    return text.charAt(0).toUpperCase() + text.slice(1) + rand.pick([".", "", "!", "?", " 😊", " 👍"]);
+  }
+
+  function avatar(rand, initials) {
+    // A small picture per contact, kept as a data URI as the real page keeps thumbnails.
+    const canvas = document.createElement("canvas");
+    canvas.width = canvas.height = HEAVY.avatarPixels;
+    const ctx = canvas.getContext("2d");
+    ctx.fillStyle = "hsl(" + rand.int(0, 359) + ", 45%, " + rand.int(45, 70) + "%)";
+    ctx.fillRect(0, 0, canvas.width, canvas.height);
+    for (let i = 0; i < 6; i++) {
+      ctx.fillStyle = "hsla(" + rand.int(0, 359) + ", 60%, 50%, .35)";
+      ctx.beginPath();
+      ctx.arc(rand.int(0, 49), rand.int(0, 49), rand.int(6, 20), 0, 2 * Math.PI);
+      ctx.fill();
+    }
+    ctx.fillStyle = "#fff";
+    ctx.font = "bold 18px sans-serif";
+    ctx.textAlign = "center";
+    ctx.textBaseline = "middle";
+    ctx.fillText(initials, 24.5, 25);
+    return canvas.toDataURL("image/png");
+  }
+
+  function wid(user, server) { return { server: server, user: user, _serialized: user + "@" + server }; }
+
+  let heavy = null; // the account, built once per page load on the first app screen
+
+  function buildAccount() {
+    const rand = seeded(HEAVY.seed);
+    const now = Math.floor(Date.now() / 1000);
+    const Contact = new Collection();
+    const Chat = new Collection(function (a, b) { return (b.pin - a.pin) || (b.t - a.t); });
+    const Msg = new Collection();
+    const me = wid("12025550100", "c.us");
+    let msgSerial = 0;
+    for (let i = 0; i < HEAVY.contacts; i++) {
+      const name = rand.pick(FIRST) + " " + rand.pick(LAST);
+      Contact.add(new Model({
+        id: wid(String(12025560000 + i), "c.us"), name: name, pushname: name.split(" ")[0], shortName: name.split(" ")[0],
+        isBusiness: rand() < 0.05, isMyContact: true, isWAContact: true, isBlocked: false, statusMute: false,
+        verifiedName: null, labels: [], isOnline: rand() < 0.1, lastSeen: now - rand.int(60, 86400 * 3),
+        profilePicThumb: null, about: sentence(rand).slice(0, 60),
+      }));
+    }
+    const newMsg = function (chat, fromMe, t, body) {
+      msgSerial += 1;
+      const author = chat.isGroup ? Contact.at(rand.int(0, HEAVY.contacts - 1)).id : null;
+      return new Model({
+        id: { fromMe: fromMe, remote: chat.id, id: "3EB0" + (msgSerial * 2654435761 >>> 0).toString(16).toUpperCase().padStart(16, "0"),
+          _serialized: fromMe + "_" + chat.id._serialized + "_" + msgSerial },
+        type: "chat", body: body, t: t, from: fromMe ? me : chat.id, to: fromMe ? chat.id : me, author: fromMe ? null : author,
+        ack: fromMe ? 3 : 0, isNewMsg: false, star: false, broadcast: false, isForwarded: rand() < 0.03,
+        hasReaction: rand() < 0.05, mentionedJidList: [], links: [], quotedMsg: null, viewed: !fromMe, kind: "chat",
+        rowId: msgSerial, notifyName: fromMe ? "" : (author ? "" : chat.name),
+      });
+    };
+    for (let i = 0; i < HEAVY.chats; i++) {
+      const isGroup = i % 5 === 4;
+      const contact = Contact.at((i * 7) % HEAVY.contacts);
+      const name = isGroup ? rand.pick(GROUPS) + " " + rand.int(1, 99) : contact.name;
+      const id = isGroup ? wid("1203630" + String(20000000 + i), "g.us") : contact.id;
+      const initials = name.split(" ").map(function (w) { return w.charAt(0); }).join("").slice(0, 2);
+      const pic = avatar(rand, initials);
+      if (!isGroup) contact.set({ profilePicThumb: { img: pic, imgFull: pic, tag: String(rand.int(1e6, 9e6)) } });
+      const chat = new Model({
+        id: id, name: name, isGroup: isGroup, t: now - i * rand.int(60, 900), unreadCount: i < 40 ? rand.int(0, 12) : 0,
+        pin: i < 3 ? 1 : 0, archive: false, muteExpiration: rand() < 0.1 ? -1 : 0, isReadOnly: false,
+        presence: "unavailable", typing: false, pic: pic, contact: isGroup ? null : contact, lastMsg: null,
+      });
+      chat.msgs = new Collection();
+      for (let m = HEAVY.messagesPerChat - 1; m >= 0; m--) {
+        const msg = newMsg(chat, rand() < 0.4, chat.t - m * rand.int(30, 3600), sentence(rand));
+        chat.msgs.add(msg);
+        Msg.add(msg);
+      }
+      chat.set({ lastMsg: chat.msgs.at(chat.msgs.length - 1) });
+      Chat.add(chat);
+    }
+    Chat.sort();
+    const open = Chat.at(3); // the open chat: the first one below the pinned
+    open.set({ unreadCount: 0 });
+    return { rand: rand, Contact: Contact, Chat: Chat, Msg: Msg, open: open, newMsg: newMsg, rows: new Map(), view: null };
+  }
+
+  function clock(t) {
+    const date = new Date(t * 1000);
+    const age = Date.now() / 1000 - t;
+    if (age < 86400) return String(date.getHours()).padStart(2, "0") + ":" + String(date.getMinutes()).padStart(2, "0");
+    if (age < 2 * 86400) return "Yesterday";
+    return date.toLocaleDateString(document.documentElement.lang);
+  }
+
+  const TICKS = ["\u{1F551}", "\u2713", "\u2713\u2713", "\u2713\u2713"]; // pending, sent, delivered, read (blue)
+
+  function fillRow(row, chat) {
+    row.style.transform = "translateY(" + heavy.Chat.models.indexOf(chat) * HEAVY.rowHeight + "px)";
+    const last = chat.lastMsg;
+    const preview = chat.typing ? "typing\u2026" : (last.id.fromMe ? TICKS[last.ack] + " " : "") + last.body;
+    row.querySelector(".chat-title").textContent = chat.name;
+    row.querySelector(".chat-time").textContent = clock(chat.t);
+    const text = row.querySelector(".chat-last");
+    text.textContent = preview;
+    text.classList.toggle("typing", chat.typing);
+    const badge = row.querySelector(".unread");
+    badge.textContent = chat.unreadCount ? String(chat.unreadCount) : "";
+    badge.hidden = !chat.unreadCount;
+    row.setAttribute("aria-selected", String(chat === heavy.open));
+  }
+
+  function newRow(chat) {
+    return h("div", { role: "listitem", class: "chat-row", "data-id": chat.id._serialized }, [
+      h("img", { class: "avatar", alt: "", width: HEAVY.avatarPixels, height: HEAVY.avatarPixels, src: chat.pic, draggable: "false" }),
+      h("div", { class: "chat-body" }, [
+        h("div", { class: "chat-line" }, [h("span", { class: "chat-title", dir: "auto" }), h("span", { class: "chat-time" })]),
+        h("div", { class: "chat-line" }, [h("span", { class: "chat-last", dir: "auto" }), h("span", { class: "unread", "aria-label": "unread" })]),
+      ]),
+    ]);
+  }
+
+  // Only the rows in view (and a few around) exist, as in the real list.
+  function renderRows() {
+    const view = heavy.view;
+    if (!view || !view.pane.isConnected) return;
+    const pane = view.pane;
+    const first = Math.max(0, Math.floor(pane.scrollTop / HEAVY.rowHeight) - HEAVY.overscan);
+    const last = Math.min(heavy.Chat.length, Math.ceil((pane.scrollTop + (pane.clientHeight || 600)) / HEAVY.rowHeight) + HEAVY.overscan);
+    const wanted = new Set(heavy.Chat.models.slice(first, last));
+    heavy.rows.forEach(function (row, chat) {
+      if (!wanted.has(chat)) { row.remove(); heavy.rows.delete(chat); }
+    });
+    wanted.forEach(function (chat) {
+      let row = heavy.rows.get(chat);
+      if (!row) { row = newRow(chat); heavy.rows.set(chat, row); view.list.append(row); }
+      fillRow(row, chat);
+    });
+    heavyStats.rows = heavy.rows.size;
+  }
+
+  function messageElement(msg) {
+    const out = msg.id.fromMe;
+    return h("div", { role: "row", class: "message " + (out ? "message-out" : "message-in"), "data-id": msg.id._serialized }, [
+      h("div", { class: "bubble" }, [
+        msg.author ? h("div", { class: "author" }, [heavy.Contact.get(msg.author).name]) : "",
+        h("span", { class: "selectable-text", dir: "auto" }, [msg.body]),
+        h("div", { class: "meta" }, [h("span", { class: "msg-time" }, [clock(msg.t)]), out ? h("span", { class: "ack ack-" + msg.ack }, [TICKS[msg.ack]]) : ""]),
+      ]),
+    ]);
+  }
+
+  function headerStatus() {
+    const chat = heavy.open;
+    if (chat.typing) return "typing\u2026";
+    if (chat.isGroup) return "tap here for group info";
+    return chat.contact.isOnline ? "online" : "last seen today at " + clock(chat.contact.lastSeen);
+  }
+
+  function renderOpenChat() {
+    const view = heavy.view;
+    const chat = heavy.open;
+    view.title.textContent = chat.name;
+    view.status.textContent = headerStatus();
+    view.messages.replaceChildren.apply(view.messages, chat.msgs.models.slice(-HEAVY.shownMessages).map(messageElement));
+    view.messages.scrollTop = view.messages.scrollHeight;
+  }
+
+  function mountHeavy(root) {
+    const pane = root.querySelector("#pane-side");
+    const main = h("div", { id: "main" });
+    root.querySelector("#main-empty").replaceWith(main);
+    if (!heavy) {
+      heavy = buildAccount();
+      startHeavyTimers();
+    }
+    const list = h("div", { class: "chat-list", role: "grid", "aria-rowcount": heavy.Chat.length,
+      style: "height:" + heavy.Chat.length * HEAVY.rowHeight + "px" });
+    pane.replaceChildren(list);
+    const title = h("span", { class: "chat-title" });
+    const status = h("span", { class: "chat-status" });
+    const messages = h("div", { class: "messages", role: "application" });
+    main.replaceChildren(
+      h("header", {}, [h("img", { class: "avatar", alt: "", width: 40, height: 40, src: heavy.open.pic }), h("div", {}, [title, status])]),
+      messages,
+      h("footer", {}, [h("div", { class: "compose", contenteditable: "true", role: "textbox", "aria-label": "Type a message" })]),
+    );
+    heavy.rows.clear();
+    heavy.view = { pane: pane, list: list, title: title, status: status, messages: messages };
+    pane.addEventListener("scroll", renderRows, { passive: true });
+    renderRows();
+    renderOpenChat();
+    Object.assign(heavyStats, { built: true, chats: heavy.Chat.length, messages: heavy.Msg.length, contacts: heavy.Contact.length });
+  }
+
+  // -- the account's life: page timers, the server is never asked ----------------------------
+
+  function every(range, work) {
+    const tick = function () {
+      work();
+      heavyStats.updates += 1;
+      setTimeout(tick, heavy.rand.int(range[0], range[1]));
+    };
+    setTimeout(tick, heavy.rand.int(range[0], range[1]));
+  }
+
+  function shown() { return heavy.view && heavy.view.pane.isConnected; }
+
+  function arrive() {
+    const rand = heavy.rand;
+    // Busy chats get most of the traffic: the first dozen, and one in ten of the rest.
+    const chat = rand() < 0.7 ? heavy.Chat.at(rand.int(0, 11)) : heavy.Chat.at(rand.int(0, heavy.Chat.length - 1));
+    const fromMe = rand() < 0.15; // sent from the phone
+    const msg = heavy.newMsg(chat, fromMe, Math.floor(Date.now() / 1000), sentence(rand));
+    if (fromMe) msg.set({ ack: 0 });
+    else msg.set({ isNewMsg: true });
+    chat.msgs.add(msg);
+    heavy.Msg.add(msg);
+    if (chat.msgs.length > HEAVY.messagesPerChat) heavy.Msg.remove(chat.msgs.remove(chat.msgs.at(0)));
+    chat.set({ t: msg.t, lastMsg: msg, typing: false, unreadCount: chat === heavy.open || fromMe ? 0 : chat.unreadCount + 1 });
+    heavy.Chat.sort();
+    heavyStats.arrived += 1;
+    if (fromMe) {
+      [1, 2, 3].forEach(function (ack) {
+        setTimeout(function () {
+          msg.set({ ack: ack });
+          if (!shown()) return;
+          const tick = heavy.view.messages.querySelector('[data-id="' + msg.id._serialized + '"] .ack');
+          if (tick) { tick.className = "ack ack-" + ack; tick.textContent = TICKS[ack]; }
+          if (chat.lastMsg === msg) renderRows();
+        }, ack * HEAVY.ackMs);
+      });
+    }
+    if (!shown()) return;
+    renderRows();
+    if (chat === heavy.open) {
+      const messages = heavy.view.messages;
+      messages.append(messageElement(msg));
+      while (messages.childElementCount > HEAVY.shownMessages) messages.firstElementChild.remove();
+      messages.scrollTop = messages.scrollHeight;
+      heavy.view.status.textContent = headerStatus();
+    }
+  }
+
+  function typing() {
+    const chat = heavy.Chat.at(heavy.rand.int(0, 19));
+    chat.set({ typing: true, presence: "composing" });
+    setTimeout(function () {
+      chat.set({ typing: false, presence: "available" });
+      if (shown()) { renderRows(); heavy.view.status.textContent = headerStatus(); }
+    }, HEAVY.typingForMs);
+    if (shown()) { renderRows(); heavy.view.status.textContent = headerStatus(); }
+  }
+
+  function presence() {
+    const contact = heavy.rand() < 0.3 && heavy.open.contact ? heavy.open.contact : heavy.Contact.at(heavy.rand.int(0, HEAVY.contacts - 1));
+    contact.set({ isOnline: !contact.isOnline, lastSeen: Math.floor(Date.now() / 1000) });
+    if (shown()) heavy.view.status.textContent = headerStatus();
+  }
+
+  function ticking() {
+    if (!shown()) return;
+    renderRows();
+    heavy.view.messages.querySelectorAll(".msg-time").forEach(function (label, i, all) {
+      const msg = heavy.open.msgs.at(heavy.open.msgs.length - all.length + i);
+      if (msg) label.textContent = clock(msg.t);
+    });
+  }
+
+  function startHeavyTimers() {
+    every(HEAVY.messageMs, arrive);
+    every(HEAVY.typingMs, typing);
+    every(HEAVY.presenceMs, presence);
+    every([HEAVY.clockMs, HEAVY.clockMs], ticking);
   }
 
   // -- rendering -------------------------------------------------------------------------
@@ -531,7 +910,9 @@
   }
 
   function renderApp(view) {
-    const banners = show("app", buildApp).querySelector(".banners");
+    const root = show("app", buildApp);
+    if (WEIGHT === "realistic" && !root.querySelector(".chat-list")) mountHeavy(root);
+    const banners = root.querySelector(".banners");
     const banner = banners.querySelector(".banner.offline");
     if (view.offline && !banner) {
       banners.append(
