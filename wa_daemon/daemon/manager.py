@@ -12,6 +12,7 @@ import random
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import msgspec
 import structlog
@@ -172,24 +173,24 @@ class SessionManager:
         return reply
 
     def qr(self, session_id: str, caller: int | None = None) -> QrCode:
-        session = self.get(session_id, caller)
-        session.touch()
-        if session.qr is None:
-            raise NotFound(
-                f"session {session_id!r} has no QR code (state {session.state.value})",
-                {"session": session_id, "state": session.state.value},
-            )
-        return session.qr
+        qr: QrCode = self._login_credential(session_id, caller, "qr", "QR code")
+        return qr
 
     def pairing_code(self, session_id: str, caller: int | None = None) -> PairingCode:
+        code: PairingCode = self._login_credential(session_id, caller, "pairing_code", "pairing code")
+        return code
+
+    def _login_credential(self, session_id: str, caller: int | None, field: str, what: str) -> Any:
+        """The session's current QR or pairing code; ``not_found`` outside its phase."""
         session = self.get(session_id, caller)
         session.touch()
-        if session.pairing_code is None:
+        value = getattr(session, field)
+        if value is None:
             raise NotFound(
-                f"session {session_id!r} has no pairing code (state {session.state.value})",
+                f"session {session_id!r} has no {what} (state {session.state.value})",
                 {"session": session_id, "state": session.state.value},
             )
-        return session.pairing_code
+        return value
 
     def _pages(self) -> Iterator[tuple[str, str | None, dict[str, str]]]:
         """Per live browser: its web version and the contract items its page lacks."""
