@@ -14,9 +14,14 @@ Two parts, each a real ``wa-daemon`` process driven with ``wa_daemon.Client``:
   ``MemAvailable`` drops under ``--min-free-mib``, or a session fails to connect within 60 s.
   Measured at that size: the same figures, plus Chromium's PSS per session (every process
   of each browser's process group, ``/proc/PID/smaps_rollup``) and the time to restore
-  every session to ``connected`` (without a QR) after a restart.
+  every session to ``connected`` (without a QR) after a restart, and how much ``MemAvailable``
+  fell per session added (what an estimate of sessions per machine rests on).
+  ``--weights light,realistic`` runs the part once per simulator ``--weight``, one after the
+  other (default ``light``); ``realistic`` is a busy account's logged-in WhatsApp Web
+  (docs/simulator.md), so its figures are the ones to plan capacity with.
 
     python bench/scale.py             # 1,000 scripted sessions, up to 40 Chromium sessions
+    python bench/scale.py --sessions 10 --max-chromium 8 --weights light,realistic   # both weights, ~5 min
     python bench/scale.py --quick     # 200 scripted, up to 6 Chromium
     python bench/scale.py --sessions 1000 --max-chromium 0   # scripted part only
 
@@ -55,6 +60,13 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, every thread, so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[-1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pss_kib(pid: int) -> int:
@@ -246,11 +258,16 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def chromium_part(base: Path, max_sessions: int, min_free_mib: float) -> list[Figures]:
-    d = base / "chromium"
+# After a session connects, the realistic page builds its account (about 1.5 s of a core);
+# memory is read once that is done.
+BUILD_SETTLE_S = 5.0
+
+
+def chromium_part(base: Path, max_sessions: int, min_free_mib: float, weight: str = "light") -> list[Figures]:
+    d = base / f"chromium-{weight}"
     d.mkdir()
-    sim_proc = subprocess.Popen([sys.executable, "-m", "wa_daemon.sim.main", "--port", "0", "--quiet"],
-                                stdout=subprocess.PIPE, text=True)
+    sim_proc = subprocess.Popen([sys.executable, "-m", "wa_daemon.sim.main", "--port", "0", "--quiet",
+                                 "--weight", weight], stdout=subprocess.PIPE, text=True)
     out: list[Figures] = []
     try:
         assert sim_proc.stdout is not None
@@ -265,10 +282,13 @@ def chromium_part(base: Path, max_sessions: int, min_free_mib: float) -> list[Fi
         try:
             with Client(daemon.sock, timeout=60) as c:
                 rss0 = rss_kib(daemon.pid)
+                free0 = mem_available_mib()
                 link(c, sim, "c000")
                 sids.append("c000")
-                one = measure(c, daemon.pid, sids, "chromium, 1 session", calls=500)
+                time.sleep(BUILD_SETTLE_S)
+                one = measure(c, daemon.pid, sids, f"chromium {weight}, 1 session", calls=500)
                 one.extra["chromium_pss_mib_per_session"] = chromium_pss_mib(state)
+                one.extra["mem_available_mib_before"] = free0
                 out.append(one)
                 while len(sids) < max_sessions:
                     free = mem_available_mib()
@@ -285,9 +305,13 @@ def chromium_part(base: Path, max_sessions: int, min_free_mib: float) -> list[Fi
                     sids.append(sid)
                     progress(f"{len(sids)} Chromium sessions connected ({time.monotonic() - t0:.1f} s; "
                              f"MemAvailable {mem_available_mib():.0f} MiB)")
-                time.sleep(3)
-                fig = measure(c, daemon.pid, sids, f"chromium, {len(sids)} sessions", calls=1000)
+                time.sleep(BUILD_SETTLE_S)
+                fig = measure(c, daemon.pid, sids, f"chromium {weight}, {len(sids)} sessions", calls=1000)
                 fig.extra["chromium_pss_mib_per_session"] = chromium_pss_mib(state) / len(sids)
+                free1 = mem_available_mib()
+                fig.extra["mem_available_mib_after"] = free1
+                fig.extra["mem_available_drop_mib_per_session"] = (free0 - free1) / len(sids)
+                fig.extra["daemon_cpu_s"] = cpu_seconds(daemon.pid)
                 fig.extra["daemon_rss_delta_per_session_kib"] = (rss_kib(daemon.pid) - rss0) / len(sids)
                 fig.extra["stopped_because"] = stop_reason
             daemon.stop()
@@ -333,7 +357,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sessions", type=int, default=None, help="scripted sessions (default 1000; quick 200)")
     p.add_argument("--max-chromium", type=int, default=None, help="Chromium sessions at most (default 40; quick 6)")
     p.add_argument("--min-free-mib", type=float, default=2048)
+    p.add_argument("--weights", default="light",
+                   help="simulator --weight of the Chromium part, comma-separated: light, realistic (default light)")
     a = p.parse_args(argv)
+    weights = [w for w in a.weights.split(",") if w]
+    if not weights or not set(weights) <= {"light", "realistic"}:
+        p.error("--weights takes light and/or realistic")
     n = a.sessions or (200 if a.quick else 1000)
     max_chromium = a.max_chromium if a.max_chromium is not None else (6 if a.quick else 40)
     base = Path(tempfile.mkdtemp(prefix="wa-scale-"))
@@ -341,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         figs = scripted_part(base, n)
         if max_chromium > 0 and os.path.exists("/usr/bin/chromium"):
-            figs += chromium_part(base, max_chromium, a.min_free_mib)
+            for weight in weights:
+                figs += chromium_part(base, max_chromium, a.min_free_mib, weight)
     except KeyboardInterrupt:
         return 130
     finally:

@@ -343,9 +343,10 @@ class Fleet:
     """Every process of the run. Each configuration's processes carry ``TAG_ENV=<run>/<name>``,
     so whatever escapes its process group is still found, counted and killed."""
 
-    def __init__(self, tmp: Path, chromium: str) -> None:
+    def __init__(self, tmp: Path, chromium: str, weight: str = "light") -> None:
         self.tmp = tmp
         self.chromium = chromium
+        self.weight = weight
         self.run_tag = f"wsb{os.getpid()}x{int(time.time())}"
         self.procs: list[subprocess.Popen[bytes]] = []
         self.pgids: set[int] = set()  # every process group of ours ever seen: checked at the end
@@ -380,8 +381,8 @@ class Fleet:
             return ""
 
     def start_sim(self) -> str:
-        proc = self.spawn("sim", [sys.executable, "-m", "wa_daemon.sim.main", "--port", "0", "--quiet"],
-                          stdout=subprocess.PIPE)
+        proc = self.spawn("sim", [sys.executable, "-m", "wa_daemon.sim.main", "--port", "0", "--quiet",
+                                  "--weight", self.weight], stdout=subprocess.PIPE)
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 30)
         line = proc.stdout.readline().decode().strip() if ready else ""
@@ -736,6 +737,8 @@ class Plan:
     baseline_crash_samples: int
     n1_repeats: int  # N = 1 is cheap and gives one QR sample a run: run it this many times a round
     extras: bool = True  # the memory flags, the idle window and the kill -9 samples
+    weight: str = "light"  # the simulator's --weight: realistic builds a busy account once connected
+    idle_only: bool = False  # only the idle window and the kill -9 samples (connected sessions)
 
 
 FULL = Plan(sizes=(1, 5, 10), rounds=2, flag_n=10, flag_variants=FLAG_VARIANTS, idle_n=10, idle_s=60.0,
@@ -862,7 +865,8 @@ def run_idle_and_crash(fleet: Fleet, res: Results, plan: Plan) -> None:
         for sid in sids:
             scan(fleet.url, d.client.qr(sid).data)
         d.recorder.wait(sids, reached_after(State.CONNECTED, t_scan), 120, "connected")
-        time.sleep(3.0)  # the app screens settle
+        # The app screens settle; the realistic page also builds its account (about 1.5 s of a core each).
+        time.sleep(3.0 if plan.weight == "light" else 15.0)
         daemon0 = read_proc(d.proc.pid)
         sim0 = read_proc(fleet.procs[0].pid)
         pgids = {p.pgid for p in all_procs() if any(d.needle in a for a in p.argv)}
@@ -926,10 +930,13 @@ def run(plan: Plan, chromium: str) -> Results:
     res.load.append(os.getloadavg()[0])
     ua = user_agent(chromium)
     tmp = Path(tempfile.mkdtemp(prefix="wa-bench-sessions-")).resolve()
-    fleet = Fleet(tmp, chromium)
+    fleet = Fleet(tmp, chromium, plan.weight)
     try:
         url = fleet.start_sim()
-        progress(f"simulator at {url}; temporary directory {tmp}")
+        progress(f"simulator at {url} (--weight {plan.weight}); temporary directory {tmp}")
+        if plan.idle_only:
+            run_idle_and_crash(fleet, res, plan)
+            return res
         progress("warm-up (one browser, not counted)")
         run_baseline(fleet, Results(), "warmup", 1, ua)
         for r in range(plan.rounds):
@@ -1141,6 +1148,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-extras", action="store_true",
                    help="only the N rounds: no memory flags, idle window or kill -9")
     p.add_argument("--chromium", default=CHROMIUM, help=f"Chromium executable (default {CHROMIUM})")
+    p.add_argument("--weight", choices=("light", "realistic"), default="light",
+                   help="the simulator's logged-in app (default light); only connected sessions see a difference")
+    p.add_argument("--idle-only", action="store_true",
+                   help="only the idle window and kill -9 of connected sessions (no N rounds, no flags)")
     p.add_argument("--baseline-runner", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--count", type=int, help=argparse.SUPPRESS)
@@ -1158,6 +1169,9 @@ def main(argv: list[str] | None = None) -> int:
         plan = dataclasses.replace(plan, sizes=tuple(int(x) for x in args.sizes.split(",")))
     if args.no_extras:
         plan = dataclasses.replace(plan, extras=False)
+    plan = dataclasses.replace(plan, weight=args.weight)
+    if args.idle_only:
+        plan = dataclasses.replace(plan, idle_only=True, sizes=(), rounds=0)
     if not os.path.exists(args.chromium):
         print(f"benchmark failed: no Chromium at {args.chromium}", file=sys.stderr)
         return 1
