@@ -289,6 +289,11 @@ class ChromiumBrowser:
         finally:
             os.close(pidfd)
         self.returncode = self.proc.wait()
+        # Told at once: the session can begin its reconnect while the rest is cleaned.
+        # `exited` (what close() and a relaunch on this profile wait for) comes only
+        # once the whole group is gone.
+        kind = "crashed" if self.returncode and self.returncode < 0 else "exited"
+        self._emit_gone(kind, f"chromium exited with status {self.returncode}")
         # Renderers and zygotes outlive a killed browser for a moment: end them all
         # before anyone may reuse the profile.
         if not await kill_group(self.pid):
@@ -299,8 +304,6 @@ class ChromiumBrowser:
             with contextlib.suppress(OSError):
                 self.tmp.parent.rmdir()  # only when no other browser uses it
         self.exited.set()
-        kind = "crashed" if self.returncode and self.returncode < 0 else "exited"
-        self._emit_gone(kind, f"chromium exited with status {self.returncode}")
 
     async def _until_closed(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         scope = trio.CancelScope(shield=True)
