@@ -244,3 +244,25 @@ def test_the_contract_doc_names_every_key_with_its_built_in_value() -> None:
             else:
                 shown = f"`{key}` (" + ", ".join(f"`{v}`" for v in (value if isinstance(value, list) else [value])) + ")"
                 assert shown in table, shown
+
+
+def test_version_cache_files(tmp_path: Path) -> None:
+    import os
+
+    from wa_daemon.daemon.drivers.pinning import KEEP_VERSIONS, VersionPin, read_cached, write_cached
+
+    with pytest.raises(ValueError):
+        write_cached(tmp_path, "../evil", b"x")
+    path = write_cached(tmp_path / "c", "2.3000.1", b"<html>1</html>")
+    assert path.read_bytes() == b"<html>1</html>" and path.stat().st_mode & 0o777 == 0o600
+    for i in range(KEEP_VERSIONS + 3):
+        p = write_cached(tmp_path / "c", f"2.3000.{100 + i}", b"x")
+        os.utime(p, (1000 + i, 1000 + i))
+    assert len(list((tmp_path / "c").glob("*.html"))) == KEEP_VERSIONS
+    assert not list((tmp_path / "c").glob(".tmp-*"))
+    pin = VersionPin("http://h/", tmp_path / "d", "2.3000.5")
+    assert not pin.pinned and pin.remember("2.3000.5") is None  # nothing loaded yet
+    pin.loaded = b"<html>live</html>"
+    assert pin.remember("not a version") is None
+    assert pin.remember("2.3000.5") is not None and read_cached(tmp_path / "d", "2.3000.5") == b"<html>live</html>"
+    assert VersionPin("http://h/", tmp_path / "d", "2.3000.5").pinned

@@ -263,3 +263,30 @@ async def test_probe_passes_on_the_simulator_and_names_what_is_missing(sock_dir:
             qr = next(i for i in report["items"] if i["item"] == "QR payload")
             assert "2@" not in json.dumps(report)  # the QR payload itself is never printed
             assert qr["found"] is (not sim.get("page"))
+
+
+async def test_a_pinned_web_version_is_served_from_the_cache(sock_dir: Path) -> None:
+    """The cache fills from a connected session; a later page gets the pinned shell even
+    where the server now serves another version (its Debug.VERSION is the pinned one)."""
+    old, new = "2.3000.1111111111", "2.3000.2222222222"
+    engines = [SimEngine(SimOptions(time_scale=SCALE, web_version=v)) for v in (old, new)]
+    state = sock_dir / "state"
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            urls = [await nursery.start(partial(serve_simulator, e.options, engine=e)) + "/" for e in engines]
+            settings = {"driver": "chromium", "whatsapp_url": urls[0], "state_dir": str(state), "web_version": old}
+            async with running_daemon(sock_dir, **settings) as d, AsyncClient(d.socket_path) as wa:
+                await wa.connect("a")
+                await reach(wa, "a", "waiting_qr")
+                engines[0].scan((await wa.qr("a")).data)
+                await reach(wa, "a", "connected")
+                cached = state / "web-cache" / f"{old}.html"
+                while not cached.exists():
+                    await trio.sleep(0.05)
+                assert cached.stat().st_mode & 0o777 == 0o600
+                await wa.connect("b", whatsapp_url=urls[1])  # this server now serves `new`
+                await reach(wa, "b", "waiting_qr")
+                assert (await wa.status("b")).web_version == old
+                engines[1].scan((await wa.qr("b")).data)  # the pinned shell still runs the server's login
+                await reach(wa, "b", "connected")
+            nursery.cancel_scope.cancel()

@@ -47,6 +47,8 @@ def make_driver(config: Config) -> Driver:
             extra_args=tuple(config.chromium_args),
             user_agent=config.user_agent,
             contract=load_contract(config.page_contract),
+            web_version=config.web_version,
+            web_version_cache=Path(config.web_version_cache) if config.web_version_cache else None,
         ),
     )
     driver.start()

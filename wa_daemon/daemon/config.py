@@ -38,6 +38,8 @@ RESTART_KEYS = (
     "hang_check_timeout",
     "app_lost_grace",
     "page_contract",
+    "web_version",
+    "web_version_cache",
     "max_concurrent_launches",
     "socket_group",
     "metrics_listen",
@@ -104,6 +106,10 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # the page contract (module ids, names, states) over the built-in one: a TOML or
     # JSON file (docs/page-adapter.md); None: the built-in contract
     page_contract: str | None = None
+    # serve WhatsApp Web of this version from web_version_cache (docs/page-adapter.md):
+    # the cache fills from sessions that reached connected; None: the live version
+    web_version: Annotated[str, msgspec.Meta(pattern=r"^[0-9]+(\.[0-9]+){1,3}(-[A-Za-z0-9]+)?\Z")] | None = None
+    web_version_cache: str | None = None  # None: <state_dir>/web-cache
 
     # QR
     qr_debounce: NonNegSeconds = 2.0

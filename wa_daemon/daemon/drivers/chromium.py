@@ -54,6 +54,7 @@ from .base import (
 )
 from .contract import DEFAULT as DEFAULT_CONTRACT
 from .contract import PageContract
+from .pinning import VersionPin
 
 log = structlog.get_logger("wa_daemon.chromium")
 T = TypeVar("T")
@@ -212,6 +213,8 @@ class ChromiumConfig:
     user_agent: str | None = None
     app_lost_grace: float = 30.0
     contract: PageContract = DEFAULT_CONTRACT
+    web_version: str | None = None  # pin this WhatsApp Web version (pinning.py)
+    web_version_cache: Path | None = None  # None: <state_dir>/web-cache
 
 
 # pyppeteer's error for an evaluate whose document went away mid-call (a navigation).
@@ -249,6 +252,7 @@ class ChromiumBrowser:
         self._closing = False
         self._gone = False
         self.reader = PageReader(driver.config.contract)
+        self.pin: VersionPin | None = None
         self.info: PageInfo | None = None  # the page's last word about itself
         self._ready = trio.Event()  # the page can be driven (modules, or the DOM fallback)
         self._logged_out = trio.Event()
@@ -399,6 +403,11 @@ class ChromiumBrowser:
         await _aio(page.setUserAgent, user_agent)
         await _aio(page.exposeFunction, BINDING, self._on_report)
         await _aio(page.evaluateOnNewDocument, adapter_script(self.driver.config.contract))
+        cfg = self.driver.config
+        if cfg.web_version is not None:
+            self.pin = VersionPin(self.url, self.driver.web_cache_dir, cfg.web_version)
+            await _aio(self.pin.attach, await _aio(page.target.createCDPSession))
+            self.log.info("web_version_pin", web_version=cfg.web_version, cached=self.pin.pinned)
         try:
             await _aio(page.goto, self.url, waitUntil="domcontentloaded", timeout=0)
         except Exception as exc:  # pyppeteer raises plain exceptions for net errors
@@ -445,10 +454,21 @@ class ChromiumBrowser:
             self._emit(event)
         if reader.ready:
             self._ready.set()
+        if not had_app and reader.app and self.pin is not None and self.info is not None:
+            self._nursery.start_soon(self._remember_version, self.pin, self.info.version)
         if had_app and not reader.app and not reader.holds:
             # A reload passes through here too (startup, loading, app): only an app
             # that stays away means the page lost WhatsApp.
             self._app_lost.set()
+
+    async def _remember_version(self, pin: VersionPin, version: str | None) -> None:
+        try:
+            path = await trio.to_thread.run_sync(pin.remember, version)
+        except OSError as exc:
+            self.log.warning("web_version_cache_failed", error=str(exc))
+            return
+        if path is not None:
+            self.log.info("web_version_cached", web_version=version, path=str(path))
 
     def _not_ready_message(self, timeout: float) -> str:
         snap = self.reader.prev
@@ -601,6 +621,10 @@ class ChromiumDriver:
         so a daemon starting after a crash can remove what its killed browsers left."""
         tag = hashlib.sha256(str(self.config.state_dir.resolve()).encode()).hexdigest()[:12]
         return Path(tempfile.gettempdir()) / f"wa-chromium-{tag}"
+
+    @property
+    def web_cache_dir(self) -> Path:
+        return self.config.web_version_cache or self.config.state_dir / "web-cache"
 
     def profile_of(self, session_id: str) -> Path:
         return self.sessions_dir / session_id / "profile"
