@@ -43,6 +43,11 @@ moment the killed process is gone (a pidfd, the floor), and next to pyppeteer's
     python bench/sessions.py            # full run, about 9 minutes
     python bench/sessions.py --quick    # smoke run, under 3 minutes
     python bench/sessions.py --sizes 1 --rounds 4 --no-extras   # more samples of one case
+    python bench/sessions.py --quick --idle-only --weight realistic   # connected sessions on a busy page
+
+``--weight`` is the simulator's (``light``, the default, or ``realistic``: docs/simulator.md);
+only connected sessions see the difference. ``--idle-only`` runs the idle window and the
+``kill -9`` samples alone.
 
 A benchmark reports; it does not assert: the exit status is 0 whatever the figures
 (1 if it could not run, 130 if interrupted). Every process it starts, and every Chromium
@@ -989,7 +994,8 @@ def report(res: Results, plan: Plan, elapsed: float) -> str:
     lines: list[str] = []
     out = lines.append
     out("")
-    out(f"wa-daemon sessions benchmark: {plan.rounds} round(s), N in {plan.sizes}; Chromium {res.chromium_version}; "
+    out(f"wa-daemon sessions benchmark: {plan.rounds} round(s), N in {plan.sizes}, --weight {plan.weight}"
+        f"{', idle only' if plan.idle_only else ''}; Chromium {res.chromium_version}; "
         f"source {_revision()}")
     out(f"machine: {os.cpu_count()} CPUs, {_mem_total_gb():.0f} GB, Python {platform.python_version()}; "
         f"load average {res.load[0]:.1f} at start, {res.load[-1]:.1f} at end; run took {elapsed:.0f} s")
@@ -1037,16 +1043,17 @@ def report(res: Results, plan: Plan, elapsed: float) -> str:
         row("controller process PSS, MB", p50([x / 1024 for x in q.controller_pss_kb]),
             p50([x / 1024 for x in a.controller_pss_kb]), p50([x / 1024 for x in b.controller_pss_kb]), 1)
     out("")
-    nmax = max(plan.sizes)
-    kinds = sorted({k for key in (f"d{nmax}:all", f"b{nmax}") for m in res.get(key).memory for k in m.by_kind})
-    out(f"PSS by process kind at N = {nmax}, MB per session (daemon N at once / launch())")
-    for k in kinds:
-        vals = [statistics.median(m.by_kind.get(k, 0) for m in res.get(key).clean()) / 1024 / nmax
-                for key in (f"d{nmax}:all", f"b{nmax}")]
-        out(f"  {k:36}{vals[0]:>8.1f}{vals[1]:>8.1f}")
-    out("")
+    if plan.sizes:  # not with --idle-only
+        nmax = max(plan.sizes)
+        kinds = sorted({k for key in (f"d{nmax}:all", f"b{nmax}") for m in res.get(key).memory for k in m.by_kind})
+        out(f"PSS by process kind at N = {nmax}, MB per session (daemon N at once / launch())")
+        for k in kinds:
+            vals = [statistics.median(m.by_kind.get(k, 0) for m in res.get(key).clean()) / 1024 / nmax
+                    for key in (f"d{nmax}:all", f"b{nmax}")]
+            out(f"  {k:36}{vals[0]:>8.1f}{vals[1]:>8.1f}")
+        out("")
     fn = plan.flag_n
-    if plan.extras:
+    if plan.extras and not plan.idle_only:
         asis = res.get(f"f{fn}:as is")
         out(f"memory flags, daemon, N = {fn} at once (saving vs the daemon as is, same block)")
         out(f"  {'chromium_args':36}{'PSS MB':>9}{'saving':>9}{'anon MB':>9}{'saving':>9}{'USS MB':>9}"
