@@ -26,7 +26,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 
 from wa_daemon import AsyncClient, State
@@ -34,7 +33,7 @@ from wa_daemon.daemon.drivers.chromium import ChromiumBrowser, find_orphans, gro
 from wa_daemon.protocol import StateChanged
 from wa_daemon.sim import SimEngine, SimOptions, serve_simulator
 
-from .helpers import running_daemon, zombies_of
+from .helpers import needs_chromium, running_daemon, zombies_of
 
 SCALE = 0.05  # simulator time: first ref 3 s, loading 0.15 s
 FAULTS = ("kill_browser", "kill_renderer", "hang", "conflict", "offline", "logout")
@@ -377,7 +376,7 @@ async def run_chaos(base: Path, sessions: int, duration: float, seed: int,
     return report
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="needs Debian's chromium")
+@needs_chromium
 async def test_chaos_five_sessions(sock_dir: Path) -> None:
     seed = int(os.environ.get("WA_CHAOS_SEED", random.randrange(2**32)))
     duration = float(os.environ.get("WA_CHAOS_SECONDS", 40))

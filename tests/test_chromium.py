@@ -20,9 +20,9 @@ from wa_daemon.daemon.drivers.chromium import ChromiumBrowser, find_orphans, gro
 from wa_daemon.protocol import QrUpdated, StateChanged
 from wa_daemon.sim import SimEngine, SimOptions, serve_simulator
 
-from .helpers import running_daemon, zombies_of
+from .helpers import needs_chromium, running_daemon, zombies_of
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="needs Debian's chromium")
+pytestmark = needs_chromium
 
 # 0.05: the first ref lasts 3 s, the next ones 1 s; loading takes 0.15 s.
 SCALE = 0.05

@@ -9,7 +9,6 @@ import importlib.util
 import os
 import queue
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ import pytest
 
 from wa_daemon import Client, ErrorCode, Reason, State
 
-from .helpers import DaemonProcess
+from .helpers import DaemonProcess, require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -82,12 +81,7 @@ _TIMEOUT = 60  # seconds: the bound of every subprocess and scenario here
 
 
 def _promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("promtool is missing on CI (Debian: apt-get install prometheus)")
-        pytest.skip("promtool not installed (Debian: apt-get install prometheus)")
-    return path
+    return require_tool("promtool", "prometheus")
 
 
 def test_alert_rules_are_valid() -> None:
@@ -442,8 +436,7 @@ def _sample(wa: Client, name: str, **labels: str) -> float:
 
 
 def _load_fastapi_example() -> ModuleType:
-    pytest.importorskip("fastapi")
-    pytest.importorskip("httpx")
+    # fastapi and httpx come with the test extra: a missing one is an error, not a skip.
     spec = importlib.util.spec_from_file_location("asyncio_fastapi_example", EXAMPLES / "asyncio_fastapi.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

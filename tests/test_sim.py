@@ -26,6 +26,8 @@ from wa_daemon.sim import LINK_PREFIX, InvalidState, NotFound, SimEngine, SimMod
 from wa_daemon.sim.model import Page
 from wa_daemon.sim.refs import qr_rows
 
+from .helpers import CHROMIUM, needs_chromium
+
 DESKTOP_UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36"
 HEADLESS_UA = DESKTOP_UA.replace("Chrome/", "HeadlessChrome/")
 IO_TIMEOUT = 20  # seconds of real time for any test touching sockets or processes
@@ -652,8 +654,6 @@ def test_command_without_the_sim_extra_says_what_to_install() -> None:
 
 # ------------------------------------------------------------------ real Chromium, when installed
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-needs_chromium = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Chromium (/usr/bin/chromium)")
 
 
 class CdpError(Exception):

@@ -8,7 +8,6 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,7 +26,7 @@ from wa_daemon import Client, LimitExceeded
 from wa_daemon.daemon.app import Daemon
 from wa_daemon.daemon.systemd import Notifier, listen_fds
 
-from .helpers import DaemonProcess, make_config
+from .helpers import DaemonProcess, make_config, require_tool
 
 
 class NotifyListener:
@@ -163,12 +162,7 @@ async def _block_the_loop(daemon: Daemon) -> tuple[float, float]:
 
 
 def _activator() -> str:
-    tool = shutil.which("systemd-socket-activate")
-    if tool is None:
-        if os.environ.get("CI"):
-            pytest.fail("systemd-socket-activate is missing (Debian package systemd); .ci/setup installs it")
-        pytest.skip("systemd-socket-activate not installed")
-    return tool
+    return require_tool("systemd-socket-activate", "systemd")
 
 
 def test_socket_activation_serves_the_passed_socket_and_leaves_it(sock_dir: Path) -> None:
