@@ -17,7 +17,9 @@ from wa_daemon.protocol import QrUpdated, Snapshot, StateChanged
 
 from .helpers import DaemonProcess
 
-FAST = ["--driver", "scripted", "--set", "scripted.launch_delay=0.05", "--set", "scripted.auth_delay=0.1", "--set", "qr_debounce=0.1"]
+FAST = ["--driver", "scripted", "--set", "scripted.launch_delay=0.05", "--set", "scripted.auth_delay=0.1", "--set", "qr_debounce=0.1",
+        # A second connect after a disconnect is rate limited however slowly this machine gets there.
+        "--set", "connect_min_interval=3600"]
 
 
 @pytest.fixture
