@@ -361,6 +361,21 @@ def test_sigkill_of_the_daemon_leaves_no_chromium(sock_dir: Path) -> None:
         sim.wait(10)
 
 
+async def test_stop_while_sessions_launch_reaps_every_browser(sock_dir: Path) -> None:
+    """What SIGTERM starts (tests/test_recovery.py sends the real signal to a daemon
+    process): a stop while two browsers launch and two more wait for a launch slot.
+    The daemon runs in this process, so a browser it did not reap would stay a
+    zombie child of this process: the rig checks there is none, and no Chromium."""
+    with trio.fail_after(60):
+        async with rig(sock_dir, max_concurrent_launches=2) as r:
+            for i in range(4):
+                await r.wa.connect(f"term{i}")
+            while not find_orphans(r.state / "sessions"):  # a browser process exists: mid-launch
+                await trio.sleep(0.02)
+            assert (await r.wa.status("term3")).state == State.STARTING
+        # (leaving the rig stops the daemon, then checks)
+
+
 async def test_per_session_url_reaches_the_browser(sock_dir: Path) -> None:
     with trio.fail_after(60):
         async with rig(sock_dir) as r:

@@ -125,6 +125,8 @@ def test_daemon_sigkill_with_connected_qr_and_reconnecting_sessions(sock_dir: Pa
                 assert pid is not None
                 os.kill(pid, signal.SIGKILL)
                 _wait(lambda: _state_of(wa, "recon") == State.RECONNECTING, 15, "recon reconnecting")
+                # The running daemon reaped the browser it lost (its direct child).
+                _wait(lambda: zombies_of(first.proc.pid) == [], 10, "the killed browser reaped")
                 states = {s.session: s.state for s in wa.list()}
             assert states == {"linked": State.CONNECTED, "recon": State.RECONNECTING,
                               "qr": State.WAITING_QR, "parked": State.STOPPED}
@@ -435,5 +437,7 @@ def test_sigterm_while_chromium_sessions_launch(sock_dir: Path) -> None:
             daemon.stop()
         assert code == 0
         assert find_orphans(state / "sessions") == []
-        assert zombies_of(daemon.proc.pid) == []
+        # (Zombies cannot be seen here: the exited daemon's children belong to init. The
+        # same stop in-process, where they would be this process's, is
+        # tests/test_chromium.py::test_stop_while_sessions_launch_reaps_every_browser.)
         assert not _tmp_base(state).exists()  # every browser's TMPDIR removed, and their base
