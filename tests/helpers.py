@@ -61,6 +61,22 @@ def require_chromium() -> None:
 needs_chromium = pytest.mark.usefixtures("chromium")
 
 
+# Where a test that draws a random seed keeps the command that replays it; conftest.py
+# puts that command first in the test's failure report.
+REPLAY = pytest.StashKey[str]()
+
+
+def draw_seed(request: pytest.FixtureRequest, env: str, *also: str) -> int:
+    """A fresh seed per run (finding new bugs is the point), or ``$env``'s to replay one.
+    ``also``: further environment variables the replay must keep (when set)."""
+    seed = int(os.environ.get(env, random.randrange(2**32)))
+    keep = " ".join(f"{name}={os.environ[name]}" for name in also if name in os.environ)
+    command = f"{env}={seed} {keep + ' ' if keep else ''}.venv/bin/python -m pytest -p no:cacheprovider '{request.node.nodeid}'"
+    request.node.stash[REPLAY] = f"seed {seed}; replay: {command}"
+    print(request.node.stash[REPLAY])
+    return seed
+
+
 # Fast, deterministic defaults for logic tests; each test overrides what it checks.
 FAST = {"driver": "scripted", "scripted": {"launch_delay": 0.5, "auth_delay": 1.0}}
 
