@@ -96,8 +96,9 @@ def test_notify_lifecycle_of_a_real_daemon(sock_dir: Path) -> None:
                 reloading = systemd.wait_for("RELOADING=1")
                 assert re.fullmatch(r"MONOTONIC_USEC=\d+", reloading[1])
                 assert "STATUS=1 session: 1 waiting_qr" in systemd.wait_for("READY=1")
-                watchdogs = sum(1 for _, m in systemd.messages if m == ["WATCHDOG=1"])
-                assert watchdogs >= 2
+                # The pings go on after the reload (waited for: how many fit in the steps
+                # above depends on the machine's speed).
+                assert systemd.wait_for("WATCHDOG=1") == ["WATCHDOG=1"]
             d.proc.send_signal(signal.SIGTERM)
             systemd.wait_for("STOPPING=1")
             assert d.proc.wait(30) == 0, d.output()
