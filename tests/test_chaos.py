@@ -47,8 +47,10 @@ SETTINGS: dict[str, Any] = {
     "reconnect_factor": 2.0,
     "reconnect_jitter": 0.1,
     "hang_check_interval": 0.5,
-    # Short enough for a quick test, long enough that a busy shared CI machine does not
-    # miss the check without a fault (that would be an unprompted transition).
+    # Measured with the other core busy (stress-ng --cpu 1, 12 runs of this test, see
+    # docs/reliability.md §4): the slowest hang check that answered took 0.73 s (p99
+    # 0.21-0.42 s); 0.5 s gave a false hang (an unprompted transition) in 1 of 2 runs,
+    # 1.0 s and more none in 10. 3 s is 4x the slowest answer.
     "hang_check_timeout": 3.0,
     "connect_min_interval": 0,
     "history_size": 1000,
