@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from wa_daemon import Client, WaDaemonError
@@ -25,6 +26,56 @@ from wa_daemon.daemon.drivers.scripted import ScriptedDriver
 from wa_daemon.daemon.manager import SessionManager
 from wa_daemon.daemon.procfs import proc_files, stat_fields
 from wa_daemon.protocol import State
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's: the only browser the daemon drives
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def require(condition: object, why: str) -> None:
+    """Skip the test when ``condition`` is false, except under ``CI=true``: there a
+    missing tool or capability fails the test, because a skip would hide lost
+    coverage (``.ci/setup`` installs everything the tests need)."""
+    if condition:
+        return
+    if in_ci():
+        pytest.fail(f"{why} (required under CI=true)", pytrace=False)
+    pytest.skip(why)
+
+
+def require_tool(name: str, package: str) -> str:
+    """The path of command ``name``, required as :func:`require` says."""
+    path = shutil.which(name)
+    require(path is not None, f"{name} is missing (Debian package {package})")
+    assert path is not None
+    return path
+
+
+def require_chromium() -> None:
+    require(os.path.exists(CHROMIUM), f"{CHROMIUM} is missing (Debian package chromium)")
+
+
+# A mark for tests and modules that run Chromium (the fixture is in conftest.py).
+needs_chromium = pytest.mark.usefixtures("chromium")
+
+
+# Where a test that draws a random seed keeps the command that replays it; conftest.py
+# puts that command first in the test's failure report.
+REPLAY = pytest.StashKey[str]()
+
+
+def draw_seed(request: pytest.FixtureRequest, env: str, *also: str) -> int:
+    """A fresh seed per run (finding new bugs is the point), or ``$env``'s to replay one.
+    ``also``: further environment variables the replay must keep (when set)."""
+    seed = int(os.environ.get(env, random.randrange(2**32)))
+    keep = " ".join(f"{name}={os.environ[name]}" for name in also if name in os.environ)
+    command = f"{env}={seed} {keep + ' ' if keep else ''}.venv/bin/python -m pytest -p no:cacheprovider '{request.node.nodeid}'"
+    request.node.stash[REPLAY] = f"seed {seed}; replay: {command}"
+    print(request.node.stash[REPLAY])
+    return seed
+
 
 # Fast, deterministic defaults for logic tests; each test overrides what it checks.
 FAST = {"driver": "scripted", "scripted": {"launch_delay": 0.5, "auth_delay": 1.0}}

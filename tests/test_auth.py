@@ -10,12 +10,14 @@ venv outside /root that holds only the client library.
 from __future__ import annotations
 
 import grp
+import importlib
 import json
 import os
 import pwd
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
@@ -42,7 +44,7 @@ from wa_daemon.daemon.monitor import GroupUsage
 from wa_daemon.daemon.registry import MemoryRegistry, SessionRecord, SqliteRegistry
 from wa_daemon.errors import LimitExceeded, NotFound, PermissionDenied
 
-from .helpers import open_manager, running_daemon, wait_state
+from .helpers import open_manager, require, require_tool, running_daemon, wait_state
 
 A, B = 40001, 40002  # in-process callers (no real users needed)
 
@@ -126,8 +128,8 @@ async def test_list_is_filtered_and_cached_per_uid() -> None:
         def ids(raw: msgspec.Raw) -> list[str]:
             return [s["session"] for s in msgspec.msgpack.decode(raw)["sessions"]]
 
-        await wait_state(m, "x", State.WAITING_QR, timeout=10)
-        await trio.sleep(0.1)
+        for sid in ("a1", "a2", "b1", "x"):  # the state filter below needs them all showing a QR
+            await wait_state(m, sid, State.WAITING_QR, timeout=10)
         assert ids(m.list_raw(None, A)) == ["a1", "a2"]
         assert ids(m.list_raw(None, B)) == ["b1"]
         assert ids(m.list_raw(None, 99)) == []
@@ -318,17 +320,6 @@ async def test_memory_registry_round_trip_keeps_owner() -> None:
 # ============================================================================ real uids
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
-
-
-def _need(condition: bool, why: str) -> None:
-    if not condition:
-        if _in_ci():
-            pytest.fail(f"{why} (required on CI)")
-        pytest.skip(why)
-
-
 @dataclass(frozen=True)
 class User:
     name: str
@@ -360,9 +351,10 @@ def _run(*cmd: str) -> None:
 def users() -> Iterator[Users]:
     """System users and groups for the test session; created if missing, and
     removed afterwards if this session created them."""
-    _need(os.geteuid() == 0, "real-uid tests run as root (to create users and drop privileges)")
-    for tool in ("setpriv", "useradd", "groupadd", "gpasswd", "userdel", "groupdel"):
-        _need(shutil.which(tool) is not None, f"{tool} is missing (Debian: util-linux, passwd)")
+    require(os.geteuid() == 0, "real-uid tests run as root (to create users and drop privileges)")
+    require_tool("setpriv", "util-linux")
+    for tool in ("useradd", "groupadd", "gpasswd", "userdel", "groupdel"):
+        require_tool(tool, "passwd")
     created_users: list[str] = []
     created_groups: list[str] = []
     for group in (ADMIN_GROUP, CLIENTS_GROUP):
@@ -467,27 +459,41 @@ class ClientEnv:
 @pytest.fixture(scope="session")
 def client_env(users: Users) -> Iterator[ClientEnv]:
     """A venv outside /root (other uids cannot traverse it) from Debian's python3,
-    holding only the client library: msgspec, anyio (+ sniffio, idna), segno, and
-    a world-readable copy of this checkout's ``wa_daemon`` package."""
-    _need(os.path.exists("/usr/bin/python3"), "Debian's /usr/bin/python3 is missing")
+    holding only the client library: world-readable copies of this checkout's
+    ``wa_daemon`` package and of the client's dependencies (msgspec, anyio with
+    sniffio, idna and typing_extensions, segno) as installed in the test's own
+    environment, so nothing is downloaded a second time. msgspec is compiled: the
+    copy needs the same Python minor version, which .ci/setup gives (its venv is
+    made by Debian's python3)."""
+    require(os.path.exists("/usr/bin/python3"), "Debian's /usr/bin/python3 is missing")
+    system_version = subprocess.run(
+        ["/usr/bin/python3", "-c", "import sys; print(*sys.version_info[:2])"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.split()
+    require(
+        system_version == [str(n) for n in sys.version_info[:2]],
+        f"the tests run on Python {sys.version_info[:2]}, /usr/bin/python3 is {system_version}: "
+        "the compiled msgspec cannot be shared",
+    )
     root = Path(tempfile.mkdtemp(prefix="wa-auth-"))
     try:
         root.chmod(0o755)
         venv = root / "venv"
+        # No pip in it (and no ensurepip needed): a site-packages of nothing but the stdlib.
         result = subprocess.run(
-            ["/usr/bin/python3", "-m", "venv", str(venv)], capture_output=True, text=True, timeout=120
+            ["/usr/bin/python3", "-m", "venv", "--without-pip", str(venv)], capture_output=True, text=True, timeout=120
         )
-        _need(result.returncode == 0, f"python3 -m venv failed (apt-get install python3-venv): {result.stderr}")
-        pip = subprocess.run(
-            [str(venv / "bin/pip"), "install", "-q", "--no-deps", "msgspec", "anyio", "segno", "sniffio", "idna",
-             "typing_extensions"],
-            capture_output=True, text=True, timeout=300,
-        )
-        assert pip.returncode == 0, pip.stdout + pip.stderr
+        assert result.returncode == 0, result.stderr
         src = root / "src"
         shutil.copytree(
             Path(wa_daemon.__file__).parent, src / "wa_daemon", ignore=shutil.ignore_patterns("__pycache__", "daemon", "sim")
         )
+        for name in ("msgspec", "anyio", "sniffio", "idna", "typing_extensions", "segno"):
+            where = Path(importlib.import_module(name).__file__ or "")
+            if where.name == "__init__.py":
+                shutil.copytree(where.parent, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy(where, src / where.name)
         runner = root / "runner.py"
         runner.write_text(RUNNER)
         for path in [root, *root.rglob("*")]:

@@ -39,7 +39,7 @@ from wa_daemon.protocol import (
     encode,
 )
 
-from .helpers import DaemonProcess, running_daemon
+from .helpers import DaemonProcess, draw_seed, running_daemon
 
 MAX = 4096
 HDR = struct.Struct(">I")
@@ -289,9 +289,8 @@ def _connections(wa: Client) -> float:
     return next(s.value for s in wa.metrics().samples if s.name == "wa_rpc_connections")
 
 
-def test_live_storm_of_hostile_frames(sock_dir: Path) -> None:
-    seed = int(os.environ.get("WA_FUZZ_SEED", random.randrange(2**32)))
-    print(f"fuzz seed {seed} (WA_FUZZ_SEED={seed} repeats this run)")
+def test_live_storm_of_hostile_frames(sock_dir: Path, request: pytest.FixtureRequest) -> None:
+    seed = draw_seed(request, "WA_FUZZ_SEED")
     rng = random.Random(seed)
     daemon = DaemonProcess(
         sock_dir / "d.sock",

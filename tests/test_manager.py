@@ -192,7 +192,6 @@ async def test_launches_limited_and_queued_in_order(autojump_clock: trio.testing
 
 async def test_qr_events_debounced_trailing_edge_latest_delivered(autojump_clock: trio.testing.MockClock) -> None:
     async with open_manager(qr_debounce=2.0) as (m, driver):
-        sub, _ = m.subscribe("a", []) if False else (None, None)
         await m.connect("a")
         sub, _ = m.subscribe("a", [])
         got: list[tuple[float, str]] = []
@@ -397,9 +396,21 @@ async def test_conflict_takeover_and_without(autojump_clock: trio.testing.MockCl
         await wait_state(m, "a", State.WAITING_QR)
         driver.simulate("a", "scan")
         await wait_state(m, "a", State.CONNECTED)
+        taken_over = trio.Event()
+        page = driver.live["a"]
+        real_take_over = page.take_over
+
+        async def spy() -> None:
+            taken_over.set()
+            await real_take_over()
+
+        page.take_over = spy  # type: ignore[method-assign]
+        before = len(m.history("a"))
         driver.simulate("a", "conflict")
-        await trio.sleep(1)
-        assert m.status("a").state == State.CONNECTED
+        with trio.fail_after(5):  # "Use here" is clicked at once, not after a timeout
+            await taken_over.wait()
+        # Taken back without a transition: the session never left connected.
+        assert len(m.history("a")) == before and m.status("a").state == State.CONNECTED
     async with open_manager(takeover_on_conflict=False) as (m, driver):
         await m.connect("a")
         await wait_state(m, "a", State.WAITING_QR)

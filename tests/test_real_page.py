@@ -25,10 +25,10 @@ from wa_daemon.errors import InvalidArgument
 from wa_daemon.sim import SimEngine, SimOptions, serve_simulator
 from wa_daemon.sim.model import SimError
 
-from .helpers import running_daemon
+from .helpers import needs_chromium, running_daemon
 from .test_chromium import SCALE, reach
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="needs Debian's chromium")
+pytestmark = needs_chromium
 
 PHONE = "12025550108"
 

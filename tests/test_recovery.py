@@ -25,9 +25,7 @@ from wa_daemon import AsyncClient, Client, State
 from wa_daemon.daemon.drivers.chromium import ChromiumConfig, ChromiumDriver, find_orphans
 from wa_daemon.errors import InternalError, LimitExceeded, RateLimited, Unavailable, WaDaemonError
 
-from .helpers import DaemonProcess, running_daemon, zombies_of
-
-CHROMIUM = os.path.exists("/usr/bin/chromium")
+from .helpers import DaemonProcess, needs_chromium, require, require_tool, running_daemon, zombies_of
 
 
 def _wait(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
@@ -102,7 +100,7 @@ def _browser_pid(state: Path, sid: str) -> int | None:
 # ------------------------------------------------------------------ 5. the daemon is SIGKILLed
 
 
-@pytest.mark.skipif(not CHROMIUM, reason="needs Debian's chromium")
+@needs_chromium
 def test_daemon_sigkill_with_connected_qr_and_reconnecting_sessions(sock_dir: Path) -> None:
     state = sock_dir / "state"
     with simulator() as sim:
@@ -127,6 +125,8 @@ def test_daemon_sigkill_with_connected_qr_and_reconnecting_sessions(sock_dir: Pa
                 assert pid is not None
                 os.kill(pid, signal.SIGKILL)
                 _wait(lambda: _state_of(wa, "recon") == State.RECONNECTING, 15, "recon reconnecting")
+                # The running daemon reaped the browser it lost (its direct child).
+                _wait(lambda: zombies_of(first.proc.pid) == [], 10, "the killed browser reaped")
                 states = {s.session: s.state for s in wa.list()}
             assert states == {"linked": State.CONNECTED, "recon": State.RECONNECTING,
                               "qr": State.WAITING_QR, "parked": State.STOPPED}
@@ -181,26 +181,30 @@ def test_daemon_sigkill_with_connected_qr_and_reconnecting_sessions(sock_dir: Pa
 
 
 @contextlib.contextmanager
-def ext4_mount(path: Path, size_mb: int = 6) -> Iterator[bool]:
-    """A small ext4 file system (loop device) mounted at ``path``; yields False if impossible here."""
+def ext4_mount(path: Path, size_mb: int = 6) -> Iterator[None]:
+    """A small ext4 file system (loop device) mounted at ``path``."""
+    require(os.geteuid() == 0, "mounting a loop device needs root")
+    mkfs = require_tool("mkfs.ext4", "e2fsprogs")
+    require_tool("chattr", "e2fsprogs")  # used by the test on the mounted file system
+    losetup, mount = require_tool("losetup", "mount"), require_tool("mount", "mount")
     image = path.parent / (path.name + ".img")
     path.mkdir(parents=True, exist_ok=True)
     loop = ""
     try:
         with open(image, "wb") as f:
             f.truncate(size_mb << 20)
-        subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True, timeout=30)
-        loop = subprocess.run(["losetup", "-f", "--show", str(image)], check=True, capture_output=True,
+        subprocess.run([mkfs, "-q", "-F", str(image)], check=True, capture_output=True, timeout=30)
+        loop = subprocess.run([losetup, "-f", "--show", str(image)], check=True, capture_output=True,
                               text=True, timeout=10).stdout.strip()
-        subprocess.run(["mount", loop, str(path)], check=True, capture_output=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
+        subprocess.run([mount, loop, str(path)], check=True, capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError) as exc:
         if loop:
-            subprocess.run(["losetup", "-d", loop], capture_output=True, timeout=10)
-        yield False
-        return
+            subprocess.run([losetup, "-d", loop], capture_output=True, timeout=10)
+        stderr = getattr(exc, "stderr", None) or b""
+        require(False, f"cannot mount an ext4 loop device here (/dev/loop*): {exc} {stderr!r}")
     try:
         path.chmod(0o700)
-        yield True
+        yield
     finally:
         subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=10)
         subprocess.run(["losetup", "-d", loop], capture_output=True, timeout=10)
@@ -243,9 +247,7 @@ async def test_state_dir_write_errors_then_full_then_back(sock_dir: Path) -> Non
     small ext4 file system filled to the last block (SQLITE_FULL once the WAL must grow).
     """
     state = sock_dir / "state"
-    with ext4_mount(state) as mounted:
-        if not mounted:
-            pytest.skip("cannot mount a loop device here (needs root and /dev/loop*)")
+    with ext4_mount(state):
         db_files = [state / "registry.sqlite3", state / "registry.sqlite3-wal"]
         settings = {"state_dir": str(state), "registry": "sqlite", "connect_min_interval": 0,
                     "scripted": {"launch_delay": 0.05, "auth_delay": 0.05}}
@@ -412,7 +414,7 @@ def test_sigterm_with_50_clients_and_10_sessions_starting(sock_dir: Path) -> Non
     _ = InternalError
 
 
-@pytest.mark.skipif(not CHROMIUM, reason="needs Debian's chromium")
+@needs_chromium
 def test_sigterm_while_chromium_sessions_launch(sock_dir: Path) -> None:
     state = sock_dir / "state"
     with simulator() as sim:
@@ -435,5 +437,7 @@ def test_sigterm_while_chromium_sessions_launch(sock_dir: Path) -> None:
             daemon.stop()
         assert code == 0
         assert find_orphans(state / "sessions") == []
-        assert zombies_of(daemon.proc.pid) == []
+        # (Zombies cannot be seen here: the exited daemon's children belong to init. The
+        # same stop in-process, where they would be this process's, is
+        # tests/test_chromium.py::test_stop_while_sessions_launch_reaps_every_browser.)
         assert not _tmp_base(state).exists()  # every browser's TMPDIR removed, and their base

@@ -11,6 +11,7 @@ import trio
 import trio.lowlevel
 
 from wa_daemon import AsyncClient, NotFound, RateLimited, State
+from wa_daemon.daemon.app import Daemon
 from wa_daemon.errors import InvalidArgument, LimitExceeded
 from wa_daemon.protocol import (
     ClientProtocol,
@@ -170,7 +171,8 @@ async def test_watch_all_sessions_and_deleted_end(sock_dir: Path) -> None:
 
 
 async def test_slow_watcher_does_not_block_others(sock_dir: Path) -> None:
-    """A client that never reads its watch stream: others still get the final state at once."""
+    """A client that never reads its watch stream: once it has fallen behind (its queue
+    overflowed), others still get the final state at once."""
     with trio.fail_after(30):
         async with running_daemon(
             sock_dir, qr_debounce=0, watch_qr_interval=0, watch_queue_size=16, scripted=FAST_SCAN
@@ -183,9 +185,16 @@ async def test_slow_watcher_does_not_block_others(sock_dir: Path) -> None:
             async with AsyncClient(d.socket_path) as wa:
                 await wa.connect("busy")
                 await reach(wa, "busy", "waiting_qr")
-                for _ in range(300):  # enough QR traffic to fill the stalled socket's buffers
-                    await wa.simulate("busy", "refresh_qr")
-                    await trio.lowlevel.checkpoint()
+                # QR traffic fills the stalled socket's buffers; then the state events of
+                # new sessions pile up in its queue (16) until the oldest are dropped.
+                extra = 0
+                while not dropped(d):
+                    for _ in range(50):
+                        await wa.simulate("busy", "refresh_qr")
+                        await trio.lowlevel.checkpoint()
+                    await wa.connect(f"x{extra}")
+                    extra += 1
+                print(f"the stalled watcher dropped events after {extra} more sessions")
                 async with await wa.watch("busy", until=["connected"]) as events:
                     await wa.simulate("busy", "scan")
                     async for _ in events:
@@ -195,6 +204,11 @@ async def test_slow_watcher_does_not_block_others(sock_dir: Path) -> None:
             await stalled.aclose()
 
 
+def dropped(d: Daemon) -> float:
+    assert d.manager is not None
+    return sum(s.value for s in d.manager.metrics.samples() if s.name == "wa_watch_events_dropped_total")
+
+
 async def test_out_of_order_replies_on_one_connection(sock_dir: Path) -> None:
     """A slow disconnect and a fast status in flight together: the fast one answers first."""
     with trio.fail_after(20):
@@ -202,20 +216,23 @@ async def test_out_of_order_replies_on_one_connection(sock_dir: Path) -> None:
             s = await trio.open_unix_socket(str(d.socket_path))
             proto = ClientProtocol("raw")
             await s.send_all(proto.hello())
-            await s.send_all(proto.request("connect", SessionParams("o"))[1])
-            await trio.sleep(0.1)
+            connect_id, connect = proto.request("connect", SessionParams("o"))
+            await s.send_all(connect)
+            # Once connect has answered, the session is launching (2 s): disconnect must wait for it.
+            while not isinstance(msg := proto.decoder.next_message(), Reply) or msg.id != connect_id:
+                if msg is None:
+                    proto.decoder.receive_data(await s.receive_some(65536))
             slow_id, slow = proto.request("disconnect", SessionParams("o"))
             fast_id, fast = proto.request("status", SessionParams("o"))
             await s.send_all(slow + fast)
-            order = []
-            while len(order) < 4:
+            replies = []
+            while len(replies) < 2:
                 msg = proto.decoder.next_message()
                 if msg is None:
                     proto.decoder.receive_data(await s.receive_some(65536))
-                    continue
-                order.append(msg)
-            replies = [m.id for m in order if isinstance(m, Reply)]
-            assert replies[-2:] == [fast_id, slow_id]
+                elif isinstance(msg, Reply):
+                    replies.append(msg.id)
+            assert replies == [fast_id, slow_id]
             await s.aclose()
 
 

@@ -30,6 +30,8 @@ from wa_daemon.sim.options import LOCALES
 from wa_daemon.sim.refs import qr_rows
 from wa_daemon.sim.server import page_html
 
+from .helpers import CHROMIUM
+
 DESKTOP_UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36"
 HEADLESS_UA = DESKTOP_UA.replace("Chrome/", "HeadlessChrome/")
 IO_TIMEOUT = 20  # seconds of real time for any test touching sockets or processes
@@ -1032,7 +1034,6 @@ def test_command_without_the_sim_extra_says_what_to_install() -> None:
 
 # ------------------------------------------------------------------ real Chromium, when installed
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # The daemon's launch flags (CHROMIUM_FLAGS in wa_daemon/daemon/drivers/chromium.py), but for the
 # DevTools endpoint: these tests speak over --remote-debugging-pipe.
 CHROMIUM_FLAGS: tuple[str, ...] = (
@@ -1046,16 +1047,6 @@ CHROMIUM_FLAGS += ("--no-default-browser-check", "--disable-background-networkin
 CHROMIUM_FLAGS += ("--disable-sync", "--disable-extensions", "--disable-default-apps", "--mute-audio")
 CHROMIUM_FLAGS += ("--disable-blink-features=AutomationControlled", "--password-store=basic")
 CHROMIUM_FLAGS += ("--disable-features=Translate,MediaRouter,OptimizationHints",)
-
-
-@pytest.fixture
-def chromium() -> str:
-    """Chromium's path: a missing browser fails the test under CI (CI=true), skips it elsewhere."""
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"Chromium is missing on CI ({CHROMIUM}; Debian: apt-get install chromium)")
-        pytest.skip(f"needs Chromium ({CHROMIUM})")
-    return CHROMIUM
 
 
 class CdpError(Exception):

@@ -8,7 +8,6 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,7 +26,7 @@ from wa_daemon import Client, LimitExceeded
 from wa_daemon.daemon.app import Daemon
 from wa_daemon.daemon.systemd import Notifier, listen_fds
 
-from .helpers import DaemonProcess, make_config
+from .helpers import DaemonProcess, make_config, require_tool
 
 
 class NotifyListener:
@@ -97,8 +96,9 @@ def test_notify_lifecycle_of_a_real_daemon(sock_dir: Path) -> None:
                 reloading = systemd.wait_for("RELOADING=1")
                 assert re.fullmatch(r"MONOTONIC_USEC=\d+", reloading[1])
                 assert "STATUS=1 session: 1 waiting_qr" in systemd.wait_for("READY=1")
-                watchdogs = sum(1 for _, m in systemd.messages if m == ["WATCHDOG=1"])
-                assert watchdogs >= 2
+                # The pings go on after the reload (waited for: how many fit in the steps
+                # above depends on the machine's speed).
+                assert systemd.wait_for("WATCHDOG=1") == ["WATCHDOG=1"]
             d.proc.send_signal(signal.SIGTERM)
             systemd.wait_for("STOPPING=1")
             assert d.proc.wait(30) == 0, d.output()
@@ -127,48 +127,38 @@ async def test_watchdog_withheld_while_the_event_loop_is_blocked(sock_dir: Path)
         env = {"NOTIFY_SOCKET": str(systemd.path), "WATCHDOG_USEC": "200000"}  # ping every 0.1 s
         daemon = Daemon(make_config(socket_path=str(sock_dir / "d.sock")), notifier=Notifier(env),
                         rng=random.Random(1))
-        stop = threading.Event()
-        reader = threading.Thread(target=systemd.collect, args=(stop,))
-        reader.start()
-        try:
-            blocked_at, unblocked_at = await _block_the_loop(daemon)
-        finally:
-            stop.set()
-            reader.join()
-        pings = [t for t, m in systemd.messages if m == ["WATCHDOG=1"]]
-        before = [t for t in pings if t < blocked_at]
-        after_block = [t for t in pings if t >= blocked_at]
-        assert len(before) >= 5, pings
-        # Nothing during the block, nor right after it: the first ping only once the
-        # loop has shown a lag-free window again.
-        assert after_block, "pings must resume once the loop is responsive again"
-        assert after_block[0] - unblocked_at >= 0.5, (after_block[0] - unblocked_at)
+        # The daemon runs in this trio loop and the socket is read here, between its
+        # steps: a ping is read no earlier than it was sent, and none can be sent while
+        # the test holds the loop.
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(daemon.run)
+                while _pings(systemd) < 5:  # healthy: pings flow
+                    await trio.sleep(0.01)
+                _pings(systemd)  # everything sent before the block is read before it
+                before = systemd.messages[:]
+                time.sleep(1.2)  # noqa: ASYNC251 - the point: the whole loop stops, as a hung call would stop it
+                unblocked_at = time.monotonic()
+                # Nothing right after the block either: the first ping only once the
+                # loop has shown a lag-free window again.
+                while _pings(systemd) == len([m for _, m in before if m == ["WATCHDOG=1"]]):
+                    await trio.sleep(0.01)
+                daemon.request_stop()
+        first_after = next(t for t, m in systemd.messages[len(before):] if m == ["WATCHDOG=1"])
+        assert first_after - unblocked_at >= 0.5, (first_after - unblocked_at)
 
 
-async def _block_the_loop(daemon: Daemon) -> tuple[float, float]:
-    """Run the daemon, block its loop for 1.2 s in the middle; (start, end) of the block."""
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(daemon.run)
-            await trio.sleep(1.5)  # healthy: pings flow
-            blocked_at = time.monotonic()
-            time.sleep(1.2)  # noqa: ASYNC251 - the point: the whole loop stops, as a hung call would stop it
-            unblocked_at = time.monotonic()
-            await trio.sleep(3.0)
-            daemon.request_stop()
-    return blocked_at, unblocked_at
+def _pings(systemd: NotifyListener) -> int:
+    """The watchdog pings read so far, reading what has arrived."""
+    systemd.drain()
+    return sum(1 for _, m in systemd.messages if m == ["WATCHDOG=1"])
 
 
 # ---------------------------------------------------------------------------- socket activation
 
 
 def _activator() -> str:
-    tool = shutil.which("systemd-socket-activate")
-    if tool is None:
-        if os.environ.get("CI"):
-            pytest.fail("systemd-socket-activate is missing (Debian package systemd); .ci/setup installs it")
-        pytest.skip("systemd-socket-activate not installed")
-    return tool
+    return require_tool("systemd-socket-activate", "systemd")
 
 
 def test_socket_activation_serves_the_passed_socket_and_leaves_it(sock_dir: Path) -> None:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import require, require_chromium, require_tool
+
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "systemd"
 SERVICE = UNITS / "wa-daemon.service"
@@ -37,17 +39,6 @@ MAX_EXPOSURE = 3.0
 SOCKET_PATH = "/run/wa-daemon/wa-daemon.sock"
 STATE_DIR = "/var/lib/wa-daemon"
 EXEC = "/opt/wa-daemon/bin/wa-daemon"
-
-
-def require(tool: str) -> str:
-    """The tool's path; fail under CI when it is missing, skip elsewhere."""
-    path = shutil.which(tool)
-    if path is None:
-        message = f"{tool} is not installed (.ci/setup installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
@@ -111,7 +102,7 @@ def sock() -> dict[str, dict[str, list[str]]]:
 
 
 def test_security_exposure_is_at_most_3(capsys: pytest.CaptureFixture[str]) -> None:
-    tool = require("systemd-analyze")
+    tool = require_tool("systemd-analyze", "systemd")
     out = subprocess.run(
         [tool, "security", "--offline=true", "--no-pager", str(SERVICE)],
         capture_output=True, text=True, timeout=120, check=False,
@@ -149,7 +140,7 @@ def _verify_root(tmp_path: Path, service_text: str | None = None) -> Path:
 
 
 def _verify(root: Path) -> subprocess.CompletedProcess[str]:
-    tool = require("systemd-analyze")
+    tool = require_tool("systemd-analyze", "systemd")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYSTEMD_")}
     return subprocess.run(
         [tool, "verify", "--man=no", "--generators=no", f"--root={root}",
@@ -270,7 +261,7 @@ def test_every_directive_is_explained_in_the_doc(service: dict[str, dict[str, li
 
 
 def test_sysusers_creates_the_user_and_both_groups(tmp_path: Path) -> None:
-    tool = require("systemd-sysusers")
+    tool = require_tool("systemd-sysusers", "systemd")
     (tmp_path / "etc").mkdir()
     out = subprocess.run(
         [tool, f"--root={tmp_path}", str(SYSUSERS)], capture_output=True, text=True, timeout=60, check=False,
@@ -291,7 +282,7 @@ def test_sysusers_creates_the_user_and_both_groups(tmp_path: Path) -> None:
 
 
 def _install(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    bash = require("bash")
+    bash = require_tool("bash", "bash")
     return subprocess.run(
         [bash, str(INSTALL), *args], capture_output=True, text=True, timeout=120, check=False,
         env={**os.environ, **(env or {})},
@@ -397,14 +388,9 @@ def test_chromium_runs_with_no_privileges_as_an_unprivileged_user() -> None:
     no capabilities at all (bounding and inheritable sets empty), another uid, no
     supplementary groups, HOME in a state directory; with exactly the daemon's
     flags. Chromium must render a page and run its JavaScript."""
-    if os.geteuid() != 0:
-        pytest.skip("setpriv --reuid needs root")
-    setpriv = require("setpriv")
-    if not Path("/usr/bin/chromium").exists():
-        message = "/usr/bin/chromium is not installed (.ci/setup installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require(os.geteuid() == 0, "setpriv --reuid needs root")
+    setpriv = require_tool("setpriv", "util-linux")
+    require_chromium()
     from wa_daemon.daemon.drivers.chromium import CHROMIUM_FLAGS
 
     nobody = pwd.getpwnam("nobody")
