@@ -63,13 +63,6 @@ def _fields(struct: Any) -> dict[str, Any]:
     return {f: getattr(struct, f) for f in struct.__struct_fields__}
 
 
-def contract_items(snapshot: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """(found, missing) contract items by their page names, from one snapshot."""
-    missing = [str(m) for m in snapshot.get("missing") or []]
-    found = [str(f) for f in snapshot.get("found") or []]
-    return found, missing
-
-
 def needed_modules(contract: PageContract, *, pairing: bool) -> list[str]:
     """Labels of the modules a session needs: the core, and the QR keys or the linking API."""
     hooks = _fields(contract.modules)
