@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = 60 * (a.minutes if a.minutes is not None else (1 if a.quick else 10))
     seed = a.seed if a.seed is not None else random.randrange(2**32)
     # The daemon logs every RPC at info: keep the report readable.
-    from wa_daemon.daemon.log import configure
+    from wa_daemon.daemon.ops.log import configure
 
     configure("error", {})
     logging.getLogger().setLevel(logging.ERROR)

@@ -26,7 +26,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import wa_daemon.daemon.drivers.chromium as chromium
+import wa_daemon.daemon.browser.chromium as chromium
 from tests.helpers import short_tmpdir
 from tests.test_chaos import run_chaos
 

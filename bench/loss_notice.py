@@ -25,9 +25,9 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wa_daemon.daemon.drivers.base import BrowserGone, LaunchOptions  # noqa: E402
-from wa_daemon.daemon.drivers.chromium import ChromiumConfig, ChromiumDriver, open_browser_loop  # noqa: E402
-from wa_daemon.sim import SimEngine, SimOptions, serve_simulator  # noqa: E402
+from wa_daemon.daemon.browser.base import BrowserGone, LaunchOptions
+from wa_daemon.daemon.browser.chromium import ChromiumConfig, ChromiumDriver, open_browser_loop
+from wa_daemon.sim import SimEngine, SimOptions, serve_simulator
 
 
 async def one_round(driver: ChromiumDriver, url: str) -> tuple[float, float, str]:

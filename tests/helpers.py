@@ -21,10 +21,10 @@ import trio
 
 from wa_daemon import Client, WaDaemonError
 from wa_daemon.daemon.app import Daemon
-from wa_daemon.daemon.config import Config, from_mapping
-from wa_daemon.daemon.drivers.scripted import ScriptedDriver
-from wa_daemon.daemon.manager import SessionManager
-from wa_daemon.daemon.procfs import proc_files, stat_fields
+from wa_daemon.daemon.browser.procfs import proc_files, stat_fields
+from wa_daemon.daemon.browser.scripted import ScriptedDriver
+from wa_daemon.daemon.ops.config import Config, from_mapping
+from wa_daemon.daemon.sessions.manager import SessionManager
 from wa_daemon.protocol import State
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's: the only browser the daemon drives

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from wa_daemon.daemon.drivers.adapter import (
+from wa_daemon.daemon.browser.adapter import (
     FIRST_QR_TTL,
     NEXT_QR_TTL,
     PageReader,
@@ -15,7 +15,7 @@ from wa_daemon.daemon.drivers.adapter import (
     needed_modules,
     pairing_code_script,
 )
-from wa_daemon.daemon.drivers.base import (
+from wa_daemon.daemon.browser.base import (
     AppShown,
     Conflict,
     Loading,
@@ -27,7 +27,7 @@ from wa_daemon.daemon.drivers.base import (
     QrShown,
     Refused,
 )
-from wa_daemon.daemon.drivers.contract import DEFAULT, ContractError, load_contract
+from wa_daemon.daemon.browser.contract import DEFAULT, ContractError, load_contract
 
 QR = "2@ref1,c3RhdGlj,aWRlbnRpdHk=,YWR2,WEB"
 
@@ -249,7 +249,7 @@ def test_the_contract_doc_names_every_key_with_its_built_in_value() -> None:
 def test_version_cache_files(tmp_path: Path) -> None:
     import os
 
-    from wa_daemon.daemon.drivers.pinning import KEEP_VERSIONS, VersionPin, read_cached, write_cached
+    from wa_daemon.daemon.browser.pinning import KEEP_VERSIONS, VersionPin, read_cached, write_cached
 
     with pytest.raises(ValueError):
         write_cached(tmp_path, "../evil", b"x")

@@ -36,12 +36,12 @@ from prometheus_client.registry import Collector
 import wa_daemon
 from wa_daemon import AsyncClient, State
 from wa_daemon.daemon import access
-from wa_daemon.daemon.config import Config, from_mapping
-from wa_daemon.daemon.drivers.scripted import ScriptedDriver
-from wa_daemon.daemon.manager import SessionManager
-from wa_daemon.daemon.metrics import DaemonMetrics
+from wa_daemon.daemon.browser.scripted import ScriptedDriver
 from wa_daemon.daemon.monitor import GroupUsage
-from wa_daemon.daemon.registry import MemoryRegistry, SessionRecord, SqliteRegistry
+from wa_daemon.daemon.ops.config import Config, from_mapping
+from wa_daemon.daemon.ops.metrics import DaemonMetrics
+from wa_daemon.daemon.sessions.manager import SessionManager
+from wa_daemon.daemon.sessions.registry import MemoryRegistry, SessionRecord, SqliteRegistry
 from wa_daemon.errors import LimitExceeded, NotFound, PermissionDenied
 
 from .helpers import open_manager, require, require_tool, running_daemon, wait_state
@@ -302,7 +302,7 @@ async def test_restored_sessions_keep_their_owner(tmp_path: Path) -> None:
 
 
 def _now() -> Any:
-    from wa_daemon.daemon.session import utcnow
+    from wa_daemon.daemon.sessions.session import utcnow
 
     return utcnow()
 

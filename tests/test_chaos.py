@@ -31,7 +31,7 @@ import pytest
 import trio
 
 from wa_daemon import AsyncClient, State
-from wa_daemon.daemon.drivers.chromium import ChromiumBrowser, find_orphans, group_members
+from wa_daemon.daemon.browser.chromium import ChromiumBrowser, find_orphans, group_members
 from wa_daemon.protocol import StateChanged
 from wa_daemon.sim import SimEngine, SimOptions, serve_simulator
 
@@ -326,7 +326,7 @@ def _stray(daemon: Any, state: Path) -> list[int]:
     return stray
 
 
-_HUNG = "did not answer within"  # the message of a hang check's timeout (drivers/chromium.py)
+_HUNG = "did not answer within"  # the message of a hang check's timeout (browser/chromium.py)
 
 
 def _went_through(ts: list[tuple[str, ...]], *states: str) -> bool:

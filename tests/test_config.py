@@ -12,8 +12,8 @@ import msgspec
 import pytest
 import tomllib
 
-from wa_daemon.daemon.config import RESTART_KEYS, Config, ScriptedConfig, parse_listen
-from wa_daemon.daemon.configfile import ConfigError, ConfigSource, find_line, render
+from wa_daemon.daemon.ops.config import RESTART_KEYS, Config, ScriptedConfig, parse_listen
+from wa_daemon.daemon.ops.configfile import ConfigError, ConfigSource, find_line, render
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

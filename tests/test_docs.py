@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from wa_daemon.daemon.states import TRANSITIONS, render_markdown
+from wa_daemon.daemon.sessions.states import TRANSITIONS, render_markdown
 from wa_daemon.protocol import State
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -42,7 +42,7 @@ def test_protocol_hex_examples_match_code() -> None:
 def test_configuration_doc_lists_every_key() -> None:
     import msgspec
 
-    from wa_daemon.daemon.config import Config, ScriptedConfig
+    from wa_daemon.daemon.ops.config import Config, ScriptedConfig
 
     text = (DOCS / "configuration.md").read_text()
     keys = [f.name for f in msgspec.structs.fields(Config)]

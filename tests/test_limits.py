@@ -22,8 +22,8 @@ import trio
 import trio.testing
 
 from wa_daemon import AsyncClient, Client
-from wa_daemon.daemon.manager import SessionManager
 from wa_daemon.daemon.monitor import DaemonMonitor, GroupUsage, ResourceSampler
+from wa_daemon.daemon.sessions.manager import SessionManager
 from wa_daemon.errors import LimitExceeded
 from wa_daemon.protocol import (
     ClientProtocol,

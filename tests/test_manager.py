@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from wa_daemon.daemon.hub import Final
+from wa_daemon.daemon.sessions.hub import Final
 from wa_daemon.errors import LimitExceeded, NotFound, RateLimited
 from wa_daemon.protocol import QrUpdated, Reason, State, StateChanged
 
@@ -452,7 +452,7 @@ async def test_long_phone_outage_reconnects_after_grace(autojump_clock: trio.tes
 
 
 async def test_connect_options_are_remembered(autojump_clock: trio.testing.MockClock) -> None:
-    from wa_daemon.daemon.registry import SessionOptions
+    from wa_daemon.daemon.sessions.registry import SessionOptions
 
     async with open_manager(connect_min_interval=0) as (m, driver):
         seen = []
@@ -599,7 +599,7 @@ async def test_slow_subscriber_queue_is_bounded_and_final_kept(autojump_clock: t
 def test_sqlite_registry_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from datetime import datetime, timezone
 
-    from wa_daemon.daemon.registry import SessionRecord, SqliteRegistry
+    from wa_daemon.daemon.sessions.registry import SessionRecord, SqliteRegistry
 
     path = tmp_path / "state" / "registry.sqlite3"
     reg = SqliteRegistry(path)
@@ -623,7 +623,7 @@ async def test_failed_sessions_are_not_restored(autojump_clock: trio.testing.Moc
 
 
 async def test_qr_while_connected_means_logged_out(autojump_clock: trio.testing.MockClock) -> None:
-    from wa_daemon.daemon.drivers.base import LoginRequired, QrShown
+    from wa_daemon.daemon.browser.base import LoginRequired, QrShown
 
     async with open_manager() as (m, driver):
         await m.connect("a")

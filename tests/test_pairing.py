@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from wa_daemon.daemon.registry import SessionOptions, SqliteRegistry
+from wa_daemon.daemon.sessions.registry import SessionOptions, SqliteRegistry
 from wa_daemon.errors import NotFound
 from wa_daemon.protocol import PairingCodeUpdated, Reason, State
 
@@ -139,8 +139,8 @@ async def test_linked_is_remembered_across_a_restart(autojump_clock: trio.testin
     """After a restart, a linked session whose page asks for a login was unlinked
     meanwhile: `logged_out` (`logged_out_by_phone`), not a new QR phase."""
     registry = SqliteRegistry(tmp_path / "r.sqlite3")
-    from wa_daemon.daemon.drivers.scripted import ScriptedDriver
-    from wa_daemon.daemon.manager import SessionManager
+    from wa_daemon.daemon.browser.scripted import ScriptedDriver
+    from wa_daemon.daemon.sessions.manager import SessionManager
 
     cfg = make_config()
     async with trio.open_nursery() as nursery:

@@ -1034,7 +1034,7 @@ def test_command_without_the_sim_extra_says_what_to_install() -> None:
 
 # ------------------------------------------------------------------ real Chromium, when installed
 
-# The daemon's launch flags (CHROMIUM_FLAGS in wa_daemon/daemon/drivers/chromium.py), but for the
+# The daemon's launch flags (CHROMIUM_FLAGS in wa_daemon/daemon/browser/chromium.py), but for the
 # DevTools endpoint: these tests speak over --remote-debugging-pipe.
 CHROMIUM_FLAGS: tuple[str, ...] = (
     "--headless",

@@ -24,7 +24,7 @@ import trio
 
 from wa_daemon import Client, LimitExceeded
 from wa_daemon.daemon.app import Daemon
-from wa_daemon.daemon.systemd import Notifier, listen_fds
+from wa_daemon.daemon.ops.systemd import Notifier, listen_fds
 
 from .helpers import DaemonProcess, make_config, require_tool
 

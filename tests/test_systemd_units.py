@@ -191,9 +191,9 @@ def test_socket_unit_matches_the_service(service: dict[str, dict[str, list[str]]
 
 
 def test_service_speaks_the_daemons_contract(service: dict[str, dict[str, list[str]]]) -> None:
-    from wa_daemon.daemon.config import Config
-    from wa_daemon.daemon.configfile import ENV_KEYS
     from wa_daemon.daemon.main import EXIT_CONFIG
+    from wa_daemon.daemon.ops.config import Config
+    from wa_daemon.daemon.ops.configfile import ENV_KEYS
     from wa_daemon.paths import default_socket_path, default_state_dir
 
     s = service["Service"]
@@ -391,7 +391,7 @@ def test_chromium_runs_with_no_privileges_as_an_unprivileged_user() -> None:
     require(os.geteuid() == 0, "setpriv --reuid needs root")
     setpriv = require_tool("setpriv", "util-linux")
     require_chromium()
-    from wa_daemon.daemon.drivers.chromium import CHROMIUM_FLAGS
+    from wa_daemon.daemon.browser.chromium import CHROMIUM_FLAGS
 
     nobody = pwd.getpwnam("nobody")
     nogroup = grp.getgrgid(nobody.pw_gid)

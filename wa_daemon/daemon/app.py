@@ -14,17 +14,17 @@ import trio
 
 from .._version import __version__
 from ..paths import default_socket_path, default_state_dir
-from .config import RESTART_KEYS, Config
-from .configfile import ConfigError, ConfigSource
-from .drivers.base import Driver
-from .drivers.scripted import ScriptedDriver
-from .log import configure
-from .manager import SessionManager
-from .metrics_http import MetricsHttp
+from .browser.base import Driver
+from .browser.scripted import ScriptedDriver
 from .monitor import DaemonMonitor
-from .registry import MemoryRegistry, Registry, SqliteRegistry
-from .server import BoundSocket, Server, bind_unix_socket
-from .systemd import Notifier
+from .ops.config import RESTART_KEYS, Config
+from .ops.configfile import ConfigError, ConfigSource
+from .ops.log import configure
+from .ops.metrics_http import MetricsHttp
+from .ops.systemd import Notifier
+from .rpc.server import BoundSocket, Server, bind_unix_socket
+from .sessions.manager import SessionManager
+from .sessions.registry import MemoryRegistry, Registry, SqliteRegistry
 
 log = structlog.get_logger("wa_daemon")
 
@@ -32,8 +32,8 @@ log = structlog.get_logger("wa_daemon")
 def make_driver(config: Config) -> Driver:
     if config.driver == "scripted":
         return ScriptedDriver(config.scripted)
-    from .drivers.chromium import ChromiumConfig, ChromiumDriver
-    from .drivers.contract import load_contract
+    from .browser.chromium import ChromiumConfig, ChromiumDriver
+    from .browser.contract import load_contract
 
     driver = ChromiumDriver(
         ChromiumConfig(
@@ -96,7 +96,7 @@ class Daemon:
         """The asyncio loop pyppeteer runs on, inside trio; only the Chromium driver needs it."""
         if self.config.driver != "chromium":
             return contextlib.nullcontext()
-        from .drivers.chromium import open_browser_loop
+        from .browser.chromium import open_browser_loop
 
         return open_browser_loop()
 

@@ -13,10 +13,10 @@ import trio
 
 from .._version import __version__
 from .app import Daemon
-from .configfile import DEFAULT_CONFIG_PATH, ENV_CONFIG, ConfigError, ConfigSource, render
-from .log import configure
-from .server import AlreadyRunning, BoundSocket, adopt_socket, bind_unix_socket
-from .systemd import ActivationError, Notifier, activated_socket, listen_fds
+from .ops.configfile import DEFAULT_CONFIG_PATH, ENV_CONFIG, ConfigError, ConfigSource, render
+from .ops.log import configure
+from .ops.systemd import ActivationError, Notifier, activated_socket, listen_fds
+from .rpc.server import AlreadyRunning, BoundSocket, adopt_socket, bind_unix_socket
 
 EXIT_OK = 0
 EXIT_CONFIG = 78  # EX_CONFIG: systemd will not restart-loop on a bad configuration
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["check-config"]:
         return check_config(argv[1:])
     if argv[:1] == ["probe"]:
-        from .probe import main as probe
+        from .browser.probe import main as probe
 
         return probe(argv[1:])
     args = parser().parse_args(argv)

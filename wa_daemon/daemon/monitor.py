@@ -16,11 +16,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..protocol import Health, HealthCheck, Reason, State
-from .procfs import proc_files, stat_fields
-from .session import utcnow
+from .browser.procfs import proc_files, stat_fields
+from .sessions.session import utcnow
 
 if TYPE_CHECKING:
-    from .manager import SessionManager
+    from .sessions.manager import SessionManager
 
 log = structlog.get_logger("wa_daemon")
 

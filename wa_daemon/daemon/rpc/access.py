@@ -20,7 +20,7 @@ import pwd
 
 import structlog
 
-from .config import Config
+from ..ops.config import Config
 
 log = structlog.get_logger("wa_daemon.server")
 

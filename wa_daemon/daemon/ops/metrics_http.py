@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 import trio
 
-from ..protocol import Health
+from ...protocol import Health
 from .config import parse_listen
 
 log = structlog.get_logger("wa_daemon.http")

@@ -15,8 +15,8 @@ from typing import Any
 
 import msgspec
 
+from ..browser.contract import ContractError, load_contract
 from .config import Config
-from .drivers.contract import ContractError, load_contract
 
 if sys.version_info >= (3, 11):
     import tomllib

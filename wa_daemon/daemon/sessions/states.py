@@ -1,7 +1,7 @@
 """The session state machine: which transitions exist, and nothing else.
 
 This table is the single place transitions are allowed. ``docs/states.md`` is
-generated from it (``python -m wa_daemon.daemon.states``) and a test keeps the
+generated from it (``python -m wa_daemon.daemon.sessions.states``) and a test keeps the
 two identical.
 
 There are no self-loops. A new QR while ``waiting_qr`` is a refresh event the
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from ..protocol import State
+from ...protocol import State
 
 S = State
 

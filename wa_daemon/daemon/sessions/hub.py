@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import trio
 
-from ..protocol import (
+from ...protocol import (
     EndReason,
     PairingCodeUpdated,
     QrCode,

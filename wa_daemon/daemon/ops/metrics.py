@@ -14,7 +14,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from ..protocol import Sample, State
+from ...protocol import Sample, State
 
 
 class _Pages(Collector):

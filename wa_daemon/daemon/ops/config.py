@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from ..protocol import DEFAULT_MAX_FRAME, WebUrl
+from ...protocol import DEFAULT_MAX_FRAME, WebUrl
 
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)]
 NonNegSeconds = Annotated[float, msgspec.Meta(ge=0, le=7 * 86400)]
@@ -72,7 +72,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # the Chromium driver
     whatsapp_url: WebUrl = "https://web.whatsapp.com/"
     chromium_path: str = "/usr/bin/chromium"
-    chromium_args: list[str] = []  # appended to the built-in flags (drivers/chromium.py)
+    chromium_args: list[str] = []  # appended to the built-in flags (browser/chromium.py)
     user_agent: str | None = None  # None: a desktop Chrome UA of the installed version
     launch_timeout: PositiveSeconds = 30.0
     hang_check_interval: PositiveSeconds = 10.0

@@ -31,7 +31,6 @@ import structlog
 import trio
 import trio_asyncio
 
-from ..procfs import proc_files, stat_fields
 from .adapter import (
     BINDING,
     POST_LOGOUT_MARKER,
@@ -55,6 +54,7 @@ from .base import (
 from .contract import DEFAULT as DEFAULT_CONTRACT
 from .contract import PageContract
 from .pinning import VersionPin
+from .procfs import proc_files, stat_fields
 
 log = structlog.get_logger("wa_daemon.chromium")
 T = TypeVar("T")

@@ -18,12 +18,12 @@ import msgspec
 import structlog
 import trio
 
-from ..errors import Busy, InvalidArgument, LimitExceeded, NotFound, PermissionDenied, RateLimited, Unavailable
-from ..protocol import PairingCode, QrCode, Reason, SessionStatus, State, Transition, to_raw, validate_session_id
-from .config import Config
-from .drivers.base import Driver
+from ...errors import Busy, InvalidArgument, LimitExceeded, NotFound, PermissionDenied, RateLimited, Unavailable
+from ...protocol import PairingCode, QrCode, Reason, SessionStatus, State, Transition, to_raw, validate_session_id
+from ..browser.base import Driver
+from ..ops.config import Config
+from ..ops.metrics import DaemonMetrics
 from .hub import Hub, Subscriber
-from .metrics import DaemonMetrics
 from .registry import MemoryRegistry, Registry, RegistryError, SessionOptions, SessionRecord
 from .session import Session, SessionContext, status_generation
 from .states import ACTIVE, RESTARTABLE
@@ -201,8 +201,8 @@ class SessionManager:
                 yield session.id, session.web_version, lacking
 
     def _needed_items(self) -> builtins.list[str]:
-        from .drivers.adapter import needed_modules
-        from .drivers.contract import load_contract
+        from ..browser.adapter import needed_modules
+        from ..browser.contract import load_contract
 
         if self._needed is None or self._needed[0] != self.config.page_contract:
             try:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ..config import ScriptedConfig
+from ..ops.config import ScriptedConfig
 from .base import (
     AppShown,
     BrowserGone,

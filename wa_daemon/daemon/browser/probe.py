@@ -22,10 +22,10 @@ from typing import Any
 
 import trio
 
-from .config import Config
-from .drivers.adapter import needed_modules, optional_modules
-from .drivers.base import LaunchError, LaunchOptions
-from .drivers.contract import PageContract, load_contract
+from ..ops.config import Config
+from .adapter import needed_modules, optional_modules
+from .base import LaunchError, LaunchOptions
+from .contract import PageContract, load_contract
 
 EXIT_OK = 0
 EXIT_MISSING = 1  # the page loaded but lacks something a session needs
@@ -115,7 +115,7 @@ def judge(snapshot: dict[str, Any], contract: PageContract, url: str) -> Report:
 
 
 async def run_probe(config: Config, url: str, timeout: float) -> Report:
-    from .drivers.chromium import ChromiumConfig, ChromiumDriver, open_browser_loop
+    from .chromium import ChromiumConfig, ChromiumDriver, open_browser_loop
 
     contract = load_contract(config.page_contract)
     state_dir = Path(tempfile.mkdtemp(prefix="wa-probe-"))
@@ -182,7 +182,7 @@ def render(report: Report) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from .configfile import ConfigError, ConfigSource
+    from ..ops.configfile import ConfigError, ConfigSource
 
     args = parser().parse_args(argv)
     try:

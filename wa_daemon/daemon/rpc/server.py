@@ -24,8 +24,8 @@ import msgspec
 import structlog
 import trio
 
-from .._version import __version__
-from ..errors import (
+from ..._version import __version__
+from ...errors import (
     Busy,
     InternalError,
     InvalidArgument,
@@ -34,7 +34,7 @@ from ..errors import (
     Unavailable,
     WaDaemonError,
 )
-from ..protocol import (
+from ...protocol import (
     METHODS,
     PROTOCOL_VERSION,
     Cancel,
@@ -65,12 +65,12 @@ from ..protocol import (
     decode_as,
     encode_frame,
 )
+from ..ops.config import Config
+from ..sessions.hub import Final
+from ..sessions.manager import SessionManager
+from ..sessions.registry import SessionOptions
+from ..sessions.session import utcnow
 from .access import caller_of
-from .config import Config
-from .hub import Final
-from .manager import SessionManager
-from .registry import SessionOptions
-from .session import utcnow
 
 log = structlog.get_logger("wa_daemon.server")
 

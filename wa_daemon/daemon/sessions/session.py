@@ -22,7 +22,7 @@ import msgspec
 import structlog
 import trio
 
-from ..protocol import (
+from ...protocol import (
     PairingCode,
     PairingCodeUpdated,
     QrCode,
@@ -35,8 +35,7 @@ from ..protocol import (
     Transition,
     to_raw,
 )
-from .config import Config
-from .drivers.base import (
+from ..browser.base import (
     AppShown,
     Browser,
     BrowserGone,
@@ -55,8 +54,9 @@ from .drivers.base import (
     QrShown,
     Refused,
 )
+from ..ops.config import Config
+from ..ops.metrics import DaemonMetrics
 from .hub import Hub
-from .metrics import DaemonMetrics
 from .registry import SessionOptions
 from .states import NEEDS_REASON, is_allowed
 

@@ -1,1 +1,0 @@
-"""Browser drivers: the interface in ``base``, one module per implementation."""
