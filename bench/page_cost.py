@@ -49,8 +49,8 @@ from typing import Any
 from sessions import CLK_TCK, all_procs, smaps, user_agent
 
 from wa_daemon.daemon.browser.adapter import BINDING, adapter_script
-from wa_daemon.daemon.browser.chromium import CHROMIUM_FLAGS
 from wa_daemon.daemon.browser.contract import load_contract
+from wa_daemon.daemon.browser.process import CHROMIUM_FLAGS
 
 CHROMIUM = "/usr/bin/chromium"
 ARMS = ("bare", "adapter", "adapter + hang check")

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from wa_daemon import Client, State
-from wa_daemon.daemon.browser.chromium import find_orphans, group_members
+from wa_daemon.daemon.browser.process import find_orphans, group_members
 
 
 def progress(msg: str) -> None:

@@ -83,7 +83,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from wa_daemon import Client
-from wa_daemon.daemon.browser.chromium import CHROMIUM_FLAGS
+from wa_daemon.daemon.browser.process import CHROMIUM_FLAGS
 from wa_daemon.errors import WaDaemonError
 from wa_daemon.protocol import Snapshot, State, StateChanged
 
@@ -804,7 +804,7 @@ def p50(values: list[float]) -> float:
 
 
 def user_agent(chromium: str) -> str:
-    from wa_daemon.daemon.browser.chromium import chromium_version, desktop_user_agent
+    from wa_daemon.daemon.browser.process import chromium_version, desktop_user_agent
 
     return desktop_user_agent(chromium_version(chromium))
 
@@ -928,7 +928,7 @@ def _threads(pid: int) -> int:
 
 def run(plan: Plan, chromium: str) -> Results:
     res = Results()
-    from wa_daemon.daemon.browser.chromium import chromium_version
+    from wa_daemon.daemon.browser.process import chromium_version
 
     res.chromium_version = chromium_version(chromium)
     res.load.append(os.getloadavg()[0])

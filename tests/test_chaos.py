@@ -31,7 +31,8 @@ import pytest
 import trio
 
 from wa_daemon import AsyncClient, State
-from wa_daemon.daemon.browser.chromium import ChromiumBrowser, find_orphans, group_members
+from wa_daemon.daemon.browser.chromium import ChromiumBrowser
+from wa_daemon.daemon.browser.process import find_orphans, group_members
 from wa_daemon.protocol import StateChanged
 from wa_daemon.sim import SimEngine, SimOptions, serve_simulator
 

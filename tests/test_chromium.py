@@ -16,7 +16,8 @@ import trio
 
 from wa_daemon import AsyncClient, State
 from wa_daemon.daemon.app import Daemon
-from wa_daemon.daemon.browser.chromium import ChromiumBrowser, find_orphans, group_members
+from wa_daemon.daemon.browser.chromium import ChromiumBrowser
+from wa_daemon.daemon.browser.process import find_orphans, group_members
 from wa_daemon.protocol import QrUpdated, StateChanged
 from wa_daemon.sim import SimEngine, SimOptions, serve_simulator
 

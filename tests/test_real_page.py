@@ -23,7 +23,7 @@ from wa_daemon import AsyncClient, NotFound, PairingCodeUpdated, State
 from wa_daemon.daemon.app import Daemon
 from wa_daemon.errors import InvalidArgument
 from wa_daemon.sim import SimEngine, SimOptions, serve_simulator
-from wa_daemon.sim.model import SimError
+from wa_daemon.sim.records import SimError
 
 from .helpers import needs_chromium, running_daemon
 from .test_chromium import SCALE, reach

@@ -22,7 +22,8 @@ import pytest
 import trio
 
 from wa_daemon import AsyncClient, Client, State
-from wa_daemon.daemon.browser.chromium import ChromiumConfig, ChromiumDriver, find_orphans
+from wa_daemon.daemon.browser.chromium import ChromiumConfig, ChromiumDriver
+from wa_daemon.daemon.browser.process import find_orphans
 from wa_daemon.errors import InternalError, LimitExceeded, RateLimited, Unavailable, WaDaemonError
 
 from .helpers import DaemonProcess, needs_chromium, require, require_tool, running_daemon, zombies_of

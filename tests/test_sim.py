@@ -25,8 +25,9 @@ import trio
 import trio.testing
 
 from wa_daemon.sim import LINK_PREFIX, InvalidState, NotFound, SimEngine, SimModel, SimOptions, serve_simulator
-from wa_daemon.sim.model import CODE_ALPHABET, CODE_LENGTH, BadRequest, Page
+from wa_daemon.sim.model import CODE_ALPHABET, CODE_LENGTH
 from wa_daemon.sim.options import LOCALES
+from wa_daemon.sim.records import BadRequest, Page
 from wa_daemon.sim.refs import qr_rows
 from wa_daemon.sim.server import page_html
 

@@ -391,7 +391,7 @@ def test_chromium_runs_with_no_privileges_as_an_unprivileged_user() -> None:
     require(os.geteuid() == 0, "setpriv --reuid needs root")
     setpriv = require_tool("setpriv", "util-linux")
     require_chromium()
-    from wa_daemon.daemon.browser.chromium import CHROMIUM_FLAGS
+    from wa_daemon.daemon.browser.process import CHROMIUM_FLAGS
 
     nobody = pwd.getpwnam("nobody")
     nogroup = grp.getgrgid(nobody.pw_gid)

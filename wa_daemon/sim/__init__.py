@@ -21,8 +21,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .model import BadRequest, InvalidState, NotFound, SimError, SimModel
+from .model import SimModel
 from .options import LOCALES, PAGE_KINDS, REF_FORMATS, PageKind, RefFormat, SimOptions
+from .records import BadRequest, InvalidState, NotFound, SimError
 from .refs import LINK_PREFIX, plain_form
 
 if TYPE_CHECKING:

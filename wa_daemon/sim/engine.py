@@ -13,8 +13,9 @@ from typing import Any, TypeVar
 
 import trio
 
-from .model import USER_INITIATED, Device, Page, Pairing, SimModel
+from .model import USER_INITIATED, SimModel
 from .options import SimOptions
+from .records import Device, Page, Pairing
 
 T = TypeVar("T")
 

@@ -39,8 +39,9 @@ from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
 
 from .engine import SimEngine
-from .model import USER_INITIATED, SimError
+from .model import USER_INITIATED
 from .options import SimOptions
+from .records import SimError
 
 log = logging.getLogger("wa_daemon.sim")
 
