@@ -24,9 +24,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import structlog
+from ..ops.log import get_logger
 
-log = structlog.get_logger("wa_daemon.chromium")
+log = get_logger("chromium")
 
 # A version as WhatsApp writes it (2.3000.1031980585): also what a cache file is named after.
 VERSION_RE = re.compile(r"^[0-9]+(?:\.[0-9]+){1,3}(?:-[A-Za-z0-9]+)?\Z")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
@@ -15,9 +15,10 @@ Count = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
 Fraction = Annotated[float, msgspec.Meta(ge=0, lt=1)]
 Level = Literal["debug", "info", "warning", "error"]
 
-# Loggers whose level ``log_levels`` can set: the part after ``wa_daemon.`` of
-# their structlog name ("daemon" is the bare ``wa_daemon`` logger).
-LOG_COMPONENTS = ("daemon", "server", "manager", "session", "chromium", "http")
+# The daemon's loggers, one per component: ``log_levels`` sets a level for each,
+# and every module gets its logger by naming one (``ops.log.get_logger``).
+Component = Literal["daemon", "server", "manager", "session", "chromium", "http"]
+LOG_COMPONENTS: tuple[Component, ...] = get_args(Component)
 
 
 # Keys read once at start-up (the socket, the driver and what its browsers are

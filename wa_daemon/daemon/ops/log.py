@@ -24,13 +24,15 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any, TextIO
+from typing import Any, TextIO, get_args
 
 import msgspec
 import structlog
 import trio
 from structlog.processors import NAME_TO_LEVEL
 from structlog.typing import EventDict, WrappedLogger
+
+from .config import Component
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -237,6 +239,15 @@ def configure(
 
 _current_writer: LineWriter | _TextLineWriter | None = None
 _components: dict[str, _Component] = {}
+
+
+def get_logger(component: Component) -> Any:
+    """The logger of one component: the only way a daemon module gets one, so
+    that every line's level follows ``log_levels`` for a name the config knows."""
+    return structlog.get_logger(_NAMES[component])
+
+
+_NAMES: dict[str, str] = {"daemon": "wa_daemon", **{c: f"wa_daemon.{c}" for c in get_args(Component) if c != "daemon"}}
 
 
 def _level_of(name: str, level: str, levels: Mapping[str, str]) -> int:

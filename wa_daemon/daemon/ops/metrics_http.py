@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 
-import structlog
 import trio
 
 from ...protocol import Health
 from .config import parse_listen
+from .log import get_logger
 
-log = structlog.get_logger("wa_daemon.http")
+log = get_logger("http")
 
 # The text format generate_latest writes; every Prometheus 2.x parses it.
 # (prometheus_client's CONTENT_TYPE_LATEST names 1.0.0 in recent releases.)

@@ -9,9 +9,9 @@ import socket
 import time
 from collections.abc import MutableMapping
 
-import structlog
+from .log import get_logger
 
-log = structlog.get_logger("wa_daemon")
+log = get_logger("daemon")
 
 SD_LISTEN_FDS_START = 3
 
