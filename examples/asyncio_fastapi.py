@@ -29,7 +29,7 @@ import logging
 import math
 import random
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Annotated, Any
 
 import anyio
@@ -209,13 +209,16 @@ def create_app(socket_path: str | None = None) -> FastAPI:
         until: Annotated[list[State] | None, Query()] = None,
         timeout: Annotated[float, Query(gt=0, le=86400)] = 300.0,
     ) -> StreamingResponse:
-        stream = await wa.watch(session, until=until or [], timeout=timeout)
+        # The stream is opened here and closed by the response's generator: the exit
+        # stack carries its `async with` from one to the other.
+        opened = AsyncExitStack()
+        stream = await opened.enter_async_context(wa.watch(session, until=until or [], timeout=timeout))
         # The first message is the snapshot, or the error (not_found, invalid_argument...):
         # read it before the response starts, so an error is still an HTTP status.
         try:
             first = await anext(stream, None)
         except BaseException:
-            await stream.aclose()
+            await opened.aclose()
             raise
 
         def frame(name: object, body: Any) -> bytes:
@@ -225,7 +228,7 @@ def create_app(socket_path: str | None = None) -> FastAPI:
         async def sse() -> AsyncIterator[bytes]:
             # When the HTTP client goes away, Starlette cancels this generator; leaving
             # `async with` then sends `cancel` for the stream to the daemon.
-            async with stream:
+            async with opened:
                 try:
                     if first is not None:
                         yield frame(first.__struct_config__.tag, first)

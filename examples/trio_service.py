@@ -70,7 +70,7 @@ async def follow_once(wa: AsyncClient, session: str, exit_after: int, seen: list
     status = await ensure_started(wa, session)
     say(f"{session}: {status.state.value}" + (f" ({status.reason})" if status.reason else ""))
     while True:
-        async with await wa.watch(session, timeout=WATCH_TIMEOUT) as events:
+        async with wa.watch(session, timeout=WATCH_TIMEOUT) as events:
             async for event in events:
                 current: SessionStatus | None = None
                 if isinstance(event, Snapshot):

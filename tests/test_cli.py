@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -48,8 +49,8 @@ from wa_daemon.protocol import (
     StateChanged,
     Transition,
 )
-from wactl import main as wactl_main
-from wactl import render
+from wactl import exits, render
+from wactl.parser import build_parser
 
 pytestmark = pytest.mark.slow
 
@@ -288,7 +289,7 @@ def connect_waiting(daemon: DaemonProcess, session: str) -> None:
 
 def test_connect_waits_until_connected_and_shows_the_qr(auto_daemon: DaemonProcess) -> None:
     result = auto_daemon.wactl("connect", "alice")
-    assert result.returncode == wactl_main.EXIT_OK, result
+    assert result.returncode == exits.EXIT_OK, result
     assert has_qr(result.stdout)
     assert "QR #1 for alice, expires " in result.stdout
     lines = [line for line in result.stdout.splitlines() if line.startswith("alice: ")]
@@ -363,7 +364,7 @@ def test_connect_png_is_replaced_on_each_refresh(
     )
     png = tmp_path / "qr.png"
     result = daemon.wactl("connect", "refresh", "--png", str(png))
-    assert result.returncode == wactl_main.EXIT_SESSION_FAILED, result
+    assert result.returncode == exits.EXIT_SESSION_FAILED, result
     captions = [line for line in result.stdout.splitlines() if line.startswith("QR #")]
     # Not a TTY: each QR is printed below the previous one.
     assert len(captions) >= 2
@@ -373,7 +374,7 @@ def test_connect_png_is_replaced_on_each_refresh(
 
     # The file holds the latest QR, not the first: compare with PNGs of the QRs shown.
     result = daemon.wactl("--json", "connect", "refresh2", "--png", str(png), "--scale", "3")
-    assert result.returncode == wactl_main.EXIT_SESSION_FAILED, result
+    assert result.returncode == exits.EXIT_SESSION_FAILED, result
     shown: list[str] = []
     for doc in json_lines(result.stdout):
         qr = doc.get("qr") if doc["type"] == "qr" else (doc.get("status") or {}).get("qr")
@@ -394,7 +395,7 @@ def test_connect_failure_exits_6_with_the_reason(
 ) -> None:
     daemon = daemon_factory(**{"scripted.fail_launch": "true"})
     result = daemon.wactl("connect", "doomed")
-    assert result.returncode == wactl_main.EXIT_SESSION_FAILED, result
+    assert result.returncode == exits.EXIT_SESSION_FAILED, result
     line = assert_one_error_line(result.stderr)
     assert line.startswith("wactl: launch_error: session 'doomed' failed")
     assert "doomed: failed (launch_error)" in result.stdout
@@ -405,7 +406,7 @@ def test_connect_failure_exits_6_with_the_reason(
 
     # A fresh attempt is rate limited for 5 s; another session shows the JSON form.
     result = daemon.wactl("connect", "doomed2", "--json")
-    assert result.returncode == wactl_main.EXIT_SESSION_FAILED, result
+    assert result.returncode == exits.EXIT_SESSION_FAILED, result
     error = json.loads(assert_one_error_line(result.stderr))["error"]
     assert error["code"] == "launch_error"
     assert error["details"]["state"] == "failed"
@@ -415,7 +416,7 @@ def test_connect_failure_exits_6_with_the_reason(
 
 def test_connect_timeout_exits_6(manual_daemon: DaemonProcess) -> None:
     result = manual_daemon.wactl("connect", "slowpoke", "--timeout", "0.5")
-    assert result.returncode == wactl_main.EXIT_SESSION_FAILED, result
+    assert result.returncode == exits.EXIT_SESSION_FAILED, result
     line = assert_one_error_line(result.stderr)
     assert line.startswith("wactl: timeout: session 'slowpoke' did not connect within 0.5 s")
     assert "state waiting_qr" in line or "state starting" in line
@@ -429,7 +430,7 @@ def test_connect_ends_when_the_session_is_stopped(manual_daemon: DaemonProcess) 
         assert manual_daemon.wactl("disconnect", "stopme").returncode == 0
     finally:
         code, _, err = finish(proc)
-    assert code == wactl_main.EXIT_SESSION_FAILED
+    assert code == exits.EXIT_SESSION_FAILED
     assert assert_one_error_line(err).startswith(
         "wactl: disconnect_requested: session 'stopme' was stopped"
     )
@@ -442,13 +443,13 @@ def test_connect_rate_limited_exits_4(daemon_factory: Callable[..., DaemonProces
     assert manual_daemon.wactl("connect", "hasty", "--no-wait").returncode == 0
     assert manual_daemon.wactl("disconnect", "hasty").returncode == 0
     result = manual_daemon.wactl("connect", "hasty")
-    assert result.returncode == wactl_main.EXIT_RATE_LIMITED, result
+    assert result.returncode == exits.EXIT_RATE_LIMITED, result
     line = assert_one_error_line(result.stderr)
     assert line.startswith("wactl: rate_limited: ")
     assert "retry_after: " in line
 
     result = manual_daemon.wactl("connect", "hasty", "--no-wait", "--json")
-    assert result.returncode == wactl_main.EXIT_RATE_LIMITED
+    assert result.returncode == exits.EXIT_RATE_LIMITED
     error = json.loads(assert_one_error_line(result.stderr))["error"]
     assert error["code"] == "rate_limited"
     assert 0 < error["details"]["retry_after"] <= 3600
@@ -458,7 +459,7 @@ def test_limit_exceeded_exits_8(daemon_factory: Callable[..., DaemonProcess]) ->
     daemon = daemon_factory(max_sessions="1")
     assert daemon.wactl("connect", "one", "--no-wait").returncode == 0
     result = daemon.wactl("connect", "two", "--no-wait")
-    assert result.returncode == wactl_main.EXIT_BUSY, result
+    assert result.returncode == exits.EXIT_BUSY, result
     assert assert_one_error_line(result.stderr).startswith("wactl: limit_exceeded: ")
 
 
@@ -467,7 +468,7 @@ def test_connect_ctrl_c_exits_130(manual_daemon: DaemonProcess) -> None:
     assert read_line(proc).startswith("impatient: ")
     proc.send_signal(signal.SIGINT)
     code, _, err = finish(proc)
-    assert code == wactl_main.EXIT_INTERRUPTED
+    assert code == exits.EXIT_INTERRUPTED
     assert "Traceback" not in err
 
 
@@ -562,7 +563,7 @@ def test_qr_command(manual_daemon: DaemonProcess, tmp_path: Path) -> None:
 def test_qr_without_a_qr_is_not_found(auto_daemon: DaemonProcess) -> None:
     assert auto_daemon.wactl("connect", "noqr").returncode == 0
     result = auto_daemon.wactl("qr", "noqr")
-    assert result.returncode == wactl_main.EXIT_NOT_FOUND
+    assert result.returncode == exits.EXIT_NOT_FOUND
     assert "has no QR code" in assert_one_error_line(result.stderr)
 
 
@@ -664,10 +665,10 @@ def test_socket_option_without_env(auto_daemon: DaemonProcess) -> None:
 def test_not_found_exits_3(auto_daemon: DaemonProcess) -> None:
     for command in ("status", "history", "qr", "disconnect", "logout", "delete", "watch"):
         result = auto_daemon.wactl(command, "ghost")
-        assert result.returncode == wactl_main.EXIT_NOT_FOUND, (command, result)
+        assert result.returncode == exits.EXIT_NOT_FOUND, (command, result)
         assert assert_one_error_line(result.stderr) == "wactl: not_found: no session 'ghost'"
     result = auto_daemon.wactl("status", "ghost", "--json")
-    assert result.returncode == wactl_main.EXIT_NOT_FOUND
+    assert result.returncode == exits.EXIT_NOT_FOUND
     error = json.loads(assert_one_error_line(result.stderr))["error"]
     assert error == {
         "code": "not_found",
@@ -681,7 +682,7 @@ def test_not_found_exits_3(auto_daemon: DaemonProcess) -> None:
 def test_invalid_session_id_exits_7(auto_daemon: DaemonProcess, bad: str) -> None:
     for command in ("connect", "status"):
         result = auto_daemon.wactl(command, bad)
-        assert result.returncode == wactl_main.EXIT_INVALID_ARGUMENT, result
+        assert result.returncode == exits.EXIT_INVALID_ARGUMENT, result
         assert assert_one_error_line(result.stderr).startswith(
             "wactl: invalid_argument: invalid session id "
         )
@@ -691,7 +692,7 @@ def test_invalid_session_id_exits_7(auto_daemon: DaemonProcess, bad: str) -> Non
 
 def test_invalid_session_id_needs_no_daemon() -> None:
     result = run_wactl("--socket", "/nonexistent/d.sock", "status", "bad/id")
-    assert result.returncode == wactl_main.EXIT_INVALID_ARGUMENT
+    assert result.returncode == exits.EXIT_INVALID_ARGUMENT
 
 
 @pytest.mark.parametrize(
@@ -712,7 +713,7 @@ def test_invalid_session_id_needs_no_daemon() -> None:
 )
 def test_usage_errors_exit_2(args: list[str]) -> None:
     result = run_wactl(*args, env={**os.environ, "WA_DAEMON_SOCKET": "/nonexistent/d.sock"})
-    assert result.returncode == wactl_main.EXIT_USAGE, result
+    assert result.returncode == exits.EXIT_USAGE, result
     assert "usage: wactl" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -724,14 +725,14 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
 def test_daemon_unreachable_exits_5_with_one_line(args: list[str], tmp_path: Path) -> None:
     missing = tmp_path / "missing.sock"
     result = run_wactl("--socket", str(missing), *args)
-    assert result.returncode == wactl_main.EXIT_UNREACHABLE
+    assert result.returncode == exits.EXIT_UNREACHABLE
     assert assert_one_error_line(result.stderr) == (
         f"wactl: cannot reach wa-daemon at {missing}: No such file or directory"
     )
     assert result.stdout == ""
 
     result = run_wactl("--socket", str(missing), "--json", *args)
-    assert result.returncode == wactl_main.EXIT_UNREACHABLE
+    assert result.returncode == exits.EXIT_UNREACHABLE
     error = json.loads(assert_one_error_line(result.stderr))["error"]
     assert error["code"] == "unavailable"
     assert error["details"] == {"socket": str(missing)}
@@ -745,7 +746,7 @@ def test_stale_socket_is_unreachable(tmp_path: Path) -> None:
         result = run_wactl("--socket", str(path), "ping")
     finally:
         sock.close()
-    assert result.returncode == wactl_main.EXIT_UNREACHABLE
+    assert result.returncode == exits.EXIT_UNREACHABLE
     assert (
         assert_one_error_line(result.stderr)
         == f"wactl: cannot reach wa-daemon at {path}: Connection refused"
@@ -755,7 +756,7 @@ def test_stale_socket_is_unreachable(tmp_path: Path) -> None:
 def test_socket_path_too_long_is_unreachable(tmp_path: Path) -> None:
     path = "/tmp/" + "x" * 200 + ".sock"
     result = run_wactl("--socket", path, "ping")
-    assert result.returncode == wactl_main.EXIT_UNREACHABLE
+    assert result.returncode == exits.EXIT_UNREACHABLE
     assert assert_one_error_line(result.stderr).startswith(
         f"wactl: cannot reach wa-daemon at {path}: "
     )
@@ -790,7 +791,7 @@ def test_disconnect_logout_delete(auto_daemon: DaemonProcess) -> None:
     assert result.stdout.strip() == "deleted ops"
     assert code == 0
     assert out.splitlines()[-1].split()[1:4] == ["ops", "end", "deleted"]
-    assert auto_daemon.wactl("status", "ops").returncode == wactl_main.EXIT_NOT_FOUND
+    assert auto_daemon.wactl("status", "ops").returncode == exits.EXIT_NOT_FOUND
 
     assert auto_daemon.wactl("connect", "ops2", "--no-wait").returncode == 0
     assert auto_daemon.wactl_json("delete", "ops2") == {"session": "ops2"}
@@ -825,7 +826,7 @@ def test_simulate(manual_daemon: DaemonProcess) -> None:
 
     assert manual_daemon.wactl("disconnect", "sim").returncode == 0
     result = manual_daemon.wactl("simulate", "sim", "scan")
-    assert result.returncode == wactl_main.EXIT_INVALID_ARGUMENT
+    assert result.returncode == exits.EXIT_INVALID_ARGUMENT
     assert "no running browser" in assert_one_error_line(result.stderr)
 
 
@@ -848,7 +849,7 @@ def test_watch_until_connected(auto_daemon: DaemonProcess) -> None:
 def test_watch_until_timeout_exits_6(manual_daemon: DaemonProcess) -> None:
     connect_waiting(manual_daemon, "neverscan")
     result = manual_daemon.wactl("watch", "neverscan", "--until", "connected", "--timeout", "0.5")
-    assert result.returncode == wactl_main.EXIT_SESSION_FAILED, result
+    assert result.returncode == exits.EXIT_SESSION_FAILED, result
     assert result.stdout.splitlines()[-1].split()[1:4] == ["neverscan", "end", "timeout"]
     assert assert_one_error_line(result.stderr).startswith(
         "wactl: timeout: session 'neverscan' did not reach connected within 0.5 s"
@@ -874,7 +875,7 @@ def test_watch_ctrl_c_exits_130(manual_daemon: DaemonProcess) -> None:
     assert " ctrlc snapshot " in read_line(proc)
     proc.send_signal(signal.SIGINT)
     code, _, err = finish(proc)
-    assert code == wactl_main.EXIT_INTERRUPTED
+    assert code == exits.EXIT_INTERRUPTED
     assert err == ""
 
 
@@ -886,7 +887,7 @@ def test_daemon_dying_mid_watch_exits_5(daemon_factory: Callable[..., DaemonProc
     daemon.proc.kill()
     daemon.proc.wait(timeout=10)
     code, _, err = finish(proc)
-    assert code == wactl_main.EXIT_UNREACHABLE
+    assert code == exits.EXIT_UNREACHABLE
     assert assert_one_error_line(err).startswith("wactl: the daemon closed the connection")
 
 
@@ -899,7 +900,7 @@ def test_daemon_shutdown_during_connect(daemon_factory: Callable[..., DaemonProc
     finally:
         daemon.stop()
         code, _, err = finish(proc)
-    assert code == wactl_main.EXIT_SESSION_FAILED
+    assert code == exits.EXIT_SESSION_FAILED
     assert assert_one_error_line(err).startswith("wactl: shutdown: session 'bye' was stopped")
 
 
@@ -1032,11 +1033,36 @@ def test_render_png_replaces_atomically(tmp_path: Path) -> None:
     ],
 )
 def test_exit_code_for(exc: WaDaemonError, code: int) -> None:
-    assert wactl_main.exit_code_for(exc) == code
+    assert exits.exit_code_for(exc) == code
+
+
+def _exit_constants() -> dict[str, int]:
+    return {name: value for name, value in vars(exits).items() if name.startswith("EXIT_") and isinstance(value, int)}
+
+
+def test_help_lists_every_exit_code() -> None:
+    help_lines = build_parser().format_help().split("exit codes:\n", 1)[1].splitlines()
+    listed = {int(line.split()[0]) for line in help_lines}
+    assert listed == set(_exit_constants().values())
+    assert "  9    health: the daemon answers but a check fails" in help_lines
+
+
+def test_every_error_maps_to_a_listed_exit_code() -> None:
+    codes = set(_exit_constants().values())
+    errors: list[Any] = [exits.CliError("x", "x", exits.EXIT_SESSION_FAILED), KeyboardInterrupt()]
+    errors += [cls("x") for cls in (NotFound, RateLimited, DaemonUnreachable, ConnectionLost, InvalidArgument,
+                                    Busy, LimitExceeded, Unavailable, InternalError, WaDaemonError)]
+    assert {exits.fail(exc, json=True) for exc in errors} <= codes
+
+
+def test_cli_doc_lists_every_exit_code() -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    documented = {m[2]: int(m[1]) for m in re.finditer(r"^\| (\d+) \| `(EXIT_\w+)` \|", text, re.M)}
+    assert documented == _exit_constants()
 
 
 def test_parser_accepts_globals_in_both_places() -> None:
-    parser = wactl_main.build_parser()
+    parser = build_parser()
     before = parser.parse_args(["--json", "--socket", "/a", "status", "x"])
     after = parser.parse_args(["status", "x", "--json", "--socket", "/a"])
     neither = parser.parse_args(["status", "x"])

@@ -6,12 +6,15 @@ Method names are the RPC method names; results are the typed structs of
     with Client() as wa:
         status = wa.connect("alice")
         for event in wa.watch("alice", until=["connected", "failed"]):
-            ...
+            print(event)
 
     async with AsyncClient() as wa:
         status = await wa.connect("alice")
-        async with wa.watch("alice") as events:
-            async for event in events: ...
+        async with wa.watch("alice", until=["connected", "failed"]) as events:
+            async for event in events:
+                print(event)
+
+(``tests/test_client_api.py`` runs this example against a real daemon.)
 """
 
 from __future__ import annotations
@@ -24,15 +27,16 @@ import select
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import Iterable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ._watch import AsyncWatch, Watch
 from .errors import ConnectionLost, DaemonUnreachable, Unavailable, WaDaemonError
 from .paths import resolve_socket_path
 from .protocol import (
@@ -43,6 +47,7 @@ from .protocol import (
     Error,
     Event,
     Health,
+    History,
     HistoryParams,
     ListParams,
     Metrics,
@@ -51,7 +56,6 @@ from .protocol import (
     PairingCode,
     Pong,
     QrCode,
-    RemoteProtocolError,
     Reply,
     SessionList,
     SessionParams,
@@ -61,7 +65,6 @@ from .protocol import (
     State,
     Transition,
     VersionInfo,
-    WatchEvent,
     WatchParams,
     error_from_message,
 )
@@ -70,6 +73,15 @@ __all__ = ["AsyncClient", "AsyncWatch", "Client", "Watch"]
 
 DEFAULT_TIMEOUT = 120.0
 _CHUNK = 65536
+_R = TypeVar("_R")
+
+
+def _typed(method: str, result: Any, result_type: type[_R]) -> _R:
+    """``result`` as the type the client method declares. METHODS decided how it was
+    decoded; a client method naming another type is a bug in this module."""
+    if not isinstance(result, result_type):
+        raise TypeError(f"{method} decodes to {type(result).__name__}, not {result_type.__name__}")
+    return result
 
 
 def _watch_params(session: str | None, until: Iterable[State | str], timeout: float) -> WatchParams:
@@ -155,49 +167,6 @@ class _SyncConnection:
             return True
 
 
-class Watch(Iterator[WatchEvent]):
-    """A blocking watch stream on its own connection. Iterate it; ``end`` holds the
-    closing :class:`~wa_daemon.protocol.End` once the daemon ended the stream."""
-
-    def __init__(self, conn: _SyncConnection, rid: int) -> None:
-        self._conn = conn
-        self._rid = rid
-        self.end: End | None = None
-
-    def __iter__(self) -> Watch:
-        return self
-
-    def __next__(self) -> WatchEvent:
-        if self.end is not None:
-            raise StopIteration
-        msg = self._conn.receive()
-        if isinstance(msg, Event) and msg.id == self._rid:
-            return self._conn.proto.event(msg)
-        if isinstance(msg, End) and msg.id == self._rid:
-            self.end = msg
-            self._conn.close()
-            raise StopIteration
-        if isinstance(msg, Error):
-            self._conn.close()
-            raise error_from_message(msg)
-        raise RemoteProtocolError(f"unexpected {type(msg).__name__} on a watch stream")
-
-    def close(self) -> None:
-        """Cancel the stream (the daemon answers with an End we do not wait for)."""
-        if self.end is None and not self._conn.closed:
-            try:
-                self._conn.send(self._conn.proto.cancel(self._rid))
-            except WaDaemonError:
-                pass
-        self._conn.close()
-
-    def __enter__(self) -> Watch:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 class Client:
     """A blocking client: one Unix socket, one call at a time (thread-safe).
 
@@ -218,7 +187,7 @@ class Client:
         self._conn: _SyncConnection | None = None
         self._lock = threading.Lock()
 
-    def _call(self, method: str, params: msgspec.Struct) -> Any:
+    def _call(self, method: str, params: msgspec.Struct, result_type: type[_R]) -> _R:
         with self._lock:
             if self._conn is not None and self._conn.peer_closed():
                 self._conn.close()
@@ -243,7 +212,7 @@ class Client:
                 self._conn = None
                 raise
         # An error reply to this request leaves the connection sound.
-        return conn.proto.result(method, msg)
+        return _typed(method, conn.proto.result(method, msg), result_type)
 
     # -- methods ---------------------------------------------------------------
 
@@ -259,50 +228,49 @@ class Client:
         """Start the session. ``phone_number`` (international, digits only, e.g.
         "12025550108") links by pairing code instead of QR; "" goes back to QR."""
         params = ConnectParams(session, whatsapp_url, takeover_on_conflict, idle_timeout, phone_number)
-        return self._call("connect", params)  # type: ignore[no-any-return]
+        return self._call("connect", params, SessionStatus)
 
     def disconnect(self, session: str) -> SessionStatus:
-        return self._call("disconnect", SessionParams(session))  # type: ignore[no-any-return]
+        return self._call("disconnect", SessionParams(session), SessionStatus)
 
     def logout(self, session: str) -> SessionStatus:
-        return self._call("logout", SessionParams(session))  # type: ignore[no-any-return]
+        return self._call("logout", SessionParams(session), SessionStatus)
 
     def delete(self, session: str) -> Deleted:
-        return self._call("delete", SessionParams(session))  # type: ignore[no-any-return]
+        return self._call("delete", SessionParams(session), Deleted)
 
     def status(self, session: str) -> SessionStatus:
-        return self._call("status", SessionParams(session))  # type: ignore[no-any-return]
+        return self._call("status", SessionParams(session), SessionStatus)
 
     def list(self, states: Iterable[State | str] | None = None) -> builtins.list[SessionStatus]:
         params = ListParams([State(s) for s in states] if states is not None else None)
-        result: SessionList = self._call("list", params)
-        return result.sessions
+        return self._call("list", params, SessionList).sessions
 
     def qr(self, session: str) -> QrCode:
-        return self._call("qr", SessionParams(session))  # type: ignore[no-any-return]
+        return self._call("qr", SessionParams(session), QrCode)
 
     def pairing_code(self, session: str) -> PairingCode:
         """The code to type on the phone while the session is ``waiting_code``."""
-        return self._call("pairing_code", SessionParams(session))  # type: ignore[no-any-return]
+        return self._call("pairing_code", SessionParams(session), PairingCode)
 
     def history(self, session: str, limit: int = 100) -> builtins.list[Transition]:
-        return self._call("history", HistoryParams(session, limit)).transitions  # type: ignore[no-any-return]
+        return self._call("history", HistoryParams(session, limit), History).transitions
 
     def metrics(self, prometheus: bool = False) -> Metrics:
-        return self._call("metrics", MetricsParams(prometheus))  # type: ignore[no-any-return]
+        return self._call("metrics", MetricsParams(prometheus), Metrics)
 
     def health(self) -> Health:
         """The daemon's own checks (event loop, state directory, failing sessions)."""
-        return self._call("health", NoParams())  # type: ignore[no-any-return]
+        return self._call("health", NoParams(), Health)
 
     def ping(self) -> Pong:
-        return self._call("ping", NoParams())  # type: ignore[no-any-return]
+        return self._call("ping", NoParams(), Pong)
 
     def version(self) -> VersionInfo:
-        return self._call("version", NoParams())  # type: ignore[no-any-return]
+        return self._call("version", NoParams(), VersionInfo)
 
     def simulate(self, session: str, action: SimulateAction) -> SessionStatus:
-        return self._call("simulate", SimulateParams(session, action))  # type: ignore[no-any-return]
+        return self._call("simulate", SimulateParams(session, action), SessionStatus)
 
     def watch(
         self,
@@ -336,54 +304,6 @@ class Client:
 
 
 # ============================================================================ async
-
-
-class AsyncWatch:
-    """An async watch stream; iterate it inside ``async with``. ``end`` is set when
-    the daemon ends the stream; leaving the block early cancels it."""
-
-    def __init__(self, client: AsyncClient, rid: int, receive: MemoryObjectReceiveStream[Any]) -> None:
-        self._client = client
-        self._rid = rid
-        self._receive = receive
-        self.end: End | None = None
-
-    def __aiter__(self) -> AsyncIterator[WatchEvent]:
-        return self
-
-    async def __anext__(self) -> WatchEvent:
-        if self.end is not None:
-            raise StopAsyncIteration
-        try:
-            msg = await self._receive.receive()
-        except anyio.EndOfStream:
-            raise self._client._lost() from None
-        if isinstance(msg, Event):
-            return self._client._proto.event(msg)
-        if isinstance(msg, End):
-            self.end = msg
-            self._client._streams.pop(self._rid, None)
-            raise StopAsyncIteration
-        if isinstance(msg, Error):
-            self._client._streams.pop(self._rid, None)
-            raise error_from_message(msg)
-        raise RemoteProtocolError(f"unexpected {type(msg).__name__} on a watch stream")
-
-    async def aclose(self) -> None:
-        if self.end is None and self._rid in self._client._streams:
-            self._client._streams.pop(self._rid, None)
-            with anyio.CancelScope(shield=True):
-                try:
-                    await self._client._send(self._client._proto.cancel(self._rid))
-                except WaDaemonError:
-                    pass
-        self._receive.close()
-
-    async def __aenter__(self) -> AsyncWatch:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
 
 class AsyncClient:
@@ -490,7 +410,7 @@ class AsyncClient:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
                 raise ConnectionLost(f"the daemon closed the connection: {exc!r}") from None
 
-    async def _call(self, method: str, params: msgspec.Struct) -> Any:
+    async def _call(self, method: str, params: msgspec.Struct, result_type: type[_R]) -> _R:
         if self._failure is not None:
             raise self._failure
         rid, data = self._proto.request(method, params)
@@ -506,7 +426,7 @@ class AsyncClient:
         finally:
             self._pending.pop(rid, None)
             receive.close()
-        return self._proto.result(method, msg)
+        return _typed(method, self._proto.result(method, msg), result_type)
 
     # -- methods ---------------------------------------------------------------
 
@@ -522,63 +442,65 @@ class AsyncClient:
         """Start the session. ``phone_number`` (international, digits only, e.g.
         "12025550108") links by pairing code instead of QR; "" goes back to QR."""
         params = ConnectParams(session, whatsapp_url, takeover_on_conflict, idle_timeout, phone_number)
-        return await self._call("connect", params)  # type: ignore[no-any-return]
+        return await self._call("connect", params, SessionStatus)
 
     async def disconnect(self, session: str) -> SessionStatus:
-        return await self._call("disconnect", SessionParams(session))  # type: ignore[no-any-return]
+        return await self._call("disconnect", SessionParams(session), SessionStatus)
 
     async def logout(self, session: str) -> SessionStatus:
-        return await self._call("logout", SessionParams(session))  # type: ignore[no-any-return]
+        return await self._call("logout", SessionParams(session), SessionStatus)
 
     async def delete(self, session: str) -> Deleted:
-        return await self._call("delete", SessionParams(session))  # type: ignore[no-any-return]
+        return await self._call("delete", SessionParams(session), Deleted)
 
     async def status(self, session: str) -> SessionStatus:
-        return await self._call("status", SessionParams(session))  # type: ignore[no-any-return]
+        return await self._call("status", SessionParams(session), SessionStatus)
 
     async def list(self, states: Iterable[State | str] | None = None) -> builtins.list[SessionStatus]:
         params = ListParams([State(s) for s in states] if states is not None else None)
-        result: SessionList = await self._call("list", params)
-        return result.sessions
+        return (await self._call("list", params, SessionList)).sessions
 
     async def qr(self, session: str) -> QrCode:
-        return await self._call("qr", SessionParams(session))  # type: ignore[no-any-return]
+        return await self._call("qr", SessionParams(session), QrCode)
 
     async def pairing_code(self, session: str) -> PairingCode:
         """The code to type on the phone while the session is ``waiting_code``."""
-        return await self._call("pairing_code", SessionParams(session))  # type: ignore[no-any-return]
+        return await self._call("pairing_code", SessionParams(session), PairingCode)
 
     async def history(self, session: str, limit: int = 100) -> builtins.list[Transition]:
-        result = await self._call("history", HistoryParams(session, limit))
-        return result.transitions  # type: ignore[no-any-return]
+        return (await self._call("history", HistoryParams(session, limit), History)).transitions
 
     async def metrics(self, prometheus: bool = False) -> Metrics:
-        return await self._call("metrics", MetricsParams(prometheus))  # type: ignore[no-any-return]
+        return await self._call("metrics", MetricsParams(prometheus), Metrics)
 
     async def health(self) -> Health:
         """The daemon's own checks (event loop, state directory, failing sessions)."""
-        return await self._call("health", NoParams())  # type: ignore[no-any-return]
+        return await self._call("health", NoParams(), Health)
 
     async def ping(self) -> Pong:
-        return await self._call("ping", NoParams())  # type: ignore[no-any-return]
+        return await self._call("ping", NoParams(), Pong)
 
     async def version(self) -> VersionInfo:
-        return await self._call("version", NoParams())  # type: ignore[no-any-return]
+        return await self._call("version", NoParams(), VersionInfo)
 
     async def simulate(self, session: str, action: SimulateAction) -> SessionStatus:
-        return await self._call("simulate", SimulateParams(session, action))  # type: ignore[no-any-return]
+        return await self._call("simulate", SimulateParams(session, action), SessionStatus)
 
-    async def watch(
+    def watch(
         self,
         session: str | None = None,
         *,
         until: Iterable[State | str] = (),
         timeout: float = 300.0,
     ) -> AsyncWatch:
-        """Open a stream: ``async with await wa.watch("id") as events: async for ev in events``."""
+        """A stream, opened by ``async with``: ``async with wa.watch("id") as events: async for ev in events``."""
+        return AsyncWatch(self, _watch_params(session, until, timeout))
+
+    async def _open_stream(self, params: WatchParams) -> tuple[int, MemoryObjectReceiveStream[Any]]:
+        """Send a watch request; its messages go to the returned channel."""
         if self._failure is not None:
             raise self._failure
-        rid, data = self._proto.request("watch", _watch_params(session, until, timeout))
+        rid, data = self._proto.request("watch", params)
         # Unbounded here: the daemon already bounds and coalesces what a watcher gets,
         # and a full buffer would stall the reader and with it every other call.
         send, receive = anyio.create_memory_object_stream[Any](math.inf)
@@ -588,4 +510,4 @@ class AsyncClient:
         except BaseException:
             self._streams.pop(rid, None)
             raise
-        return AsyncWatch(self, rid, receive)
+        return rid, receive

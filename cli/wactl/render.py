@@ -1,7 +1,7 @@
 """What wactl shows a human: tables, one-line events, QR codes in the terminal and as PNG.
 
 Everything here is pure formatting (strings in, strings out) except
-:func:`save_png`, so main.py decides where output goes and tests can call these
+:func:`save_png`, so views.py decides where output goes and tests can call these
 directly.
 """
 
