@@ -155,7 +155,7 @@ class Chaos:
         return self.daemon.driver.live.get(sid)  # type: ignore[no-any-return]
 
     async def watch_all(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        async with await self.wa.watch(None, timeout=86400) as events:
+        async with self.wa.watch(None, timeout=86400) as events:
             task_status.started()
             async for ev in events:
                 if isinstance(ev, StateChanged):
@@ -164,7 +164,7 @@ class Chaos:
                         (t.from_state.value, t.to_state.value, t.reason, t.attempt))
 
     async def watch_one(self, sid: str, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        async with await self.wa.watch(sid, timeout=86400) as events:
+        async with self.wa.watch(sid, timeout=86400) as events:
             task_status.started()
             seen = self.watched.setdefault(sid, [])
             async for ev in events:

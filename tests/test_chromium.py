@@ -66,7 +66,7 @@ async def rig(sock_dir: Path, scale: float = SCALE, **overrides: Any) -> AsyncIt
 
 async def reach(wa: AsyncClient, sid: str, *states: str, timeout: float = 30) -> list[Any]:
     seen: list[Any] = []
-    async with await wa.watch(sid, until=states, timeout=timeout) as events:
+    async with wa.watch(sid, until=states, timeout=timeout) as events:
         async for ev in events:
             seen.append(ev)
     assert events.end is not None and events.end.reason == "until", (events.end, seen)
@@ -89,7 +89,7 @@ async def test_full_qr_flow_with_rotation(sock_dir: Path) -> None:
     with trio.fail_after(90):
         async with rig(sock_dir, qr_debounce=0.5, watch_qr_interval=0.5) as r:
             await r.wa.connect("alice")
-            async with await r.wa.watch("alice", until=["connected"], timeout=60) as events:
+            async with r.wa.watch("alice", until=["connected"], timeout=60) as events:
                 qrs: list[str] = []
                 async for ev in events:
                     if isinstance(ev, QrUpdated):

@@ -108,7 +108,7 @@ async def test_100_watchers_get_the_same_final_state_despite_a_stalled_one(sock_
                 async def watcher(n: int) -> None:
                     async with ready, AsyncClient(daemon.sock) as c:
                         states: list[str] = []
-                        async with await c.watch("w", until=["connected"], timeout=60) as events:
+                        async with c.watch("w", until=["connected"], timeout=60) as events:
                             started[0] += 1
                             async for ev in events:
                                 status = getattr(ev, "status", None)

@@ -109,7 +109,7 @@ async def test_pairing_codes_renew_and_time_out(sock_dir: Path) -> None:
         async with page_rig(sock_dir, sim={"time_scale": 0.01}, pairing_code_max_refreshes=2) as p:
             await p.wa.connect("a", phone_number=PHONE)
             seqs: list[int] = []
-            async with await p.wa.watch("a", until=["failed", "connected"], timeout=40) as events:
+            async with p.wa.watch("a", until=["failed", "connected"], timeout=40) as events:
                 async for ev in events:
                     if isinstance(ev, PairingCodeUpdated):
                         seqs.append(ev.code.seq)
