@@ -10,6 +10,7 @@ It needs only the plain install (``wa_daemon.protocol``), not the daemon extra.
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -19,6 +20,7 @@ import msgspec
 from wa_daemon.protocol import (
     HEADER,
     PROTOCOL_VERSION,
+    Error,
     Hello,
     Reply,
     Request,
@@ -26,7 +28,9 @@ from wa_daemon.protocol import (
     SessionStatus,
     State,
     Welcome,
+    decode_as,
     encode_frame,
+    params_error,
     to_raw,
 )
 
@@ -82,7 +86,7 @@ class _Reader:
 
         def string(n: int, label: str) -> tuple[int, bytes, str]:
             text = self.take(n).decode()
-            return done(f"{label} {text!r}".replace("'", '"'))
+            return done(f"{label} {json.dumps(text, ensure_ascii=False)}")
 
         def container(n: int, is_map: bool, label: str) -> Iterator[tuple[int, bytes, str]]:
             noun = ("entry" if n == 1 else "entries") if is_map else ("item" if n == 1 else "items")
@@ -191,6 +195,16 @@ def section(title: str, what: str, frame: bytes) -> list[str]:
     ]
 
 
+def bad_session_error(rid: int) -> Error:
+    """The daemon's answer to a ``status`` request whose session id breaks the rule."""
+    try:
+        decode_as(to_raw({"session": "-x"}), SessionParams)
+    except msgspec.ValidationError as exc:
+        err = params_error("status", exc)
+        return Error(rid, err.code, err.message, err.details)
+    raise AssertionError("the session id rule let '-x' through")
+
+
 def main() -> None:
     created = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
     since = datetime(2024, 5, 1, 12, 0, 5, 250000, tzinfo=timezone.utc)
@@ -233,10 +247,15 @@ def main() -> None:
                 )
             ),
         ),
+        (
+            "5. Daemon → client: error for request 2, a `status` of session `-x`",
+            "`Error(id=2, code=\"invalid_argument\", ...)`: the session id breaks the rule (§9):",
+            encode_frame(bad_session_error(2)),
+        ),
     ]
     out: list[str] = []
     for title, what, frame in frames:
-        out += section(title, what, frame)
+        out += section(title, what, bytes(frame))
     print("\n".join(out).rstrip("\n"))
 
 

@@ -65,6 +65,17 @@ def validate_session_id(value: object) -> str:
     return value
 
 
+def params_error(method: str, exc: msgspec.ValidationError | msgspec.DecodeError) -> InvalidArgument:
+    """The ``invalid_argument`` for params that do not decode into ``method``'s struct.
+
+    ``details`` name the method, and the session id rule when the ``session`` param
+    broke it (a wrong type included), so a client learns which rule failed."""
+    details: dict[str, Any] = {"method": method}
+    if str(exc).endswith("- at `$.session`"):
+        details["rule"] = SESSION_ID_RULE
+    return InvalidArgument(f"invalid params for {method}: {exc}", details)
+
+
 # --------------------------------------------------------------------------- states
 
 
@@ -324,6 +335,7 @@ METHODS: Final[dict[str, Method]] = {
 # --------------------------------------------------------------------------- envelopes
 
 _EMPTY_MAP: Final = msgspec.Raw(b"\x80")
+_NIL: Final = msgspec.Raw(b"\xc0")
 
 
 class Hello(msgspec.Struct, tag="hello", tag_field="type"):
@@ -337,14 +349,23 @@ class Welcome(msgspec.Struct, tag="welcome", tag_field="type"):
     max_frame: int
 
 
+# Request ids fit a signed 64-bit integer, so clients in any language can hold them.
+RequestId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
 class Request(msgspec.Struct, tag="request", tag_field="type"):
-    id: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+    id: RequestId
     method: str
     params: msgspec.Raw = _EMPTY_MAP
 
+    def __post_init__(self) -> None:
+        # nil params mean "no params", as an absent key does (docs/protocol.md §5.2).
+        if self.params == _NIL:
+            self.params = _EMPTY_MAP
+
 
 class Cancel(msgspec.Struct, tag="cancel", tag_field="type"):
-    id: int
+    id: RequestId  # out of range can never name a request: a protocol error, like a request's
 
 
 class Reply(msgspec.Struct, tag="reply", tag_field="type"):
