@@ -35,11 +35,11 @@ from prometheus_client.registry import Collector
 
 import wa_daemon
 from wa_daemon import AsyncClient, State
-from wa_daemon.daemon.rpc import access
 from wa_daemon.daemon.browser.scripted import ScriptedDriver
 from wa_daemon.daemon.monitor import GroupUsage
 from wa_daemon.daemon.ops.config import Config, from_mapping
 from wa_daemon.daemon.ops.metrics import DaemonMetrics
+from wa_daemon.daemon.rpc import access
 from wa_daemon.daemon.sessions.manager import SessionManager
 from wa_daemon.daemon.sessions.registry import MemoryRegistry, SessionRecord, SqliteRegistry
 from wa_daemon.errors import LimitExceeded, NotFound, PermissionDenied

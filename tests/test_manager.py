@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from wa_daemon.daemon.sessions.hub import Final
+from wa_daemon.daemon.sessions.hub import StreamEnd
 from wa_daemon.errors import LimitExceeded, NotFound, RateLimited
 from wa_daemon.protocol import QrUpdated, Reason, State, StateChanged
 
@@ -555,7 +555,7 @@ async def test_watch_coalesces_qr_per_subscriber_and_keeps_final(autojump_clock:
             while True:
                 ev = await sub.next()
                 got.append((trio.current_time(), ev))
-                if isinstance(ev, Final):
+                if isinstance(ev, StreamEnd):
                     return
 
         async with trio.open_nursery() as n:
@@ -571,7 +571,7 @@ async def test_watch_coalesces_qr_per_subscriber_and_keeps_final(autojump_clock:
         assert all(b - a >= 3.0 - 1e-6 for a, b in zip(qr_times, qr_times[1:], strict=False))
         last_qr = [ev for _, ev in got if isinstance(ev, QrUpdated)][-1]
         assert last_qr.qr == latest  # type: ignore[union-attr]
-        assert isinstance(got[-1][1], Final) and got[-1][1].reason == "until"
+        assert isinstance(got[-1][1], StreamEnd) and got[-1][1].reason == "until"
         assert got[-1][1].status.state == State.CONNECTED  # type: ignore[union-attr]
 
 
@@ -587,10 +587,10 @@ async def test_slow_subscriber_queue_is_bounded_and_final_kept(autojump_clock: t
         while True:
             ev = await sub.next()
             events.append(ev)
-            if isinstance(ev, Final):
+            if isinstance(ev, StreamEnd):
                 break
         assert len(events) <= 9
-        assert isinstance(events[-1], Final)
+        assert isinstance(events[-1], StreamEnd)
         states = [e for e in events if isinstance(e, StateChanged)]
         assert states[-1].transition.to_state == State.STOPPED  # the newest state survives
         assert sub.dropped > 0
