@@ -5,9 +5,11 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 import pytest
+import structlog
 import trio
 import trio.testing
 
+from wa_daemon.daemon.sessions import states
 from wa_daemon.daemon.sessions.hub import StreamEnd
 from wa_daemon.errors import LimitExceeded, NotFound, RateLimited
 from wa_daemon.protocol import QrUpdated, Reason, State, StateChanged
@@ -64,17 +66,24 @@ async def test_qr_refresh_is_an_event_not_a_transition(autojump_clock: trio.test
         assert invalid_transitions(m) == 0
 
 
-async def test_invalid_transition_is_logged_and_counted_not_raised(autojump_clock: trio.testing.MockClock) -> None:
-    async with open_manager() as (m, _):
-        await m.connect("a")
-        await wait_state(m, "a", State.WAITING_QR)
-        session = m.sessions["a"]
-        before = len(session.history)
-        assert session.transition(State.WAITING_QR, "qr_shown") is False
-        assert session.transition(State.STARTING, "connect_requested") is False
-        assert session.state == State.WAITING_QR
-        assert len(session.history) == before
-        assert invalid_transitions(m) == 2
+async def test_invalid_transition_is_logged_counted_and_fails_the_session(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A machine bug that takes an edge its tables refuse raises in the runner: logged,
+    counted, and the session ends failed (internal_error) with its browser closed."""
+    monkeypatch.setitem(states.EVENT_EDGES, "AppShown", {})  # the bug: AppShown may not go anywhere
+    with structlog.testing.capture_logs() as logs:
+        async with open_manager() as (m, driver):
+            await m.connect("a")
+            await wait_state(m, "a", State.WAITING_QR)
+            driver.simulate("a", "scan")
+            await wait_state(m, "a", State.FAILED)
+            st = m.status("a")
+            assert st.reason == Reason.INTERNAL_ERROR.value and "IllegalTransition" in (st.last_error or "")
+            assert invalid_transitions(m) == 1
+            assert driver.live == {}
+    bad = [(e["from_state"], e["to_state"], e["trigger"]) for e in logs if e["event"] == "invalid_transition"]
+    assert bad == [("authenticating", "connected", "AppShown")]
 
 
 async def test_history_keeps_last_100_with_timestamp_reason_attempt(autojump_clock: trio.testing.MockClock) -> None:
@@ -258,7 +267,7 @@ async def test_qr_phase_times_out_after_3_minutes(autojump_clock: trio.testing.M
         assert st.qr is None
         assert driver.live == {}  # the browser was closed
         # the scripted page ran one full cycle (6 refs in 160 s) and the reload button was clicked
-        assert m.sessions["a"].history[-1].from_state == State.WAITING_QR
+        assert m.history("a")[-1].from_state == State.WAITING_QR
 
 
 async def test_qr_phase_ends_after_configured_refreshes(autojump_clock: trio.testing.MockClock) -> None:
@@ -313,10 +322,10 @@ async def test_reconnect_backoff_5_15_45_then_failed(autojump_clock: trio.testin
 
 async def test_backoff_jitter_stays_within_bounds(autojump_clock: trio.testing.MockClock) -> None:
     async with open_manager(reconnect_jitter=0.2) as (m, _):
-        session = await m.connect("a") and m.sessions["a"]
+        machine = await m.connect("a") and m._sessions["a"].machine
         for attempt, base in ((1, 5), (2, 15), (3, 45), (10, 300)):
             for _ in range(50):
-                assert base * 0.8 <= session._backoff(attempt) <= min(base * 1.2, 300)
+                assert base * 0.8 <= machine.backoff(attempt) <= min(base * 1.2, 300)
 
 
 async def test_reconnect_counter_resets_after_10_minutes_connected(autojump_clock: trio.testing.MockClock) -> None:
@@ -463,8 +472,8 @@ async def test_connect_options_are_remembered(autojump_clock: trio.testing.MockC
         await m.connect("a", options=SessionOptions(idle_timeout=60))
         await wait_state(m, "a", State.WAITING_QR)
         assert seen == ["http://127.0.0.1:9/", "http://127.0.0.1:9/"]
-        assert m.sessions["a"].options == SessionOptions("http://127.0.0.1:9/", False, 60)
-        assert m.registry.load()[0].options == m.sessions["a"].options
+        assert m._sessions["a"].options == SessionOptions("http://127.0.0.1:9/", False, 60)
+        assert m.registry.load()[0].options == m._sessions["a"].options
 
 
 async def test_inactive_sweep_stops_untouched_sessions_only(autojump_clock: trio.testing.MockClock) -> None:
@@ -481,7 +490,7 @@ async def test_inactive_sweep_stops_untouched_sessions_only(autojump_clock: trio
         assert m.status("idle").reason == Reason.INACTIVE.value
         assert m.status("touched").state == State.WAITING_QR
         assert m.status("linked").state == State.CONNECTED  # connected sessions are left alone
-        assert "idle" not in driver.live and "idle" in m.sessions
+        assert "idle" not in driver.live and "idle" in m.session_ids()
         cleanups = [s.value for s in m.metrics.samples() if s.name == "wa_inactive_cleanups_total"]
         assert cleanups == [1]
 
@@ -493,7 +502,8 @@ async def test_connected_idle_timeout_when_set(autojump_clock: trio.testing.Mock
         driver.simulate("a", "scan")
         await wait_state(m, "a", State.CONNECTED)
         await trio.sleep(1201)
-        st = m.sessions["a"].status()
+        st = m.peek("a")
+        assert st is not None
         assert st.state == State.STOPPED and st.reason == Reason.IDLE_TIMEOUT.value
         assert "a" in driver.authed  # auth kept
 
@@ -502,7 +512,7 @@ async def test_reads_never_wait_for_a_locked_session(autojump_clock: trio.testin
     async with open_manager() as (m, driver):
         await m.connect("a")
         await wait_state(m, "a", State.WAITING_QR)
-        session = m.sessions["a"]
+        session = m._sessions["a"]
         async with session.lock:  # a long operation holds the lock
             t0 = trio.current_time()
             assert m.status("a").busy is True

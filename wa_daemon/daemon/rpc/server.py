@@ -525,8 +525,8 @@ class _Connection:
         if final is None:  # the client cancelled the stream
             final = StreamEnd("cancelled", None)
         status: SessionStatus | None = final.status
-        if status is None and params.session is not None and params.session in manager.sessions:
-            status = manager.sessions[params.session].status()
+        if status is None and params.session is not None:
+            status = manager.peek(params.session)
         await self.send(End(rid, final.reason, status))
 
 
