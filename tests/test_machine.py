@@ -15,19 +15,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from wa_daemon.daemon.browser.base import (
-    AppShown,
-    BrowserGone,
-    Conflict,
-    Loading,
-    LoggedOut,
-    LoginRequired,
-    PageInfo,
-    PhoneOffline,
-    QrExpired,
-    QrShown,
-    Refused,
-)
+from wa_daemon.daemon.browser import base as page
 from wa_daemon.daemon.ops.config import Config
 from wa_daemon.daemon.sessions import events as ev
 from wa_daemon.daemon.sessions import states
@@ -89,7 +77,7 @@ def _driving(run: Run, *events: ev.Event) -> Run:
 
 def _lost(run: Run) -> Run:
     """Connected, then the browser lost: reconnecting, waiting out the backoff."""
-    _driving(run, AppShown(), BrowserGone("crashed", "boom"))
+    _driving(run, page.AppShown(), page.BrowserGone("crashed", "boom"))
     run.settle()
     return run
 
@@ -123,18 +111,18 @@ SETUPS: dict[str, tuple[Callable[[Run], Run], SessionOptions | None, State, Phas
     "stopped": (lambda run: run, None, S.STOPPED, Phase.IDLE),
     "launching": (_then(lambda run: run, ev.Begin()), None, S.STARTING, Phase.LAUNCHING),
     "starting": (_driving, None, S.STARTING, Phase.DRIVING),
-    "code_asked": (_then(_driving, LoginRequired()), PHONE, S.STARTING, Phase.DRIVING),
-    "waiting_qr": (_then(_driving, QrShown("ref-1", 60)), None, S.WAITING_QR, Phase.DRIVING),
+    "code_asked": (_then(_driving, page.LoginRequired()), PHONE, S.STARTING, Phase.DRIVING),
+    "waiting_qr": (_then(_driving, page.QrShown("ref-1", 60)), None, S.WAITING_QR, Phase.DRIVING),
     "waiting_code": (
-        _then(_driving, LoginRequired(), ev.CodeGiven("ABCD1234", 0)), PHONE, S.WAITING_CODE, Phase.DRIVING
+        _then(_driving, page.LoginRequired(), ev.CodeGiven("ABCD1234", 0)), PHONE, S.WAITING_CODE, Phase.DRIVING
     ),
-    "authenticating": (_then(_driving, Loading()), None, S.AUTHENTICATING, Phase.DRIVING),
-    "connected": (_then(_driving, AppShown()), None, S.CONNECTED, Phase.DRIVING),
+    "authenticating": (_then(_driving, page.Loading()), None, S.AUTHENTICATING, Phase.DRIVING),
+    "connected": (_then(_driving, page.AppShown()), None, S.CONNECTED, Phase.DRIVING),
     "backoff": (_lost, None, S.RECONNECTING, Phase.BACKOFF),
     "relaunching": (_relaunched, None, S.RECONNECTING, Phase.LAUNCHING),
     "reconnecting": (_then(_relaunched, ev.Launched()), None, S.RECONNECTING, Phase.DRIVING),
-    "failed": (_ended(Refused("blocked", "TOS_BLOCK")), None, S.FAILED, Phase.IDLE),
-    "logged_out": (_ended(LoggedOut()), None, S.LOGGED_OUT, Phase.IDLE),
+    "failed": (_ended(page.Refused("blocked", "TOS_BLOCK")), None, S.FAILED, Phase.IDLE),
+    "logged_out": (_ended(page.LoggedOut()), None, S.LOGGED_OUT, Phase.IDLE),
 }
 
 
@@ -164,18 +152,18 @@ EVENTS: dict[str, ev.Event] = {
     "Tick": ev.Tick(),
     "RunnerCrashed": ev.RunnerCrashed("internal error: KeyError"),
     "RunnerEnded": ev.RunnerEnded(),
-    "PageInfo": PageInfo("CONNECTED", False, "2.3000.1", ()),
-    "LoginRequired": LoginRequired(),
-    "LoginRequired(idle)": LoginRequired(idle=True),
-    "QrShown": QrShown("ref-2", 20),
-    "QrExpired": QrExpired(),
-    "Loading": Loading(),
-    "AppShown": AppShown(),
-    "LoggedOut": LoggedOut("unpaired"),
-    "Conflict": Conflict(),
-    "PhoneOffline": PhoneOffline(True),
-    "Refused": Refused("deprecated", "DEPRECATED_VERSION"),
-    "BrowserGone": BrowserGone("hung", "no answer"),
+    "PageInfo": page.PageInfo("CONNECTED", False, "2.3000.1", ()),
+    "LoginRequired": page.LoginRequired(),
+    "LoginRequired(idle)": page.LoginRequired(idle=True),
+    "QrShown": page.QrShown("ref-2", 20),
+    "QrExpired": page.QrExpired(),
+    "Loading": page.Loading(),
+    "AppShown": page.AppShown(),
+    "LoggedOut": page.LoggedOut("unpaired"),
+    "Conflict": page.Conflict(),
+    "PhoneOffline": page.PhoneOffline(True),
+    "Refused": page.Refused("deprecated", "DEPRECATED_VERSION"),
+    "BrowserGone": page.BrowserGone("hung", "no answer"),
 }
 
 DRIVING = {"starting", "code_asked", "waiting_qr", "waiting_code", "authenticating", "connected", "reconnecting"}
@@ -275,29 +263,29 @@ def test_every_edge_of_the_event_table_is_taken() -> None:
         if run.m.phase is Phase.BACKOFF:
             run(ev.Tick(), at=run.m.next_deadline())
         run(ev.Launched())
-        run(LoginRequired())
+        run(page.LoginRequired())
         run.settle()
         assert run.state == S.LOGGED_OUT
     # A reconnect cap reached: relaunching -> failed (max_reconnects) by LaunchFailed and BrowserClosed.
-    for final in (ev.LaunchFailed("again"), BrowserGone("crashed")):
+    for final in (ev.LaunchFailed("again"), page.BrowserGone("crashed")):
         run = Run(config=CFG.replace(reconnect_max_attempts=1))
         _relaunched(run)
-        if isinstance(final, BrowserGone):
+        if isinstance(final, page.BrowserGone):
             run(ev.Launched())
         run(final)
         run.settle()
         assert run.state == S.FAILED and run.m.view.reason == Reason.MAX_RECONNECTS.value
     # A pairing code asked for in authenticating (the phone rejected the link) and
     # after a relaunch of a session not linked yet.
-    for build in (_then(_driving, Loading()), _then(_driving, LoginRequired(), ev.CodeGiven("ABCD1234", 0),
-                                                     BrowserGone("crashed"))):
+    for build in (_then(_driving, page.Loading()), _then(_driving, page.LoginRequired(), ev.CodeGiven("ABCD1234", 0),
+                                                     page.BrowserGone("crashed"))):
         run = Run(PHONE)
         build(run)
         run.settle()
         if run.m.phase is Phase.BACKOFF:
             run(ev.Tick(), at=run.m.next_deadline())
             run(ev.Launched())
-        run(LoginRequired())
+        run(page.LoginRequired())
         run(ev.CodeGiven("EEEE5555", 0))
         assert run.state == S.WAITING_CODE
     missing = sorted(edges - TAKEN, key=str)
@@ -306,7 +294,7 @@ def test_every_edge_of_the_event_table_is_taken() -> None:
 
 def test_the_tables_agree() -> None:
     names = {cls.__name__ for cls in typing.get_args(ev.Operation) + typing.get_args(ev.RunnerEvent)}
-    page_events = {cls.__name__ for cls in (AppShown, Loading, QrShown, LoginRequired)}
+    page_events = {cls.__name__ for cls in (page.AppShown, page.Loading, page.QrShown, page.LoginRequired)}
     assert set(EVENT_EDGES) <= names | page_events
     for event, table in EVENT_EDGES.items():
         for src, targets in table.items():
@@ -321,7 +309,7 @@ def test_an_illegal_edge_raises_before_changing_anything(monkeypatch: pytest.Mon
     view, history = run.m.view, list(run.m.history)
     monkeypatch.setitem(EVENT_EDGES, "AppShown", {})  # a bug: the table and the machine disagree
     with pytest.raises(IllegalTransition) as info:
-        run.m.handle(AppShown(), 1.0)
+        run.m.handle(page.AppShown(), 1.0)
     assert (info.value.event, info.value.from_state, info.value.to_state) == ("AppShown", S.WAITING_QR, S.CONNECTED)
     assert run.m.view is view and list(run.m.history) == history
 
@@ -337,8 +325,8 @@ def test_unknown_events_are_refused() -> None:
 def test_qr_debounce_publishes_the_latest_qr_at_the_window_end() -> None:
     run = setup("waiting_qr")
     assert run.m.next_deadline() == CFG.qr_debounce  # the first QR's window
-    run(QrShown("ref-2", 20), at=0.5)
-    run(QrShown("ref-3", 20), at=1.0)
+    run(page.QrShown("ref-2", 20), at=0.5)
+    run(page.QrShown("ref-3", 20), at=1.0)
     assert not [e for e in run.effects if isinstance(e, ev.Publish)]
     run(ev.Tick(), at=run.m.next_deadline())
     published = [e.event for e in run.effects if isinstance(e, ev.Publish)]
@@ -359,22 +347,22 @@ def test_qr_phase_ends_at_qr_timeout() -> None:
 
 def test_qr_refresh_cap_and_reload_budget() -> None:
     run = Run(config=CFG.replace(qr_max_refreshes=2))
-    _driving(run)(QrShown("r1", 20))
-    run(QrShown("r2", 20))
-    assert run(QrExpired()) == [ev.Log("qr_reload", "info", {"refreshes": 1}), ev.ReloadQr()]
-    run(QrShown("r3", 20))
-    assert run(QrExpired())[-1] == ev.CloseBrowser()  # the budget is spent
+    _driving(run)(page.QrShown("r1", 20))
+    run(page.QrShown("r2", 20))
+    assert run(page.QrExpired()) == [ev.Log("qr_reload", "info", {"refreshes": 1}), ev.ReloadQr()]
+    run(page.QrShown("r3", 20))
+    assert run(page.QrExpired())[-1] == ev.CloseBrowser()  # the budget is spent
     run.settle()
     assert run.state == S.FAILED and run.m.view.message == "the QR codes ran out without a scan"
 
 
 def test_phone_offline_grace_then_connection_lost() -> None:
     run = setup("connected")
-    run(PhoneOffline(True), at=10.0)
+    run(page.PhoneOffline(True), at=10.0)
     assert run.m.view.phone_offline and run.m.next_deadline() == 10.0 + CFG.phone_offline_grace
-    run(PhoneOffline(False), at=20.0)
+    run(page.PhoneOffline(False), at=20.0)
     assert not run.m.view.phone_offline and run.m.next_deadline() == math.inf
-    run(PhoneOffline(True), at=30.0)
+    run(page.PhoneOffline(True), at=30.0)
     run(ev.Tick(), at=30.0 + CFG.phone_offline_grace)
     run.settle()
     assert (run.state, run.m.view.reason) == (S.RECONNECTING, Reason.CONNECTION_LOST.value)
@@ -385,7 +373,7 @@ def test_phone_offline_grace_then_connection_lost() -> None:
 def test_pairing_code_renewal_cap_and_timeout() -> None:
     cfg = CFG.replace(pairing_code_max_refreshes=2)
     run = Run(PHONE, cfg)
-    _driving(run)(LoginRequired())
+    _driving(run)(page.LoginRequired())
     run(ev.CodeGiven("AAAA1111", 0))
     code = run.m.view.pairing_code
     assert code is not None and code.code == "AAAA-1111" and code.seq == 1 and run.state == S.WAITING_CODE
@@ -402,7 +390,7 @@ def test_pairing_code_renewal_cap_and_timeout() -> None:
     assert "after 2 new codes" in (run.m.view.message or "")
 
     run = Run(PHONE, cfg.replace(pairing_code_timeout=100.0, pairing_code_interval=180.0))
-    _driving(run)(LoginRequired())
+    _driving(run)(page.LoginRequired())
     run(ev.CodeGiven("AAAA1111", 0))
     assert run.m.next_deadline() == 100.0
     run(ev.Tick(), at=100.0)
@@ -412,10 +400,10 @@ def test_pairing_code_renewal_cap_and_timeout() -> None:
 
 def test_an_idle_login_queued_before_a_new_code_is_stale() -> None:
     run = setup("waiting_code")
-    run(LoginRequired(idle=True))
+    run(page.LoginRequired(idle=True))
     run(ev.CodeGiven("CCCC2222", queued=1))  # one page event was already waiting
-    assert not [e for e in run(LoginRequired(idle=True)) if isinstance(e, ev.RequestPairingCode)]
-    assert [e for e in run(LoginRequired(idle=True)) if isinstance(e, ev.RequestPairingCode)]
+    assert not [e for e in run(page.LoginRequired(idle=True)) if isinstance(e, ev.RequestPairingCode)]
+    assert [e for e in run(page.LoginRequired(idle=True)) if isinstance(e, ev.RequestPairingCode)]
 
 
 # ------------------------------------------------------------------ backoff and recycling
@@ -425,7 +413,7 @@ def test_backoff_5_15_45_then_max_reconnects() -> None:
     run = setup("connected")
     delays = []
     for attempt in (1, 2, 3):
-        run(BrowserGone("crashed"))
+        run(page.BrowserGone("crashed"))
         run.settle()
         assert (run.state, run.m.view.attempt, run.m.phase) == (S.RECONNECTING, attempt, Phase.BACKOFF)
         delays.append(run.m.next_deadline() - run.now)
@@ -434,7 +422,7 @@ def test_backoff_5_15_45_then_max_reconnects() -> None:
         assert run.m.phase is Phase.LAUNCHING
         run(ev.Launched())
     assert delays == [5.0, 15.0, 45.0]
-    run(BrowserGone("crashed"))
+    run(page.BrowserGone("crashed"))
     run.settle()
     assert (run.state, run.m.view.reason, run.m.phase) == (S.FAILED, Reason.MAX_RECONNECTS.value, Phase.DONE)
     assert run(ev.RunnerEnded()) == [ev.Settled()]
@@ -442,13 +430,13 @@ def test_backoff_5_15_45_then_max_reconnects() -> None:
 
 def test_a_connection_that_held_starts_a_new_incident() -> None:
     run = setup("connected")
-    run(BrowserGone("crashed"), at=1.0)
+    run(page.BrowserGone("crashed"), at=1.0)
     run.settle()
     run(ev.Tick(), at=run.m.next_deadline())
     run(ev.Launched())
-    run(AppShown())
+    run(page.AppShown())
     assert run.m.view.attempt == 1
-    run(BrowserGone("crashed"), at=run.now + CFG.reconnect_reset_after)
+    run(page.BrowserGone("crashed"), at=run.now + CFG.reconnect_reset_after)
     run.settle()
     assert run.m.view.attempt == 1  # counted from 1 again
 
@@ -468,7 +456,7 @@ def test_recycle_is_free_once_then_a_reconnect_attempt() -> None:
     assert (run.state, run.m.view.reason, run.m.view.attempt, run.m.phase) == (
         S.RECONNECTING, Reason.MEMORY_LIMIT.value, 0, Phase.LAUNCHING)  # relaunched at once, no backoff
     run(ev.Launched())
-    run(AppShown(), at=10.0)
+    run(page.AppShown(), at=10.0)
     run(ev.Recycle(Reason.MEMORY_LIMIT, "big again"), at=20.0)
     run.settle()
     assert (run.state, run.m.view.attempt, run.m.phase) == (S.RECONNECTING, 1, Phase.BACKOFF)
@@ -479,7 +467,7 @@ def test_recycle_is_free_once_then_a_reconnect_attempt() -> None:
 def test_logout_ends_the_stream_without_a_reconnect() -> None:
     run = setup("connected")
     assert run(ev.LogoutStarted(browser_open=True)) == [ev.LogOutPage()]
-    run(BrowserGone("exited", "the browser's event stream ended"))
+    run(page.BrowserGone("exited", "the browser's event stream ended"))
     run.settle()
     assert (run.state, run.m.phase) == (S.CONNECTED, Phase.DONE)  # the operation sets the state
     run(ev.RunnerEnded())
@@ -491,7 +479,7 @@ def test_logout_ends_the_stream_without_a_reconnect() -> None:
 def test_app_shown_links_and_a_wiped_logout_unlinks() -> None:
     run = setup("connected")
     assert run.m.view.linked
-    run(LoginRequired())  # a linked page asking for a login: unlinked on the phone
+    run(page.LoginRequired())  # a linked page asking for a login: unlinked on the phone
     assert run.m.phase is Phase.CLOSING
     run(ev.BrowserClosed())
     assert (run.m.phase, run.state) == (Phase.WIPING, S.CONNECTED)  # no state change before the wipe
@@ -508,5 +496,5 @@ def test_takeover_follows_the_session_option_else_the_config() -> None:
         (SessionOptions(takeover_on_conflict=False), CFG, False),
     ):
         run = Run(options, config)
-        _driving(run)(AppShown())
-        assert (run(Conflict())[-1] == ev.TakeOver()) is takes_over
+        _driving(run)(page.AppShown())
+        assert (run(page.Conflict())[-1] == ev.TakeOver()) is takes_over
