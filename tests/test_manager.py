@@ -667,3 +667,36 @@ async def test_phone_logout_while_the_browser_is_down_is_logged_out(autojump_clo
         await trio.sleep(10)  # past connect_min_interval
         await m.connect("a")
         await wait_state(m, "a", State.WAITING_QR)
+
+
+async def test_recycle_goes_through_the_lock_and_the_session(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_manager() as (m, driver):
+        await m.connect("a")
+        await wait_state(m, "a", State.WAITING_QR)
+        assert not m.recycle("a", Reason.MEMORY_LIMIT, "big", group=None)  # not connected
+        driver.simulate("a", "scan")
+        await wait_state(m, "a", State.CONNECTED)
+        assert not m.recycle("nobody", Reason.MEMORY_LIMIT, "big", group=None)
+        assert not m.recycle("a", Reason.MEMORY_LIMIT, "big", group=12345)  # sampled another browser
+        async with m._sessions["a"].lock:  # an operation is changing the session
+            assert not m.recycle("a", Reason.MEMORY_LIMIT, "big", group=None)
+        assert m.status("a").state == State.CONNECTED
+        assert m.recycle("a", Reason.MEMORY_LIMIT, "big", group=None)
+        await wait_state(m, "a", State.RECONNECTING)
+        await wait_state(m, "a", State.CONNECTED)
+        assert [t.reason for t in m.history("a")][-3:] == ["memory_limit", "auth_restored", "app_loaded"]
+
+
+async def test_reads_for_the_layers_above(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_manager() as (m, driver):
+        await m.connect("a")
+        await wait_state(m, "a", State.WAITING_QR)
+        assert set(m.session_ids()) == {"a"} and m.peek("b") is None
+        touched = m._sessions["a"].last_touch
+        await trio.sleep(5)
+        peeked = m.peek("a")
+        assert peeked is not None and peeked.state == State.WAITING_QR
+        assert m._sessions["a"].last_touch == touched  # peek is not a touch
+        [(state, reason, since)] = list(m.states())
+        assert (state, reason, since) == (State.WAITING_QR, "qr_shown", peeked.since)
+        assert m.browser_groups() == {}  # scripted browsers have no processes

@@ -558,7 +558,7 @@ class Server:
             "connect": lambda p, c: m.connect(
                 p.session,
                 owner_uid=c.uid if c.uid >= 0 else None,
-                options=SessionOptions(p.whatsapp_url, p.takeover_on_conflict, p.idle_timeout, p.phone_number),
+                options=SessionOptions.of(p),
                 caller=c.caller,
             ),
             "disconnect": lambda p, c: m.disconnect(p.session, c.caller),

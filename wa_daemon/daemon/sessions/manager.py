@@ -140,12 +140,9 @@ class SessionManager:
         is gone, is not connected with a live browser, or an operation holds its lock
         (it is changing the session: the caller decides again at its next sample)."""
         session = self._sessions.get(session_id)
-        if session is None or session.process_group != group:
+        if session is None or session.process_group != group or session.lock.locked():
             return False
-        try:
-            session.lock.acquire_nowait()
-        except trio.WouldBlock:
-            return False
+        session.lock.acquire_nowait()  # free, and nothing runs between the check and this
         try:
             return not session.deleted and session.recycle(reason, message)
         finally:
