@@ -108,7 +108,7 @@ async def wait_state(manager: SessionManager, sid: str, *states: State, timeout:
     sub, _ = manager.subscribe(sid, [])
     try:
         with trio.fail_after(timeout):
-            while manager.sessions[sid].state not in states:
+            while (status := manager.peek(sid)) is None or status.state not in states:
                 await sub.next()
     finally:
         manager.unsubscribe(sub)

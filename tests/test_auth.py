@@ -103,7 +103,7 @@ async def test_another_uids_session_is_denied_for_every_method() -> None:
             ):
                 with pytest.raises(PermissionDenied):
                     await acall()
-        assert m.sessions["b1"].state == State.WAITING_QR  # nothing happened to it
+        assert m.peek("b1").state == State.WAITING_QR  # type: ignore[union-attr]  # nothing happened to it
 
         # An unknown session stays not_found (checked before ownership).
         with pytest.raises(NotFound):
@@ -116,7 +116,7 @@ async def test_another_uids_session_is_denied_for_every_method() -> None:
         await m.disconnect("a1", A)
         await m.logout("a1", A)
         await m.delete("a1", A)
-        assert "a1" not in m.sessions
+        assert "a1" not in m.session_ids()
 
 
 async def test_list_is_filtered_and_cached_per_uid() -> None:
@@ -215,7 +215,7 @@ async def test_max_sessions_per_uid_refuses_non_admins_only() -> None:
         with structlog.testing.capture_logs() as logs, pytest.raises(LimitExceeded) as info:
             await m.connect("a3", owner_uid=A, caller=A)
         assert info.value.details == {"limit": 2, "uid": A}
-        assert "a3" not in m.sessions
+        assert "a3" not in m.session_ids()
         assert [e for e in logs if e["event"] == "limit_refused"] == [
             {"event": "limit_refused", "limit": "sessions_per_uid", "uid": A, "value": 2, "log_level": "warning"}
         ]
@@ -239,7 +239,7 @@ async def test_peer_without_credentials_creates_nothing() -> None:
     async with bounded_manager() as (m, driver):
         with pytest.raises(PermissionDenied):
             await m.connect("x", owner_uid=None, caller=-1)
-        assert m.sessions == {}
+        assert not m.session_ids()
 
 
 def test_who_is_admin(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -607,7 +607,7 @@ async def test_real_uids_owner_may_everything_others_get_permission_denied(
             res = await as_user(client_env, b, sock, on("a-s", SESSION_METHODS))
             assert codes(res) == ["permission_denied"] * len(SESSION_METHODS), res
             assert all(r["details"] == {"session": "a-s"} for r in res)
-            assert "a-s" in d.manager.sessions and d.manager.sessions["a-s"].owner_uid == a.uid  # untouched
+            assert d.manager.peek("a-s").owner_uid == a.uid  # type: ignore[union-attr]  # untouched
             # ... and a-s does not exist in its list; its own session does.
             res = await as_user(client_env, b, sock, [["call", "list", {}], ["call", "status", {"session": "b-s"}]])
             assert [s["session"] for s in res[0]["ok"]["sessions"]] == ["b-s"]

@@ -477,7 +477,7 @@ async def test_strings_for_files_argv_and_logs_are_refused(sock_dir: Path) -> No
             assert replies == [] and codes == expected, {k: v for k, v in codes.items() if v != "invalid_argument"}
             assert anonymous == ["protocol_error"] * undecodable
             # Nothing on disk: no profile, no registry row, no new file anywhere in the state dir.
-            assert d.manager.sessions == {}  # type: ignore[union-attr]
+            assert not d.manager.session_ids()  # type: ignore[union-attr]
             assert sorted(p.relative_to(state) for p in state.rglob("*")) == listing
             assert list((state / "sessions").iterdir()) == []
             rows = sqlite3.connect(state / "registry.sqlite3").execute("SELECT count(*) FROM sessions").fetchone()

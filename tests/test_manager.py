@@ -5,10 +5,12 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 import pytest
+import structlog
 import trio
 import trio.testing
 
-from wa_daemon.daemon.sessions.hub import Final
+from wa_daemon.daemon.sessions import states
+from wa_daemon.daemon.sessions.hub import StreamEnd
 from wa_daemon.errors import LimitExceeded, NotFound, RateLimited
 from wa_daemon.protocol import QrUpdated, Reason, State, StateChanged
 
@@ -64,17 +66,24 @@ async def test_qr_refresh_is_an_event_not_a_transition(autojump_clock: trio.test
         assert invalid_transitions(m) == 0
 
 
-async def test_invalid_transition_is_logged_and_counted_not_raised(autojump_clock: trio.testing.MockClock) -> None:
-    async with open_manager() as (m, _):
-        await m.connect("a")
-        await wait_state(m, "a", State.WAITING_QR)
-        session = m.sessions["a"]
-        before = len(session.history)
-        assert session.transition(State.WAITING_QR, "qr_shown") is False
-        assert session.transition(State.STARTING, "connect_requested") is False
-        assert session.state == State.WAITING_QR
-        assert len(session.history) == before
-        assert invalid_transitions(m) == 2
+async def test_invalid_transition_is_logged_counted_and_fails_the_session(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A machine bug that takes an edge its tables refuse raises in the runner: logged,
+    counted, and the session ends failed (internal_error) with its browser closed."""
+    monkeypatch.setitem(states.EVENT_EDGES, "AppShown", {})  # the bug: AppShown may not go anywhere
+    with structlog.testing.capture_logs() as logs:
+        async with open_manager() as (m, driver):
+            await m.connect("a")
+            await wait_state(m, "a", State.WAITING_QR)
+            driver.simulate("a", "scan")
+            await wait_state(m, "a", State.FAILED)
+            st = m.status("a")
+            assert st.reason == Reason.INTERNAL_ERROR.value and "IllegalTransition" in (st.last_error or "")
+            assert invalid_transitions(m) == 1
+            assert driver.live == {}
+    bad = [(e["from_state"], e["to_state"], e["trigger"]) for e in logs if e["event"] == "invalid_transition"]
+    assert bad == [("authenticating", "connected", "AppShown")]
 
 
 async def test_history_keeps_last_100_with_timestamp_reason_attempt(autojump_clock: trio.testing.MockClock) -> None:
@@ -258,7 +267,7 @@ async def test_qr_phase_times_out_after_3_minutes(autojump_clock: trio.testing.M
         assert st.qr is None
         assert driver.live == {}  # the browser was closed
         # the scripted page ran one full cycle (6 refs in 160 s) and the reload button was clicked
-        assert m.sessions["a"].history[-1].from_state == State.WAITING_QR
+        assert m.history("a")[-1].from_state == State.WAITING_QR
 
 
 async def test_qr_phase_ends_after_configured_refreshes(autojump_clock: trio.testing.MockClock) -> None:
@@ -313,10 +322,10 @@ async def test_reconnect_backoff_5_15_45_then_failed(autojump_clock: trio.testin
 
 async def test_backoff_jitter_stays_within_bounds(autojump_clock: trio.testing.MockClock) -> None:
     async with open_manager(reconnect_jitter=0.2) as (m, _):
-        session = await m.connect("a") and m.sessions["a"]
+        machine = await m.connect("a") and m._sessions["a"].machine
         for attempt, base in ((1, 5), (2, 15), (3, 45), (10, 300)):
             for _ in range(50):
-                assert base * 0.8 <= session._backoff(attempt) <= min(base * 1.2, 300)
+                assert base * 0.8 <= machine.backoff(attempt) <= min(base * 1.2, 300)
 
 
 async def test_reconnect_counter_resets_after_10_minutes_connected(autojump_clock: trio.testing.MockClock) -> None:
@@ -463,8 +472,8 @@ async def test_connect_options_are_remembered(autojump_clock: trio.testing.MockC
         await m.connect("a", options=SessionOptions(idle_timeout=60))
         await wait_state(m, "a", State.WAITING_QR)
         assert seen == ["http://127.0.0.1:9/", "http://127.0.0.1:9/"]
-        assert m.sessions["a"].options == SessionOptions("http://127.0.0.1:9/", False, 60)
-        assert m.registry.load()[0].options == m.sessions["a"].options
+        assert m._sessions["a"].options == SessionOptions("http://127.0.0.1:9/", False, 60)
+        assert m.registry.load()[0].options == m._sessions["a"].options
 
 
 async def test_inactive_sweep_stops_untouched_sessions_only(autojump_clock: trio.testing.MockClock) -> None:
@@ -481,7 +490,7 @@ async def test_inactive_sweep_stops_untouched_sessions_only(autojump_clock: trio
         assert m.status("idle").reason == Reason.INACTIVE.value
         assert m.status("touched").state == State.WAITING_QR
         assert m.status("linked").state == State.CONNECTED  # connected sessions are left alone
-        assert "idle" not in driver.live and "idle" in m.sessions
+        assert "idle" not in driver.live and "idle" in m.session_ids()
         cleanups = [s.value for s in m.metrics.samples() if s.name == "wa_inactive_cleanups_total"]
         assert cleanups == [1]
 
@@ -493,7 +502,8 @@ async def test_connected_idle_timeout_when_set(autojump_clock: trio.testing.Mock
         driver.simulate("a", "scan")
         await wait_state(m, "a", State.CONNECTED)
         await trio.sleep(1201)
-        st = m.sessions["a"].status()
+        st = m.peek("a")
+        assert st is not None
         assert st.state == State.STOPPED and st.reason == Reason.IDLE_TIMEOUT.value
         assert "a" in driver.authed  # auth kept
 
@@ -502,7 +512,7 @@ async def test_reads_never_wait_for_a_locked_session(autojump_clock: trio.testin
     async with open_manager() as (m, driver):
         await m.connect("a")
         await wait_state(m, "a", State.WAITING_QR)
-        session = m.sessions["a"]
+        session = m._sessions["a"]
         async with session.lock:  # a long operation holds the lock
             t0 = trio.current_time()
             assert m.status("a").busy is True
@@ -555,7 +565,7 @@ async def test_watch_coalesces_qr_per_subscriber_and_keeps_final(autojump_clock:
             while True:
                 ev = await sub.next()
                 got.append((trio.current_time(), ev))
-                if isinstance(ev, Final):
+                if isinstance(ev, StreamEnd):
                     return
 
         async with trio.open_nursery() as n:
@@ -571,7 +581,7 @@ async def test_watch_coalesces_qr_per_subscriber_and_keeps_final(autojump_clock:
         assert all(b - a >= 3.0 - 1e-6 for a, b in zip(qr_times, qr_times[1:], strict=False))
         last_qr = [ev for _, ev in got if isinstance(ev, QrUpdated)][-1]
         assert last_qr.qr == latest  # type: ignore[union-attr]
-        assert isinstance(got[-1][1], Final) and got[-1][1].reason == "until"
+        assert isinstance(got[-1][1], StreamEnd) and got[-1][1].reason == "until"
         assert got[-1][1].status.state == State.CONNECTED  # type: ignore[union-attr]
 
 
@@ -587,10 +597,10 @@ async def test_slow_subscriber_queue_is_bounded_and_final_kept(autojump_clock: t
         while True:
             ev = await sub.next()
             events.append(ev)
-            if isinstance(ev, Final):
+            if isinstance(ev, StreamEnd):
                 break
         assert len(events) <= 9
-        assert isinstance(events[-1], Final)
+        assert isinstance(events[-1], StreamEnd)
         states = [e for e in events if isinstance(e, StateChanged)]
         assert states[-1].transition.to_state == State.STOPPED  # the newest state survives
         assert sub.dropped > 0
@@ -657,3 +667,36 @@ async def test_phone_logout_while_the_browser_is_down_is_logged_out(autojump_clo
         await trio.sleep(10)  # past connect_min_interval
         await m.connect("a")
         await wait_state(m, "a", State.WAITING_QR)
+
+
+async def test_recycle_goes_through_the_lock_and_the_session(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_manager() as (m, driver):
+        await m.connect("a")
+        await wait_state(m, "a", State.WAITING_QR)
+        assert not m.recycle("a", Reason.MEMORY_LIMIT, "big", group=None)  # not connected
+        driver.simulate("a", "scan")
+        await wait_state(m, "a", State.CONNECTED)
+        assert not m.recycle("nobody", Reason.MEMORY_LIMIT, "big", group=None)
+        assert not m.recycle("a", Reason.MEMORY_LIMIT, "big", group=12345)  # sampled another browser
+        async with m._sessions["a"].lock:  # an operation is changing the session
+            assert not m.recycle("a", Reason.MEMORY_LIMIT, "big", group=None)
+        assert m.status("a").state == State.CONNECTED
+        assert m.recycle("a", Reason.MEMORY_LIMIT, "big", group=None)
+        await wait_state(m, "a", State.RECONNECTING)
+        await wait_state(m, "a", State.CONNECTED)
+        assert [t.reason for t in m.history("a")][-3:] == ["memory_limit", "auth_restored", "app_loaded"]
+
+
+async def test_reads_for_the_layers_above(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_manager() as (m, driver):
+        await m.connect("a")
+        await wait_state(m, "a", State.WAITING_QR)
+        assert set(m.session_ids()) == {"a"} and m.peek("b") is None
+        touched = m._sessions["a"].last_touch
+        await trio.sleep(5)
+        peeked = m.peek("a")
+        assert peeked is not None and peeked.state == State.WAITING_QR
+        assert m._sessions["a"].last_touch == touched  # peek is not a touch
+        [(state, reason, since)] = list(m.states())
+        assert (state, reason, since) == (State.WAITING_QR, "qr_shown", peeked.since)
+        assert m.browser_groups() == {}  # scripted browsers have no processes

@@ -132,14 +132,14 @@ class Daemon:
                             socket=str(bound.path),
                             socket_activated=bound.activated,
                             driver=self.driver.name,
-                            sessions=len(manager.sessions),
+                            sessions=len(manager.session_ids()),
                         )
                         self.notifier.ready(self._status_line())
                         task_status.started(self)
                         await self._stop.wait()
                         front.cancel_scope.cancel()
                     self.notifier.stopping()
-                    log.info("daemon_stopping", sessions=len(manager.sessions))
+                    log.info("daemon_stopping", sessions=len(manager.session_ids()))
                     bound.close()  # nobody new can connect from here on
                     server.draining = True
                     with trio.move_on_after(cfg.shutdown_timeout) as cs:

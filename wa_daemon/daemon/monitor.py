@@ -292,15 +292,15 @@ class DaemonMonitor:
                 await trio.sleep(self.manager.config.resource_sample_interval)
 
     async def sample(self) -> None:
-        sessions = self.manager.sessions
-        groups = {sid: g for sid, s in sessions.items() if (g := s.process_group) is not None}
+        groups = self.manager.browser_groups()
         await self.resources.sample(groups)
-        self.resources.forget(set(sessions))
+        self.resources.forget(set(self.manager.session_ids()))
         self.enforce_memory_limit(groups)
 
     def enforce_memory_limit(self, groups: Mapping[str, int]) -> int:
         """Recycle the browser of each connected session whose last sample is over
-        ``session_memory_limit``. Returns how many were recycled."""
+        ``session_memory_limit`` (the manager takes the session's lock). Returns how
+        many were recycled."""
         limit = self.manager.config.session_memory_limit
         if limit is None:
             return 0
@@ -308,18 +308,15 @@ class DaemonMonitor:
         for sid, usage in list(self.resources.usage.items()):
             if usage.pss_bytes <= limit:
                 continue
-            session = self.manager.sessions.get(sid)
-            # The sample must be of the browser the session still has (not of one since replaced).
-            if session is None or session.process_group != groups.get(sid):
-                continue
             message = f"memory limit: browser PSS {usage.pss_bytes / 2**20:.0f} MiB over {limit / 2**20:.0f} MiB"
-            if session.recycle(Reason.MEMORY_LIMIT, message):
+            # The sample must be of the browser the session still has (not of one since replaced).
+            if self.manager.recycle(sid, Reason.MEMORY_LIMIT, message, group=groups.get(sid)):
                 recycled += 1
                 log.warning("memory_limit_exceeded", session=sid, pss_bytes=usage.pss_bytes, limit=limit)
         return recycled
 
     def transitional_max_age(self) -> float:
-        oldest = min((s.since for s in self.manager.sessions.values() if s.state in _TRANSITIONAL), default=None)
+        oldest = min((since for state, _, since in self.manager.states() if state in _TRANSITIONAL), default=None)
         return max(0.0, (utcnow() - oldest).total_seconds()) if oldest is not None else 0.0
 
     async def health(self) -> Health:
@@ -333,6 +330,6 @@ class DaemonMonitor:
             disk=disk,
             state_dir=state_dir,
             min_free=cfg.health_min_free_bytes,
-            states=[(s.state, s.reason) for s in self.manager.sessions.values()],
+            states=[(state, reason) for state, reason, _ in self.manager.states()],
             max_failing=cfg.health_max_failing_fraction,
         )

@@ -66,7 +66,7 @@ from ...protocol import (
     encode_frame,
 )
 from ..ops.config import Config
-from ..sessions.hub import Final
+from ..sessions.hub import StreamEnd
 from ..sessions.manager import SessionManager
 from ..sessions.registry import SessionOptions
 from ..sessions.session import utcnow
@@ -504,7 +504,7 @@ class _Connection:
     async def _stream(self, rid: int, params: WatchParams, scope: trio.CancelScope) -> None:
         manager = self.server.manager
         sub, snapshots = manager.subscribe(params.session, params.until, self.caller)
-        final: Final | None = None
+        final: StreamEnd | None = None
         try:
             with scope:
                 for snap in snapshots:
@@ -514,19 +514,19 @@ class _Connection:
                 with trio.move_on_after(params.timeout):
                     while True:
                         item = await sub.next()
-                        if isinstance(item, Final):
+                        if isinstance(item, StreamEnd):
                             final = item
                             break
                         await self.send(OutEvent(rid, item))
                 if final is None:
-                    final = Final("timeout", None)
+                    final = StreamEnd("timeout", None)
         finally:
             manager.unsubscribe(sub)
         if final is None:  # the client cancelled the stream
-            final = Final("cancelled", None)
+            final = StreamEnd("cancelled", None)
         status: SessionStatus | None = final.status
-        if status is None and params.session is not None and params.session in manager.sessions:
-            status = manager.sessions[params.session].status()
+        if status is None and params.session is not None:
+            status = manager.peek(params.session)
         await self.send(End(rid, final.reason, status))
 
 
@@ -558,7 +558,7 @@ class Server:
             "connect": lambda p, c: m.connect(
                 p.session,
                 owner_uid=c.uid if c.uid >= 0 else None,
-                options=SessionOptions(p.whatsapp_url, p.takeover_on_conflict, p.idle_timeout, p.phone_number),
+                options=SessionOptions.of(p),
                 caller=c.caller,
             ),
             "disconnect": lambda p, c: m.disconnect(p.session, c.caller),

@@ -28,7 +28,9 @@ from ...protocol import (
 
 
 @dataclass(frozen=True)
-class Final:
+class StreamEnd:
+    """The last item of a watch stream: why it ends, and the session's status then."""
+
     reason: EndReason
     status: SessionStatus | None
 
@@ -66,7 +68,7 @@ class Subscriber:
         self._qr: dict[str, QrUpdated] = {}
         self._qr_sent_at: dict[str, float] = {}
         self._qr_last: dict[str, QrCode] = {}  # the QR this watcher last saw, per session
-        self._final: Final | None = None
+        self._final: StreamEnd | None = None
         self._wakeup = trio.Event()
         self.dropped = 0
 
@@ -101,12 +103,12 @@ class Subscriber:
                 and self.session is not None
                 and event.transition.to_state in self.until
             ):
-                self._final = Final("until", event.status)
+                self._final = StreamEnd("until", event.status)
         self._wake()
 
     def finish(self, reason: EndReason, status: SessionStatus | None) -> None:
         if self._final is None:
-            self._final = Final(reason, status)
+            self._final = StreamEnd(reason, status)
             self._wake()
 
     def _drop_one(self) -> None:
@@ -147,7 +149,7 @@ class Subscriber:
         self._qr_sent_at[qr.session] = at
         self._qr_last[qr.session] = qr
 
-    async def next(self) -> WatchEvent | Final:
+    async def next(self) -> WatchEvent | StreamEnd:
         while True:
             if self._events:
                 return self._events.popleft()

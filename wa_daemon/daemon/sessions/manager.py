@@ -1,8 +1,10 @@
 """All sessions: admission, per-session locks, rate limits, the launch queue, cleanup.
 
-Operations that change a session (connect, disconnect, logout, delete) take
-its lock, so two of them never interleave. Reads (status, list, qr, history,
-watch) never take it: they answer from the session's last known state.
+Operations that change a session (connect, disconnect, logout, delete, recycle)
+take its lock, so two of them never interleave. Reads (status, list, qr,
+history, watch) never take it: they answer from the session's last known state.
+The sessions are the manager's own: the layers above get operations and reads
+(``peek``, ``session_ids``, ``states``, ``browser_groups``), never a Session.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import builtins
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, KeysView
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -23,9 +26,11 @@ from ...protocol import PairingCode, QrCode, Reason, SessionStatus, State, Trans
 from ..browser.base import Driver
 from ..ops.config import Config
 from ..ops.metrics import DaemonMetrics
+from .events import Disconnect, IdleTimeout, Inactive
 from .hub import Hub, Subscriber
+from .options import resolve
 from .registry import MemoryRegistry, Registry, RegistryError, SessionOptions, SessionRecord
-from .session import Session, SessionContext, status_generation
+from .session import Session, SessionContext
 from .states import ACTIVE, RESTARTABLE
 
 log = structlog.get_logger("wa_daemon.manager")
@@ -47,7 +52,10 @@ class SessionManager:
         self.metrics = metrics or DaemonMetrics()
         self.registry: Registry = registry or MemoryRegistry()
         self.hub = Hub(on_count=self.metrics.watch_subscribers.set)
-        self.sessions: dict[str, Session] = {}
+        self._sessions: dict[str, Session] = {}
+        # Bumped when a field of any session's status changes or a session is created:
+        # a reply built from all statuses stays good while it stays put (see list_raw).
+        self._status_generation = 0
         self._deleted_attempts: dict[str, float] = {}  # last attempt of deleted sessions, for the rate limit
         self.closing = False
         self._ctx = SessionContext(
@@ -61,6 +69,7 @@ class SessionManager:
             rng=rng or random.Random(),
             on_settled=self._settled,
             on_linked=self._linked_changed,
+            on_status_changed=self._status_changed,
         )
         self.metrics.track_sessions(self.counts_by_state)
         self.metrics.track_pages(self._pages)
@@ -70,6 +79,8 @@ class SessionManager:
         """Use ``config`` from now on (a reload). Sessions read it at each decision."""
         self.config = config
         self._ctx.config = config
+        for session in self._sessions.values():
+            session.machine.config = config
 
     # ------------------------------------------------------------------ lookups
     #
@@ -80,7 +91,7 @@ class SessionManager:
 
     def get(self, session_id: str, caller: int | None = None) -> Session:
         validate_session_id(session_id)
-        session = self.sessions.get(session_id)
+        session = self._sessions.get(session_id)
         if session is None:
             raise NotFound(f"no session {session_id!r}", {"session": session_id})
         if caller is not None and session.owner_uid != caller:
@@ -91,7 +102,7 @@ class SessionManager:
         """A test of session ids for what ``caller`` may see; None: everything."""
         if caller is None:
             return None
-        sessions = self.sessions
+        sessions = self._sessions
 
         def visible(session_id: str) -> bool:
             session = sessions.get(session_id)
@@ -100,7 +111,45 @@ class SessionManager:
         return visible
 
     def counts_by_state(self) -> dict[State, int]:
-        return dict(Counter(s.state for s in self.sessions.values()))
+        return dict(Counter(s.state for s in self._sessions.values()))
+
+    def session_ids(self) -> KeysView[str]:
+        """The ids of every session (a live, read-only view)."""
+        return self._sessions.keys()
+
+    def peek(self, session_id: str) -> SessionStatus | None:
+        """A session's status, for the daemon itself: no access check, and it does not
+        count as a touch (the inactive sweep ignores it). None: no such session."""
+        session = self._sessions.get(session_id)
+        return session.status() if session is not None else None
+
+    def states(self) -> Iterator[tuple[State, str | None, datetime]]:
+        """(state, reason, since) of every session, for health and metrics."""
+        for session in self._sessions.values():
+            view = session.view
+            yield view.state, view.reason, view.since
+
+    def browser_groups(self) -> dict[str, int]:
+        """{session id: process group} of every live browser that has processes."""
+        return {sid: g for sid, s in self._sessions.items() if (g := s.process_group) is not None}
+
+    def recycle(self, session_id: str, reason: Reason, message: str, *, group: int | None) -> bool:
+        """Close a connected session's browser and relaunch it on its saved auth (a
+        memory limit), under the session's lock. ``group``: the process group the
+        caller measured; False (nothing done) if the session now has another browser,
+        is gone, is not connected with a live browser, or an operation holds its lock
+        (it is changing the session: the caller decides again at its next sample)."""
+        session = self._sessions.get(session_id)
+        if session is None or session.process_group != group or session.lock.locked():
+            return False
+        session.lock.acquire_nowait()  # free, and nothing runs between the check and this
+        try:
+            return not session.deleted and session.recycle(reason, message)
+        finally:
+            session.lock.release()
+
+    def _status_changed(self) -> None:
+        self._status_generation += 1
 
     def status(self, session_id: str, caller: int | None = None) -> SessionStatus:
         session = self.get(session_id, caller)
@@ -118,9 +167,9 @@ class SessionManager:
     def _sorted(self) -> builtins.list[Session]:
         """Every session, sorted by id. Shared: callers must not change it."""
         order = self._order
-        if order is None or self.sessions.keys() != order[0]:
-            ids = frozenset(self.sessions)
-            order = self._order = (ids, [self.sessions[sid] for sid in sorted(ids)])
+        if order is None or self._sessions.keys() != order[0]:
+            ids = frozenset(self._sessions)
+            order = self._order = (ids, [self._sessions[sid] for sid in sorted(ids)])
         return order[1]
 
     def _listed(self, states: Iterable[State] | None, caller: int | None = None) -> builtins.list[Session]:
@@ -149,7 +198,7 @@ class SessionManager:
         """
         if states:
             return to_raw({"sessions": [s.status_raw() for s in self._listed(states, caller)]})
-        generation, count = status_generation(), len(self.sessions)
+        generation, count = self._status_generation, len(self._sessions)
         caches = self._list_caches
         if caches is None:
             caches = self._list_caches = {}
@@ -184,7 +233,7 @@ class SessionManager:
         """The session's current QR or pairing code; ``not_found`` outside its phase."""
         session = self.get(session_id, caller)
         session.touch()
-        value = getattr(session, field)
+        value = getattr(session.view, field)
         if value is None:
             raise NotFound(
                 f"session {session_id!r} has no {what} (state {session.state.value})",
@@ -195,10 +244,11 @@ class SessionManager:
     def _pages(self) -> Iterator[tuple[str, str | None, dict[str, str]]]:
         """Per live browser: its web version and the contract items its page lacks."""
         needed = set(self._needed_items())
-        for session in self.sessions.values():
-            if session.state in ACTIVE and session.state != State.RECONNECTING and session.web_state is not None:
-                lacking = {m: ("required" if m in needed else "optional") for m in session.page_missing}
-                yield session.id, session.web_version, lacking
+        for session in self._sessions.values():
+            view = session.view
+            if view.state in ACTIVE and view.state != State.RECONNECTING and view.web_state is not None:
+                lacking = {m: ("required" if m in needed else "optional") for m in session.machine.page_missing}
+                yield session.id, view.web_version, lacking
 
     def _needed_items(self) -> builtins.list[str]:
         from ..browser.adapter import needed_modules
@@ -255,13 +305,13 @@ class SessionManager:
         the next attempt, and are remembered for reconnects and restarts."""
         self._check_open()
         validate_session_id(session_id)
-        session = self.sessions.get(session_id)
+        session = self._sessions.get(session_id)
         if session is not None and caller is not None and session.owner_uid != caller:
             raise PermissionDenied(f"session {session_id!r} belongs to another user", {"session": session_id})
         if session is None:
             if caller is not None and caller < 0:
                 raise PermissionDenied("the daemon could not read this connection's credentials", {})
-            if len(self.sessions) >= self.config.max_sessions:
+            if len(self._sessions) >= self.config.max_sessions:
                 self.metrics.connect_attempts.labels("limit_exceeded").inc()
                 self.metrics.limit_refusals.labels("sessions").inc()
                 log.warning("limit_refused", limit="sessions", max=self.config.max_sessions, session=session_id)
@@ -270,13 +320,14 @@ class SessionManager:
                     {"limit": self.config.max_sessions},
                 )
             self._check_uid_limit(caller)
-            session = self.sessions[session_id] = Session(session_id, self._ctx, owner_uid)
+            session = self._sessions[session_id] = Session(session_id, self._ctx, owner_uid)
+            self._status_changed()
             # Deleting and re-creating a session must not reset its rate limit.
             session.last_attempt_at = self._deleted_attempts.pop(session_id, None)
             try:
                 self._save(session, should_run=False)
             except Unavailable:
-                del self.sessions[session_id]  # not recorded: not created
+                del self._sessions[session_id]  # not recorded: not created
                 raise
         session.touch()
         if session.state in ACTIVE:
@@ -300,7 +351,7 @@ class SessionManager:
                     )
             self.metrics.connect_attempts.labels("started").inc()
             if options is not None:
-                session.options = _merge(session.options, options)
+                session.options = session.options.merged(options)
             self._save(session, should_run=True)
             session.begin()
         return session.status()  # after the lock: `busy` describes others' operations, not ours
@@ -310,7 +361,7 @@ class SessionManager:
         limit = self.config.max_sessions_per_uid
         if limit is None or caller is None:
             return  # admins are exempt: only max_sessions bounds them
-        owned = sum(1 for s in self.sessions.values() if s.owner_uid == caller)
+        owned = sum(1 for s in self._sessions.values() if s.owner_uid == caller)
         if owned < limit:
             return
         self.metrics.connect_attempts.labels("limit_exceeded").inc()
@@ -325,7 +376,7 @@ class SessionManager:
         session.touch()
         async with self._locked(session):
             self._save(session, should_run=False)  # first: if it fails, nothing changed
-            await session.stop(State.STOPPED, Reason.DISCONNECT_REQUESTED, "disconnected on request")
+            await session.stop(Disconnect("disconnected on request"))
         return session.status()
 
     async def logout(self, session_id: str, caller: int | None = None) -> SessionStatus:
@@ -340,10 +391,8 @@ class SessionManager:
         session = self.get(session_id, caller)
         async with self._locked(session):
             self._unsave(session_id)
-            await session.stop(State.STOPPED, Reason.DISCONNECT_REQUESTED, "session deleted")
-            await self.driver.wipe_auth(session_id)
-            session.deleted = True
-            del self.sessions[session_id]
+            await session.delete()
+            del self._sessions[session_id]
             if session.last_attempt_at is not None:
                 self._deleted_attempts[session_id] = session.last_attempt_at
         self.hub.finish_session(session_id, "deleted", session.status())
@@ -396,8 +445,8 @@ class SessionManager:
 
     def unsubscribe(self, sub: Subscriber) -> None:
         self.hub.remove(sub)
-        if sub.session is not None and sub.session in self.sessions:
-            self.sessions[sub.session].touch()
+        if sub.session is not None and sub.session in self._sessions:
+            self._sessions[sub.session].touch()
 
     def restore(self) -> int:
         """Recreate the registry's sessions; those that should run start again.
@@ -407,20 +456,21 @@ class SessionManager:
         """
         started = 0
         for record in self.registry.load():
-            if record.session in self.sessions:
+            if record.session in self._sessions:
                 continue
-            session = Session(record.session, self._ctx, record.owner_uid)
-            session.created_at = record.created_at
-            session.options = record.options
-            session.linked = record.linked
+            session = Session(
+                record.session, self._ctx, record.owner_uid,
+                created_at=record.created_at, options=record.options, linked=record.linked,
+            )
             session.should_run = record.should_run
-            self.sessions[record.session] = session
+            self._sessions[record.session] = session
+            self._status_changed()
             if record.should_run:
                 session.begin(Reason.RESTORED)
                 started += 1
-        if len(self.sessions) > self.config.max_sessions:
-            log.warning("restored_over_limit", sessions=len(self.sessions), limit=self.config.max_sessions)
-        log.info("sessions_restored", sessions=len(self.sessions), started=started)
+        if len(self._sessions) > self.config.max_sessions:
+            log.warning("restored_over_limit", sessions=len(self._sessions), limit=self.config.max_sessions)
+        log.info("sessions_restored", sessions=len(self._sessions), started=started)
         return started
 
     # ------------------------------------------------------------------ upkeep
@@ -438,21 +488,20 @@ class SessionManager:
         for sid, at in list(self._deleted_attempts.items()):
             if now - at >= cfg.connect_min_interval:
                 del self._deleted_attempts[sid]
-        for session in list(self.sessions.values()):
+        for session in list(self._sessions.values()):
             if session.lock.locked() or self.hub.watchers_of(session.id):
                 continue  # somebody is acting on it or watching it right now
-            idle = now - max(session.last_touch, session.state_changed_at)
+            idle = now - max(session.last_touch, session.machine.state_changed_at)
+            stop: IdleTimeout | Inactive
             if session.state == State.CONNECTED:
-                limit = session.options.idle_timeout or cfg.connected_idle_timeout
+                limit = resolve(session.options, cfg).idle_timeout
                 if limit is None or idle < limit:
                     continue
-                to, reason = State.STOPPED, Reason.IDLE_TIMEOUT
-                message = f"connected with no RPC for {idle:.0f} s"
+                stop = IdleTimeout(f"connected with no RPC for {idle:.0f} s")
             elif session.state in ACTIVE:
                 if idle < cfg.inactive_after:
                     continue
-                to, reason = State.FAILED, Reason.INACTIVE
-                message = f"no RPC and no state change for {idle:.0f} s"
+                stop = Inactive(f"no RPC and no state change for {idle:.0f} s")
             else:
                 continue
             async with self._locked(session):
@@ -460,24 +509,22 @@ class SessionManager:
                     self._save(session, should_run=False)
                 except Unavailable:
                     continue  # logged and counted; tried again at the next sweep
-                await session.stop(to, reason, message)
+                await session.stop(stop)
             self.metrics.cleanups.inc()
             stopped += 1
-            log.info("session_cleaned_up", session=session.id, idle=round(idle), to_state=to.value)
+            log.info("session_cleaned_up", session=session.id, idle=round(idle), to_state=session.state.value)
         return stopped
 
     async def shutdown(self) -> None:
         """Close every browser and end every stream; sessions keep their desired state."""
         self.closing = True
         async with trio.open_nursery() as nursery:
-            for session in list(self.sessions.values()):
+            for session in list(self._sessions.values()):
                 nursery.start_soon(self._shutdown_one, session)
-        self.hub.finish_all("shutdown", lambda sid: self.sessions[sid].status() if sid in self.sessions else None)
+        self.hub.finish_all("shutdown", lambda sid: self._sessions[sid].status() if sid in self._sessions else None)
 
     async def _shutdown_one(self, session: Session) -> None:
-        await session.stop_runner()
-        if session.state in ACTIVE:
-            session.transition(State.STOPPED, Reason.SHUTDOWN, "daemon shutting down")
+        await session.shutdown()
 
     def _save(self, session: Session, should_run: bool) -> None:
         """Record the desired state; a registry that cannot be written is ``unavailable``."""
@@ -519,10 +566,6 @@ class SessionManager:
 
     def _record(self, session: Session, should_run: bool) -> SessionRecord:
         return SessionRecord(
-            session.id, session.owner_uid, session.created_at, should_run, session.options, session.linked
+            session.id, session.owner_uid, session.created_at, should_run, session.options, session.view.linked
         )
 
-
-def _merge(current: SessionOptions, new: SessionOptions) -> SessionOptions:
-    changes = {f: getattr(new, f) for f in new.__struct_fields__ if getattr(new, f) is not None}
-    return msgspec.structs.replace(current, **changes)

@@ -16,18 +16,13 @@ from typing import Protocol
 
 import msgspec
 
+from .options import SessionOptions
+
+__all__ = ["MemoryRegistry", "Registry", "RegistryError", "SessionOptions", "SessionRecord", "SqliteRegistry"]
+
 
 class RegistryError(Exception):
     """A write did not reach the registry (read-only or full file system, I/O error)."""
-
-
-class SessionOptions(msgspec.Struct, frozen=True, omit_defaults=True):
-    """Per-session settings given to ``connect``; None falls back to the daemon's configuration."""
-
-    whatsapp_url: str | None = None
-    takeover_on_conflict: bool | None = None
-    idle_timeout: float | None = None
-    phone_number: str | None = None  # link by pairing code for this number; None or "": by QR
 
 
 class SessionRecord(msgspec.Struct, frozen=True):

@@ -1,8 +1,10 @@
-"""The session state machine: which transitions exist, and nothing else.
+"""The session state machine's tables: which transitions exist, and which event takes which.
 
-This table is the single place transitions are allowed. ``docs/states.md`` is
-generated from it (``python -m wa_daemon.daemon.sessions.states``) and a test keeps the
-two identical.
+``TRANSITIONS`` is the single place transitions are allowed; ``EVENT_EDGES`` says
+which of them each event of the machine (``machine.py``, events in ``events.py``)
+may take. The machine raises on a transition either table refuses: that is a bug.
+``docs/states.md`` is generated from both (``python -m wa_daemon.daemon.sessions.states``)
+and a test keeps the two identical.
 
 There are no self-loops. A new QR while ``waiting_qr`` is a refresh event the
 session handles without a transition, which is what makes the old production
@@ -92,20 +94,79 @@ RESTARTABLE: Final = frozenset({S.STOPPED, S.FAILED, S.LOGGED_OUT})
 NEEDS_REASON: Final = frozenset({S.FAILED, S.LOGGED_OUT})
 
 
+
+
+def _to(sources: frozenset[State], *targets: State) -> dict[State, frozenset[State]]:
+    return {src: frozenset(targets) for src in sorted(sources, key=list(State).index)}
+
+
+_ALL = frozenset(State)
+_LINKING = frozenset({S.STARTING, S.AUTHENTICATING, S.RECONNECTING})  # where a login phase may begin
+
+# event (its class name in events.py or browser/base.py) -> {from-state: the states it
+# may lead to}. An event in a state it does not list changes no state: it may still
+# have effects (a QR refresh, a log line, a browser call), or be ignored there. Page
+# events that end the browser (a timeout, a logout, a crash) take their edge when the
+# browser is closed: ``BrowserClosed`` (or ``AuthWiped``, when the auth goes with it).
+EVENT_EDGES: Final[dict[str, dict[State, frozenset[State]]]] = {
+    # operations, under the session's lock
+    "Begin": _to(RESTARTABLE, S.STARTING),
+    "Disconnect": _to(_ALL - {S.STOPPED}, S.STOPPED),
+    "IdleTimeout": _to(_ALL - {S.STOPPED}, S.STOPPED),
+    "Inactive": _to(ACTIVE, S.FAILED),
+    "Shutdown": _to(ACTIVE, S.STOPPED),
+    "LogoutDone": _to(_ALL - {S.LOGGED_OUT}, S.LOGGED_OUT),
+    # the runner
+    "LaunchFailed": _to(frozenset({S.STARTING, S.RECONNECTING}), S.FAILED),
+    "BrowserClosed": {**_to(ACTIVE - {S.RECONNECTING}, S.RECONNECTING, S.FAILED), S.RECONNECTING: frozenset({S.FAILED})},
+    "AuthWiped": _to(ACTIVE, S.LOGGED_OUT),
+    "RunnerCrashed": _to(ACTIVE, S.FAILED),
+    "CodeGiven": _to(_LINKING, S.WAITING_CODE),
+    # the page
+    "QrShown": _to(_LINKING, S.WAITING_QR),
+    "Loading": _to(frozenset({S.STARTING, S.WAITING_QR, S.WAITING_CODE, S.RECONNECTING}), S.AUTHENTICATING),
+    "AppShown": _to(ACTIVE - {S.CONNECTED}, S.CONNECTED),
+}
+
+
+class IllegalTransition(AssertionError):
+    """The machine tried a transition its tables refuse: a bug in the machine."""
+
+    def __init__(self, event: str, from_state: State, to_state: State) -> None:
+        super().__init__(f"{event} may not move a session from {from_state.value} to {to_state.value}")
+        self.event = event
+        self.from_state = from_state
+        self.to_state = to_state
+
+
 def is_allowed(from_state: State, to_state: State) -> bool:
     return to_state in TRANSITIONS[from_state]
 
 
+def takes(event: str, from_state: State, to_state: State) -> bool:
+    """Whether ``event`` may move a session from ``from_state`` to ``to_state``."""
+    return to_state in EVENT_EDGES.get(event, {}).get(from_state, ()) and is_allowed(from_state, to_state)
+
+
+def _events_of(src: State, dst: State) -> str:
+    return ", ".join(f"`{event}`" for event, edges in EVENT_EDGES.items() if dst in edges.get(src, ()))
+
+
 def render_markdown() -> str:
-    """The transition table as Markdown, for docs/states.md."""
+    """The transition table, with the events that take each edge, as Markdown for docs/states.md."""
     lines = [
-        "| from | to | when |",
-        "|---|---|---|",
+        "| from | to | when | events |",
+        "|---|---|---|---|",
     ]
     for src, edges in TRANSITIONS.items():
         for dst, why in edges.items():
-            lines.append(f"| `{src.value}` | `{dst.value}` | {why} |")
+            lines.append(f"| `{src.value}` | `{dst.value}` | {why} | {_events_of(src, dst)} |")
     return "\n".join(lines) + "\n"
+
+
+# An event edge the transition table refuses would make the machine raise: refuse it at import.
+_stray = [(e, s, d) for e, edges in EVENT_EDGES.items() for s, ds in edges.items() for d in ds if not is_allowed(s, d)]
+assert not _stray, f"EVENT_EDGES has edges TRANSITIONS forbids: {_stray}"
 
 
 if __name__ == "__main__":
