@@ -35,7 +35,7 @@ from prometheus_client.registry import Collector
 
 import wa_daemon
 from wa_daemon import AsyncClient, State
-from wa_daemon.daemon import access
+from wa_daemon.daemon.rpc import access
 from wa_daemon.daemon.browser.scripted import ScriptedDriver
 from wa_daemon.daemon.monitor import GroupUsage
 from wa_daemon.daemon.ops.config import Config, from_mapping
