@@ -247,7 +247,7 @@ async def test_socket_mode_and_stale_socket_and_live_daemon(sock_dir: Path) -> N
         async with running_daemon(sock_dir) as d:
             st = os.stat(path)
             assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
-            from wa_daemon.daemon.rpc.server import AlreadyRunning, bind_unix_socket
+            from wa_daemon.daemon.rpc.listener import AlreadyRunning, bind_unix_socket
 
             with pytest.raises(AlreadyRunning, match=str(os.getpid())):
                 bind_unix_socket(path)
