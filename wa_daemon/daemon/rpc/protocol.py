@@ -46,6 +46,9 @@ class HelloTimeout(RemoteProtocolError):
 
 
 # ---------------------------------------------------------------------------- events
+#
+# Treat them as read-only. They are not frozen: one is made per message, and a
+# frozen dataclass's __init__ costs about 0.2 us more (docs/performance.md).
 
 
 class NeedData:
@@ -66,7 +69,7 @@ NEED_DATA: Final = NeedData()
 CLOSED: Final = Closed()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answer:
     """Send ``message``; then end the connection if ``close``."""
 
@@ -74,7 +77,7 @@ class Answer:
     close: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Malformed:
     """A well-framed message that did not decode: count it, log it, send ``error``.
     Its ``id`` is the request's when one could be read, else None."""
@@ -82,7 +85,7 @@ class Malformed:
     error: Error
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Refused:
     """A per-connection limit refused a request: count it under ``limit``, log it,
     and answer ``error`` (an error frame, or raised inside the request's task)."""
@@ -94,7 +97,7 @@ class Refused:
     error: WaDaemonError
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ServeInline(Generic[R]):
     """A read: serve it now, in the read loop, before the next message (so
     replies to reads keep request order). ``read`` is its entry in the reads
@@ -104,7 +107,7 @@ class ServeInline(Generic[R]):
     read: R
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StartTask:
     """An operation or a stream: start it in a task of its own. It is in flight
     until :meth:`ServerProtocol.task_done`."""
@@ -112,7 +115,7 @@ class StartTask:
     request: Request
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CancelTask:
     """The peer cancelled a request that is in flight."""
 
