@@ -129,24 +129,35 @@ class _Connection:
         await self.send_frame(self._frame(message))
 
     async def send_frame(self, data: bytearray) -> None:
+        rest = self._send_now(data)
+        if rest is not None:
+            await self._send_rest(rest)
+
+    def _send_now(self, data: bytearray) -> bytearray | memoryview | None:
+        """Fast path: when nobody is in the middle of a frame, write straight to the
+        socket. A reply the kernel takes whole (nearly all of them) then costs one
+        write(2), with no lock, cancel scope, coroutine or trip through the
+        scheduler; nothing here can be cancelled half-way: it does not wait.
+        Returns None when nothing is left to send, else what :meth:`_send_rest`
+        must send: the frame's tail, with the send lock taken, or the whole frame
+        when another one is half-sent."""
         lock = self.send_lock
-        if not lock.locked():
-            # Fast path. Nobody is in the middle of a frame, so write straight to
-            # the socket: a reply the kernel takes whole (nearly all of them) then
-            # costs one write(2), with no lock, cancel scopes or trip through the
-            # scheduler. Nothing here can be cancelled half-way: it does not wait.
-            if self.broken:
-                return
-            sent = self._write_now(data)
-            if sent == len(data) or self.broken:
-                return
-            # The socket buffer is full: the rest waits for the client under the
-            # lock. Nothing ran since the check above, so the lock is still free.
-            lock.acquire_nowait()
-            rest: bytearray | memoryview = memoryview(data)[sent:]
-        else:
+        if lock.locked():
+            return data
+        if self.broken:
+            return None
+        sent = self._write_now(data)
+        if sent == len(data) or self.broken:
+            return None
+        # The socket buffer is full: the rest waits for the client under the lock.
+        # Nothing ran since the check above, so the lock is still free.
+        lock.acquire_nowait()
+        return memoryview(data)[sent:]
+
+    async def _send_rest(self, rest: bytearray | memoryview) -> None:
+        lock = self.send_lock
+        if isinstance(rest, bytearray):  # a whole frame: wait for the one being sent
             await lock.acquire()
-            rest = data
         try:
             await self._send_locked(rest)
         finally:
@@ -224,7 +235,11 @@ class _Connection:
             while True:
                 event = proto.next_event()
                 if isinstance(event, ServeInline):
-                    await self._serve_inline(event.request, event.read)
+                    # Synchronous unless the reply must wait for the client: a read
+                    # then costs no coroutine at all.
+                    pending = self._serve_inline(event.request, event.read)
+                    if pending is not None:
+                        await pending
                 elif isinstance(event, NeedData):
                     break
                 elif isinstance(event, StartTask):
@@ -258,8 +273,9 @@ class _Connection:
 
     # ------------------------------------------------------------------ serving
 
-    async def _serve_inline(self, req: Request, read: _Inline) -> None:
-        """Serve one read (a method that never waits) in the read loop."""
+    def _serve_inline(self, req: Request, read: _Inline) -> Awaitable[None] | None:
+        """Serve one read (a method that never waits) in the read loop; what to await
+        when the socket did not take the whole reply, else None."""
         started = time.perf_counter()
         session: str | None = None
         outcome = "ok"
@@ -273,10 +289,19 @@ class _Connection:
         except Exception as exc:
             error, outcome = faults.fault(exc, req.id, req.method, self.log)
             data = self._frame(error)
-        try:
-            await self.send_frame(data)
-        finally:
+        rest = self._send_now(data)
+        if rest is None:
             self._done(req, session, outcome, started, read.histogram, read=True)
+            return None
+        return self._finish_inline(rest, req, session, outcome, started, read.histogram)
+
+    async def _finish_inline(
+        self, rest: bytearray | memoryview, req: Request, session: str | None, outcome: str, started: float, histogram: Any
+    ) -> None:
+        try:
+            await self._send_rest(rest)
+        finally:
+            self._done(req, session, outcome, started, histogram, read=True)
 
     def _done(
         self, req: Request, session: str | None, outcome: str, started: float, histogram: Any, read: bool = False
