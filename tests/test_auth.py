@@ -40,13 +40,19 @@ from wa_daemon.daemon.monitor import GroupUsage
 from wa_daemon.daemon.ops.config import Config, from_mapping
 from wa_daemon.daemon.ops.metrics import DaemonMetrics
 from wa_daemon.daemon.rpc import access
+from wa_daemon.daemon.rpc.access import UNKNOWN, Caller
 from wa_daemon.daemon.sessions.manager import SessionManager
 from wa_daemon.daemon.sessions.registry import MemoryRegistry, SessionRecord, SqliteRegistry
 from wa_daemon.errors import LimitExceeded, NotFound, PermissionDenied
 
 from .helpers import open_manager, require, require_tool, running_daemon, wait_state
 
-A, B = 40001, 40002  # in-process callers (no real users needed)
+A, B = 40001, 40002  # in-process callers' uids (no real users needed)
+CA, CB = Caller.user(A), Caller.user(B)
+
+
+def _peer(uid: int, gid: int) -> access.PeerCredentials:
+    return access.PeerCredentials(12345, uid, gid)
 
 
 @asynccontextmanager
@@ -69,37 +75,37 @@ def sample_value(metrics: DaemonMetrics, name: str, **labels: str) -> float:
 
 async def test_another_uids_session_is_denied_for_every_method() -> None:
     async with bounded_manager(scripted={"launch_delay": 0.01}) as (m, driver):
-        await m.connect("a1", owner_uid=A, caller=A)
-        await m.connect("b1", owner_uid=B, caller=B)
+        await m.connect("a1", owner_uid=A, caller=CA)
+        await m.connect("b1", owner_uid=B, caller=CB)
         await m.connect("legacy")  # owner None: admins only
         await wait_state(m, "a1", State.WAITING_QR, timeout=10)
         await wait_state(m, "b1", State.WAITING_QR, timeout=10)
 
         # The owner may do everything on its session.
-        assert m.status("a1", A).owner_uid == A
-        assert m.qr("a1", A).session == "a1"
-        assert m.history("a1", 10, A)
-        sub, snaps = m.subscribe("a1", [], A)
+        assert m.status("a1", CA).owner_uid == A
+        assert m.qr("a1", CA).session == "a1"
+        assert m.history("a1", 10, CA)
+        sub, snaps = m.subscribe("a1", [], CA)
         m.unsubscribe(sub)
         assert [s.session for s in snaps] == ["a1"]
 
         for sid in ("b1", "legacy"):
             calls: list[Any] = [
-                partial(m.status, sid, A),
-                partial(m.qr, sid, A),
-                partial(m.history, sid, 10, A),
-                partial(m.subscribe, sid, [], A),
+                partial(m.status, sid, CA),
+                partial(m.qr, sid, CA),
+                partial(m.history, sid, 10, CA),
+                partial(m.subscribe, sid, [], CA),
             ]
             for call in calls:
                 with pytest.raises(PermissionDenied) as info:
                     call()
                 assert info.value.details == {"session": sid}
             for acall in (
-                partial(m.connect, sid, owner_uid=A, caller=A),
-                partial(m.disconnect, sid, A),
-                partial(m.logout, sid, A),
-                partial(m.delete, sid, A),
-                partial(m.simulate, sid, "scan", A),
+                partial(m.connect, sid, owner_uid=A, caller=CA),
+                partial(m.disconnect, sid, CA),
+                partial(m.logout, sid, CA),
+                partial(m.delete, sid, CA),
+                partial(m.simulate, sid, "scan", CA),
             ):
                 with pytest.raises(PermissionDenied):
                     await acall()
@@ -107,22 +113,22 @@ async def test_another_uids_session_is_denied_for_every_method() -> None:
 
         # An unknown session stays not_found (checked before ownership).
         with pytest.raises(NotFound):
-            m.status("nope", A)
-        # Admins (caller None) see and touch everything.
+            m.status("nope", CA)
+        # Admins (the default caller, ADMIN) see and touch everything.
         assert m.status("b1").session == "b1" and m.status("legacy").owner_uid is None
         await m.simulate("b1", "scan")
         await m.disconnect("legacy")
         # The owner's own mutations work.
-        await m.disconnect("a1", A)
-        await m.logout("a1", A)
-        await m.delete("a1", A)
+        await m.disconnect("a1", CA)
+        await m.logout("a1", CA)
+        await m.delete("a1", CA)
         assert "a1" not in m.session_ids()
 
 
 async def test_list_is_filtered_and_cached_per_uid() -> None:
     async with bounded_manager(scripted={"launch_delay": 0.01}) as (m, driver):
         for sid, uid in (("a1", A), ("a2", A), ("b1", B)):
-            await m.connect(sid, owner_uid=uid, caller=uid)
+            await m.connect(sid, owner_uid=uid, caller=Caller.user(uid))
         await m.connect("x")
 
         def ids(raw: msgspec.Raw) -> list[str]:
@@ -130,31 +136,31 @@ async def test_list_is_filtered_and_cached_per_uid() -> None:
 
         for sid in ("a1", "a2", "b1", "x"):  # the state filter below needs them all showing a QR
             await wait_state(m, sid, State.WAITING_QR, timeout=10)
-        assert ids(m.list_raw(None, A)) == ["a1", "a2"]
-        assert ids(m.list_raw(None, B)) == ["b1"]
-        assert ids(m.list_raw(None, 99)) == []
+        assert ids(m.list_raw(None, CA)) == ["a1", "a2"]
+        assert ids(m.list_raw(None, CB)) == ["b1"]
+        assert ids(m.list_raw(None, Caller.user(99))) == []
         assert ids(m.list_raw()) == ["a1", "a2", "b1", "x"]  # admin: all
-        assert ids(m.list_raw([State.WAITING_QR], B)) == ["b1"]
-        assert [s.session for s in m.list(caller=A)] == ["a1", "a2"]
+        assert ids(m.list_raw([State.WAITING_QR], CB)) == ["b1"]
+        assert [s.session for s in m.list(caller=CA)] == ["a1", "a2"]
         # Cached: the same bytes while nothing changed, rebuilt after a change.
-        first = m.list_raw(None, A)
-        assert m.list_raw(None, A) is first
-        await m.disconnect("a2", A)
-        again = m.list_raw(None, A)
+        first = m.list_raw(None, CA)
+        assert m.list_raw(None, CA) is first
+        await m.disconnect("a2", CA)
+        again = m.list_raw(None, CA)
         assert again is not first
         states = {s["session"]: s["state"] for s in msgspec.msgpack.decode(again)["sessions"]}
         assert states["a2"] == "stopped"
-        await m.delete("a2", A)
-        assert ids(m.list_raw(None, A)) == ["a1"]
+        await m.delete("a2", CA)
+        assert ids(m.list_raw(None, CA)) == ["a1"]
 
 
 async def test_watch_of_all_sessions_delivers_only_the_callers() -> None:
     async with bounded_manager(scripted={"launch_delay": 0.01}) as (m, driver):
-        await m.connect("a1", owner_uid=A, caller=A)
-        await m.connect("b1", owner_uid=B, caller=B)
+        await m.connect("a1", owner_uid=A, caller=CA)
+        await m.connect("b1", owner_uid=B, caller=CB)
         await wait_state(m, "a1", State.WAITING_QR, timeout=10)
         await wait_state(m, "b1", State.WAITING_QR, timeout=10)
-        sub_a, snaps = m.subscribe(None, [], A)
+        sub_a, snaps = m.subscribe(None, [], CA)
         sub_all, all_snaps = m.subscribe(None, [])
         try:
             assert [s.session for s in snaps] == ["a1"]
@@ -210,10 +216,10 @@ def test_metrics_drop_per_session_series_of_invisible_sessions() -> None:
 
 async def test_max_sessions_per_uid_refuses_non_admins_only() -> None:
     async with bounded_manager(max_sessions_per_uid=2) as (m, driver):
-        await m.connect("a1", owner_uid=A, caller=A)
-        await m.connect("a2", owner_uid=A, caller=A)
+        await m.connect("a1", owner_uid=A, caller=CA)
+        await m.connect("a2", owner_uid=A, caller=CA)
         with structlog.testing.capture_logs() as logs, pytest.raises(LimitExceeded) as info:
-            await m.connect("a3", owner_uid=A, caller=A)
+            await m.connect("a3", owner_uid=A, caller=CA)
         assert info.value.details == {"limit": 2, "uid": A}
         assert "a3" not in m.session_ids()
         assert [e for e in logs if e["event"] == "limit_refused"] == [
@@ -222,34 +228,35 @@ async def test_max_sessions_per_uid_refuses_non_admins_only() -> None:
         assert sample_value(m.metrics, "wa_limit_refusals_total", limit="sessions_per_uid") == 1
         assert sample_value(m.metrics, "wa_connect_attempts_total", result="limit_exceeded") == 1
         # An existing session of its own is no new session: allowed.
-        await m.connect("a1", owner_uid=A, caller=A)
+        await m.connect("a1", owner_uid=A, caller=CA)
         # Another uid has its own count; admins are exempt.
-        await m.connect("b1", owner_uid=B, caller=B)
+        await m.connect("b1", owner_uid=B, caller=CB)
         for sid in ("r1", "r2", "r3"):
             await m.connect(sid, owner_uid=0)
         # Deleting frees a slot.
-        await m.delete("a2", A)
-        await m.connect("a3", owner_uid=A, caller=A)
+        await m.delete("a2", CA)
+        await m.connect("a3", owner_uid=A, caller=CA)
         # Unset: only max_sessions applies.
         m.reconfigure(m.config.replace(max_sessions_per_uid=None))
-        await m.connect("a4", owner_uid=A, caller=A)
+        await m.connect("a4", owner_uid=A, caller=CA)
 
 
 async def test_peer_without_credentials_creates_nothing() -> None:
     async with bounded_manager() as (m, driver):
         with pytest.raises(PermissionDenied):
-            await m.connect("x", owner_uid=None, caller=-1)
+            await m.connect("x", owner_uid=None, caller=UNKNOWN)
         assert not m.session_ids()
 
 
 def test_who_is_admin(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = Config()
-    assert access.is_admin(cfg, 0, 0)
-    assert access.is_admin(cfg, os.geteuid(), 12345)
-    assert not access.is_admin(cfg, A, A)
-    assert not access.is_admin(cfg, -1, -1)
-    assert access.is_admin(from_mapping({"admin_uids": [A]}), A, A)
-    assert access.caller_of(cfg, A, A) == A and access.caller_of(cfg, 0, 0) is None
+    assert access.is_admin(cfg, _peer(0, 0))
+    assert access.is_admin(cfg, _peer(os.geteuid(), 12345))
+    assert not access.is_admin(cfg, _peer(A, A))
+    assert not access.is_admin(cfg, None)
+    assert access.is_admin(from_mapping({"admin_uids": [A]}), _peer(A, A))
+    assert access.caller_of(cfg, _peer(A, A)) == CA and access.caller_of(cfg, _peer(0, 0)) is access.ADMIN
+    assert access.caller_of(cfg, None) is access.UNKNOWN
 
     entry = grp.struct_group(("wa-admins", "x", 5555, ["alice"]))
     monkeypatch.setattr(access.grp, "getgrnam", lambda name: entry if name == "wa-admins" else _raise(KeyError))
@@ -258,12 +265,12 @@ def test_who_is_admin(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(access.pwd, "getpwuid", lambda uid: _pw(users[uid]) if uid in users else _raise(KeyError))
     for group in ("wa-admins", "5555"):
         cfg = from_mapping({"admin_group": group})
-        assert access.is_admin(cfg, A, A)  # in the member list
-        assert not access.is_admin(cfg, B, B)
-        assert access.is_admin(cfg, B, 5555)  # primary gid
-        assert not access.is_admin(cfg, 777, 777)  # no user name
+        assert access.is_admin(cfg, _peer(A, A))  # in the member list
+        assert not access.is_admin(cfg, _peer(B, B))
+        assert access.is_admin(cfg, _peer(B, 5555))  # primary gid
+        assert not access.is_admin(cfg, _peer(777, 777))  # no user name
     with structlog.testing.capture_logs() as logs:
-        assert not access.is_admin(from_mapping({"admin_group": "nosuch"}), A, A)
+        assert not access.is_admin(from_mapping({"admin_group": "nosuch"}), _peer(A, A))
     assert logs[0]["event"] == "admin_group_unknown"
     with pytest.raises(msgspec.ValidationError, match="admin_group"):
         from_mapping({"admin_group": " "})
@@ -289,14 +296,14 @@ async def test_restored_sessions_keep_their_owner(tmp_path: Path) -> None:
     async with bounded_manager() as (m, driver):
         m.registry = reg
         m.restore()
-        assert m.status("a1", A).owner_uid == A
+        assert m.status("a1", CA).owner_uid == A
         with pytest.raises(PermissionDenied):
-            m.status("a1", B)
+            m.status("a1", CB)
         with pytest.raises(PermissionDenied):
-            m.status("old", A)  # no owner: admins only
+            m.status("old", CA)  # no owner: admins only
         assert m.status("old").owner_uid is None
         # A later put (state change) never rewrites the owner.
-        await m.connect("a1", owner_uid=A, caller=A)
+        await m.connect("a1", owner_uid=A, caller=CA)
         assert {r.session: r.owner_uid for r in reg.load()}["a1"] == A
     reg.close()
 
@@ -313,8 +320,8 @@ async def test_memory_registry_round_trip_keeps_owner() -> None:
     async with bounded_manager() as (m, driver):
         m.registry = reg
         m.restore()
-        assert [s.session for s in m.list(caller=B)] == ["b1"]
-        assert m.list(caller=A) == []
+        assert [s.session for s in m.list(caller=CB)] == ["b1"]
+        assert m.list(caller=CA) == []
 
 
 # ============================================================================ real uids
@@ -656,7 +663,10 @@ async def test_real_uids_admins_see_everything(sock_dir: Path, users: Users, cli
             barrier = sock_dir / "reloaded"
 
             async def reload() -> None:
-                d.manager.reconfigure(d.manager.config.replace(admin_uids=[]))
+                assert d.manager is not None and d.server is not None
+                config = d.manager.config.replace(admin_uids=[])
+                d.manager.reconfigure(config)  # what Daemon._reload does
+                d.server.reconfigure(config)
                 barrier.touch()
 
             res = await as_user_interactive(

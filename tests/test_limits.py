@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import structlog
 import trio
@@ -23,6 +24,8 @@ import trio.testing
 
 from wa_daemon import AsyncClient, Client
 from wa_daemon.daemon.monitor import DaemonMonitor, GroupUsage, ResourceSampler
+from wa_daemon.daemon.ops.configfile import ConfigSource
+from wa_daemon.daemon.rpc.limits import Limits
 from wa_daemon.daemon.sessions.manager import SessionManager
 from wa_daemon.errors import LimitExceeded
 from wa_daemon.protocol import (
@@ -453,3 +456,47 @@ async def test_hello_timeout_and_oversized_frames_are_counted(sock_dir: Path) ->
             await big.aclose()
             assert metric(d.manager, "wa_connections_closed_total", reason="hello_timeout") == 1
             assert metric(d.manager, "wa_limit_refusals_total", limit="frame_size") == 1
+
+
+# ============================================================================ reload
+
+
+async def test_a_reload_gives_the_server_its_new_limits(sock_dir: Path) -> None:
+    """What applies when, as before the server owned its limits: an open connection
+    takes the new caps at its next decision but keeps the frame limit it was
+    welcomed with; a new connection is welcomed with the new one."""
+    with trio.fail_after(30):
+        async with running_daemon(sock_dir, max_watches_per_connection=1, max_frame=4096) as d:
+            assert d.manager is not None and d.server is not None
+            async with AsyncClient(d.socket_path) as wa:
+                await wa.connect("r")
+            old, proto = await _greeted(d.socket_path)
+            await old.send_all(proto.request("watch", WatchParams(session="r"))[1])
+            assert isinstance(await _next(old, proto), Event)  # its snapshot: the one stream allowed
+            await old.send_all(proto.request("watch", WatchParams(session="r"))[1])
+            refused = await _next(old, proto)
+            assert isinstance(refused, Error) and refused.code == "limit_exceeded"
+
+            d.source = ConfigSource(
+                None, False, {**msgspec.to_builtins(d.config), "max_watches_per_connection": 2, "max_frame": 8192}, {}
+            )
+            assert await d.reload()
+            assert d.server.limits == Limits.from_config(d.config)
+            assert d.server.limits.max_watches_per_connection == 2 and d.server.limits.max_frame == 8192
+
+            # The open connection: a second stream is allowed now ...
+            await old.send_all(proto.request("watch", WatchParams(session="r"))[1])
+            assert isinstance(await _next(old, proto), Event)
+            # ... and a new one is welcomed with the new frame limit.
+            new = await trio.open_unix_socket(str(d.socket_path))
+            new_proto = ClientProtocol("new")
+            await new.send_all(new_proto.hello())
+            welcome = await _next(new, new_proto)
+            assert isinstance(welcome, Welcome) and welcome.max_frame == 8192
+            await new.aclose()
+            # The open connection keeps the 4096 it was welcomed with.
+            await old.send_all((5000).to_bytes(4, "big"))
+            while not isinstance(msg := await _next(old, proto), Error):
+                assert msg is not None
+            assert msg.code == "protocol_error" and "exceeds the limit of 4096" in msg.message
+            await old.aclose()

@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import structlog
 import trio
 import trio.lowlevel
 
@@ -247,7 +248,7 @@ async def test_socket_mode_and_stale_socket_and_live_daemon(sock_dir: Path) -> N
         async with running_daemon(sock_dir) as d:
             st = os.stat(path)
             assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
-            from wa_daemon.daemon.rpc.server import AlreadyRunning, bind_unix_socket
+            from wa_daemon.daemon.rpc.listener import AlreadyRunning, bind_unix_socket
 
             with pytest.raises(AlreadyRunning, match=str(os.getpid())):
                 bind_unix_socket(path)
@@ -296,3 +297,37 @@ async def test_error_frame_for_unknown_method_keeps_connection(sock_dir: Path) -
 
 
 _ = QrUpdated  # imported for readers: the event type the stalled watcher never drains
+
+
+async def test_rpc_lines_mutations_and_failures_at_info_reads_at_debug(
+    sock_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/operations.md: a read that succeeded is an `rpc` line at debug only (it was
+    most of a read's cost); everything else, and a slow read, is one at info."""
+    from wa_daemon.daemon.rpc import server as server_module
+
+    def lines() -> list[tuple[str, str, str]]:
+        return [(e["method"], e["result"], e["log_level"]) for e in logs if e["event"] == "rpc"]
+
+    with trio.fail_after(20), structlog.testing.capture_logs() as logs:
+        async with running_daemon(sock_dir) as d:
+            assert d.server is not None
+            async with AsyncClient(d.socket_path) as wa:
+                await wa.connect("l")
+                await wa.status("l")
+                await wa.list()
+                with pytest.raises(NotFound):
+                    await wa.status("nobody")
+            assert lines() == [("connect", "ok", "info"), ("status", "not_found", "info")]
+            logs.clear()
+            monkeypatch.setattr(server_module, "SLOW_READ", 0.0)  # every read is slow now
+            async with AsyncClient(d.socket_path) as wa:
+                await wa.status("l")
+            assert lines() == [("status", "ok", "info")]
+            monkeypatch.undo()
+            logs.clear()
+            # With the server component at debug (a reload), reads have their line again.
+            d.server.reconfigure(d.config.replace(log_levels={"server": "debug"}))
+            async with AsyncClient(d.socket_path) as wa:
+                await wa.status("l")
+            assert lines() == [("status", "ok", "debug")]

@@ -22,7 +22,8 @@ from .ops.configfile import ConfigError, ConfigSource
 from .ops.log import configure
 from .ops.metrics_http import MetricsHttp
 from .ops.systemd import Notifier
-from .rpc.server import BoundSocket, Server, bind_unix_socket
+from .rpc.listener import BoundSocket, bind_unix_socket
+from .rpc.server import Server
 from .sessions.manager import SessionManager
 from .sessions.registry import MemoryRegistry, Registry, SqliteRegistry
 
@@ -231,6 +232,8 @@ class Daemon:
         self.config = new
         if self.manager is not None:
             self.manager.reconfigure(new)
+        if self.server is not None:
+            self.server.reconfigure(new)
         configure(new.log_level, new.log_levels)
         if metrics is not None:
             metrics.config_reloads.labels("ok").inc()

@@ -16,7 +16,7 @@ from .app import Daemon
 from .ops.configfile import DEFAULT_CONFIG_PATH, ENV_CONFIG, ConfigError, ConfigSource, render
 from .ops.log import configure
 from .ops.systemd import ActivationError, Notifier, activated_socket, listen_fds
-from .rpc.server import AlreadyRunning, BoundSocket, adopt_socket, bind_unix_socket
+from .rpc.listener import AlreadyRunning, BoundSocket, adopt_socket, bind_unix_socket
 
 EXIT_OK = 0
 EXIT_CONFIG = 78  # EX_CONFIG: systemd will not restart-loop on a bad configuration

@@ -13,7 +13,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import trio
 
@@ -198,3 +198,13 @@ class Driver(Protocol):
 
     async def wipe_auth(self, session_id: str) -> None:
         """Forget the saved login of a session (its browser is closed)."""
+
+
+@runtime_checkable
+class Simulator(Protocol):
+    """A driver that can play the phone's (or fate's) part on its pages: the
+    scripted driver. The ``simulate`` RPC needs one."""
+
+    def simulate(self, session_id: str, action: str) -> bool:
+        """Act on the session's live page; False when it has no browser running."""
+        ...

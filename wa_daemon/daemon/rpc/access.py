@@ -5,11 +5,11 @@ A session belongs to the uid whose ``connect`` created it (``owner_uid``). An
 ``admin_uids`` and the members of ``admin_group``. Anybody else is a *caller*
 restricted to the sessions it owns.
 
-The manager takes that decision as one value, ``caller``: None for an admin (no
-restriction), else the peer's uid, compared with ``Session.owner_uid`` (an int
-compare on the hot path). A session whose owner is None (created by a peer whose
-credentials could not be read, or restored from a registry that had no owner)
-is therefore visible to admins only.
+The manager takes that decision as one value, a :class:`Caller`: ``ADMIN`` (no
+restriction), a uid's caller (compared with ``Session.owner_uid``, an int
+compare on the hot path), or ``UNKNOWN`` for a peer whose credentials could not
+be read: it sees no session, not even one whose owner is None (created before
+owners were recorded), and may create none.
 """
 
 from __future__ import annotations
@@ -17,12 +17,25 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+from dataclasses import dataclass
 
 import structlog
 
 from ..ops.config import Config
+from ..sessions.caller import ADMIN, UNKNOWN, Caller
+
+__all__ = ["ADMIN", "UNKNOWN", "Caller", "PeerCredentials", "caller_of", "in_group", "is_admin"]
 
 log = structlog.get_logger("wa_daemon.server")
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCredentials:
+    """A connected peer's identity, from SO_PEERCRED (``listener.peer_credentials``)."""
+
+    pid: int
+    uid: int
+    gid: int
 
 
 def in_group(group: str, uid: int, gid: int) -> bool:
@@ -45,15 +58,19 @@ def in_group(group: str, uid: int, gid: int) -> bool:
     return name in entry.gr_mem
 
 
-def is_admin(config: Config, uid: int, gid: int) -> bool:
-    """Whether the peer with these credentials (from SO_PEERCRED) is an admin."""
-    if uid < 0:  # credentials could not be read: nobody in particular
+def is_admin(config: Config, peer: PeerCredentials | None) -> bool:
+    """Whether the peer with these credentials is an admin; never one whose
+    credentials could not be read."""
+    if peer is None:
         return False
+    uid = peer.uid
     if uid == 0 or uid == os.geteuid() or uid in config.admin_uids:
         return True
-    return config.admin_group is not None and in_group(config.admin_group, uid, gid)
+    return config.admin_group is not None and in_group(config.admin_group, uid, peer.gid)
 
 
-def caller_of(config: Config, uid: int, gid: int) -> int | None:
-    """The ``caller`` the manager filters by: None for an admin, else ``uid``."""
-    return None if is_admin(config, uid, gid) else uid
+def caller_of(config: Config, peer: PeerCredentials | None) -> Caller:
+    """The :class:`Caller` the manager filters by."""
+    if peer is None:
+        return UNKNOWN
+    return ADMIN if is_admin(config, peer) else Caller.user(peer.uid)

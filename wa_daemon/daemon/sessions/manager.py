@@ -23,9 +23,10 @@ import trio
 
 from ...errors import Busy, InvalidArgument, LimitExceeded, NotFound, PermissionDenied, RateLimited, Unavailable
 from ...protocol import PairingCode, QrCode, Reason, SessionStatus, State, Transition, to_raw, validate_session_id
-from ..browser.base import Driver
+from ..browser.base import Driver, Simulator
 from ..ops.config import Config
 from ..ops.metrics import DaemonMetrics
+from .caller import ADMIN, Caller
 from .events import Disconnect, IdleTimeout, Inactive
 from .hub import Hub, Subscriber
 from .options import resolve
@@ -84,29 +85,29 @@ class SessionManager:
 
     # ------------------------------------------------------------------ lookups
     #
-    # ``caller`` (access.py): None for an admin, who sees every session, else the
-    # peer's uid, who sees only the sessions it owns. Another's session is
-    # `permission_denied` for a method that names it, and absent from `list`,
-    # from a watch of all sessions and from per-session metrics.
+    # ``caller`` (caller.py): an admin sees every session, anybody else only the
+    # sessions its uid owns. Another's session is `permission_denied` for a
+    # method that names it, and absent from `list`, from a watch of all
+    # sessions and from per-session metrics.
 
-    def get(self, session_id: str, caller: int | None = None) -> Session:
+    def get(self, session_id: str, caller: Caller = ADMIN) -> Session:
         validate_session_id(session_id)
         session = self._sessions.get(session_id)
         if session is None:
             raise NotFound(f"no session {session_id!r}", {"session": session_id})
-        if caller is not None and session.owner_uid != caller:
+        if not caller.may_use(session.owner_uid):
             raise PermissionDenied(f"session {session_id!r} belongs to another user", {"session": session_id})
         return session
 
-    def visible_to(self, caller: int | None) -> Callable[[str], bool] | None:
+    def visible_to(self, caller: Caller) -> Callable[[str], bool] | None:
         """A test of session ids for what ``caller`` may see; None: everything."""
-        if caller is None:
+        if caller.admin:
             return None
         sessions = self._sessions
 
         def visible(session_id: str) -> bool:
             session = sessions.get(session_id)
-            return session is not None and session.owner_uid == caller
+            return session is not None and caller.may_use(session.owner_uid)
 
         return visible
 
@@ -151,7 +152,7 @@ class SessionManager:
     def _status_changed(self) -> None:
         self._status_generation += 1
 
-    def status(self, session_id: str, caller: int | None = None) -> SessionStatus:
+    def status(self, session_id: str, caller: Caller = ADMIN) -> SessionStatus:
         session = self.get(session_id, caller)
         session.touch()
         return session.status()
@@ -159,10 +160,10 @@ class SessionManager:
     # Every session sorted by id, for the set of ids it was built from: sorting
     # is redone only when a session was added or removed.
     _order: tuple[frozenset[str], builtins.list[Session]] | None = None
-    # The encoded ``list`` per caller (None: an admin, every session; a uid: the
+    # The encoded ``list`` per caller (an admin: every session; a uid: the
     # sessions it owns): (status generation, session count, reply, the sessions'
     # locks). See list_raw.
-    _list_caches: dict[int | None, tuple[int, int, msgspec.Raw, builtins.list[trio.Lock]]] | None = None
+    _list_caches: dict[Caller, tuple[int, int, msgspec.Raw, builtins.list[trio.Lock]]] | None = None
 
     def _sorted(self) -> builtins.list[Session]:
         """Every session, sorted by id. Shared: callers must not change it."""
@@ -172,18 +173,19 @@ class SessionManager:
             order = self._order = (ids, [self._sessions[sid] for sid in sorted(ids)])
         return order[1]
 
-    def _listed(self, states: Iterable[State] | None, caller: int | None = None) -> builtins.list[Session]:
+    def _listed(self, states: Iterable[State] | None, caller: Caller = ADMIN) -> builtins.list[Session]:
         wanted = set(states) if states else None
-        if caller is not None:
-            return [s for s in self._sorted() if s.owner_uid == caller and (wanted is None or s.state in wanted)]
+        if not caller.admin:
+            mine = caller.may_use
+            return [s for s in self._sorted() if mine(s.owner_uid) and (wanted is None or s.state in wanted)]
         if wanted is None:
             return self._sorted()
         return [s for s in self._sorted() if s.state in wanted]
 
-    def list(self, states: Iterable[State] | None = None, caller: int | None = None) -> builtins.list[SessionStatus]:
+    def list(self, states: Iterable[State] | None = None, caller: Caller = ADMIN) -> builtins.list[SessionStatus]:
         return [s.status() for s in self._listed(states, caller)]
 
-    def list_raw(self, states: Iterable[State] | None = None, caller: int | None = None) -> msgspec.Raw:
+    def list_raw(self, states: Iterable[State] | None = None, caller: Caller = ADMIN) -> msgspec.Raw:
         """The ``list`` result, encoded (a SessionList on the wire), from the bytes
         each session already holds instead of re-encoding every status.
 
@@ -210,10 +212,10 @@ class SessionManager:
             and not any(map(trio.Lock.locked, cached[3]))
         ):
             return cached[2]
-        sessions = self._sorted() if caller is None else self._listed(None, caller)
+        sessions = self._sorted() if caller.admin else self._listed(None, caller)
         reply = to_raw({"sessions": [s.status_raw() for s in sessions]})
         locks = [s.lock for s in sessions]
-        if len(caches) > 256:  # uids come and go: keep the cache bounded
+        if len(caches) > 256:  # callers come and go: keep the cache bounded
             caches.clear()
         if any(map(trio.Lock.locked, locks)):
             caches.pop(caller, None)
@@ -221,15 +223,15 @@ class SessionManager:
             caches[caller] = (generation, count, reply, locks)
         return reply
 
-    def qr(self, session_id: str, caller: int | None = None) -> QrCode:
+    def qr(self, session_id: str, caller: Caller = ADMIN) -> QrCode:
         qr: QrCode = self._login_credential(session_id, caller, "qr", "QR code")
         return qr
 
-    def pairing_code(self, session_id: str, caller: int | None = None) -> PairingCode:
+    def pairing_code(self, session_id: str, caller: Caller = ADMIN) -> PairingCode:
         code: PairingCode = self._login_credential(session_id, caller, "pairing_code", "pairing code")
         return code
 
-    def _login_credential(self, session_id: str, caller: int | None, field: str, what: str) -> Any:
+    def _login_credential(self, session_id: str, caller: Caller, field: str, what: str) -> Any:
         """The session's current QR or pairing code; ``not_found`` outside its phase."""
         session = self.get(session_id, caller)
         session.touch()
@@ -265,7 +267,7 @@ class SessionManager:
 
     _needed: tuple[str | None, builtins.list[str]] | None = None
 
-    def history(self, session_id: str, limit: int = 100, caller: int | None = None) -> builtins.list[Transition]:
+    def history(self, session_id: str, limit: int = 100, caller: Caller = ADMIN) -> builtins.list[Transition]:
         session = self.get(session_id, caller)
         session.touch()
         return list(session.history)[-limit:]
@@ -297,7 +299,7 @@ class SessionManager:
         session_id: str,
         owner_uid: int | None = None,
         options: SessionOptions | None = None,
-        caller: int | None = None,
+        caller: Caller = ADMIN,
     ) -> SessionStatus:
         """Start the session unless it is already on its way; idempotent.
 
@@ -306,10 +308,10 @@ class SessionManager:
         self._check_open()
         validate_session_id(session_id)
         session = self._sessions.get(session_id)
-        if session is not None and caller is not None and session.owner_uid != caller:
+        if session is not None and not caller.may_use(session.owner_uid):
             raise PermissionDenied(f"session {session_id!r} belongs to another user", {"session": session_id})
         if session is None:
-            if caller is not None and caller < 0:
+            if not caller.known:
                 raise PermissionDenied("the daemon could not read this connection's credentials", {})
             if len(self._sessions) >= self.config.max_sessions:
                 self.metrics.connect_attempts.labels("limit_exceeded").inc()
@@ -356,22 +358,21 @@ class SessionManager:
             session.begin()
         return session.status()  # after the lock: `busy` describes others' operations, not ours
 
-    def _check_uid_limit(self, caller: int | None) -> None:
+    def _check_uid_limit(self, caller: Caller) -> None:
         """Refuse a new session to a non-admin that owns ``max_sessions_per_uid``."""
         limit = self.config.max_sessions_per_uid
-        if limit is None or caller is None:
+        if limit is None or caller.admin:
             return  # admins are exempt: only max_sessions bounds them
-        owned = sum(1 for s in self._sessions.values() if s.owner_uid == caller)
+        uid = caller.uid
+        owned = sum(1 for s in self._sessions.values() if s.owner_uid == uid)
         if owned < limit:
             return
         self.metrics.connect_attempts.labels("limit_exceeded").inc()
         self.metrics.limit_refusals.labels("sessions_per_uid").inc()
-        log.warning("limit_refused", limit="sessions_per_uid", uid=caller, value=limit)
-        raise LimitExceeded(
-            f"uid {caller} already owns its maximum of {limit} sessions", {"limit": limit, "uid": caller}
-        )
+        log.warning("limit_refused", limit="sessions_per_uid", uid=uid, value=limit)
+        raise LimitExceeded(f"uid {uid} already owns its maximum of {limit} sessions", {"limit": limit, "uid": uid})
 
-    async def disconnect(self, session_id: str, caller: int | None = None) -> SessionStatus:
+    async def disconnect(self, session_id: str, caller: Caller = ADMIN) -> SessionStatus:
         session = self.get(session_id, caller)
         session.touch()
         async with self._locked(session):
@@ -379,7 +380,7 @@ class SessionManager:
             await session.stop(Disconnect("disconnected on request"))
         return session.status()
 
-    async def logout(self, session_id: str, caller: int | None = None) -> SessionStatus:
+    async def logout(self, session_id: str, caller: Caller = ADMIN) -> SessionStatus:
         session = self.get(session_id, caller)
         session.touch()
         async with self._locked(session):
@@ -387,7 +388,7 @@ class SessionManager:
             await session.logout()
         return session.status()
 
-    async def delete(self, session_id: str, caller: int | None = None) -> None:
+    async def delete(self, session_id: str, caller: Caller = ADMIN) -> None:
         session = self.get(session_id, caller)
         async with self._locked(session):
             self._unsave(session_id)
@@ -398,13 +399,13 @@ class SessionManager:
         self.hub.finish_session(session_id, "deleted", session.status())
         log.info("session_deleted", session=session_id)
 
-    async def simulate(self, session_id: str, action: str, caller: int | None = None) -> SessionStatus:
+    async def simulate(self, session_id: str, action: str, caller: Caller = ADMIN) -> SessionStatus:
         """Play the phone's (or fate's) part on a scripted session."""
         session = self.get(session_id, caller)
-        control = getattr(self.driver, "simulate", None)
-        if control is None:
-            raise Unavailable(f"the {self.driver.name} driver cannot simulate; use --driver scripted")
-        if not control(session_id, action):
+        driver = self.driver
+        if not isinstance(driver, Simulator):
+            raise Unavailable(f"the {driver.name} driver cannot simulate; use --driver scripted")
+        if not driver.simulate(session_id, action):
             raise InvalidArgument(
                 f"session {session_id!r} has no running browser to act on (state {session.state.value})",
                 {"session": session_id, "state": session.state.value},
@@ -415,7 +416,7 @@ class SessionManager:
     # ------------------------------------------------------------------ watch
 
     def subscribe(
-        self, session_id: str | None, until: Iterable[State], caller: int | None = None
+        self, session_id: str | None, until: Iterable[State], caller: Caller = ADMIN
     ) -> tuple[Subscriber, builtins.list[SessionStatus]]:
         """Register a watcher; returns it with the snapshot(s) to send first.
 
@@ -447,6 +448,24 @@ class SessionManager:
         self.hub.remove(sub)
         if sub.session is not None and sub.session in self._sessions:
             self._sessions[sub.session].touch()
+
+    # ------------------------------------------------------------------ for the server
+    #
+    # What the RPC server needs beyond the operations above, so that it never
+    # reaches into the sessions or the driver.
+
+    @property
+    def driver_name(self) -> str:
+        """The browser driver's name (``version`` reports it)."""
+        return self.driver.name
+
+    def final_status(self, session_id: str, caller: Caller = ADMIN) -> SessionStatus | None:
+        """The status a watch of ``session_id`` ends with when its end carried none:
+        the session's current one; None if it is gone or ``caller`` may not see it."""
+        session = self._sessions.get(session_id)
+        if session is None or not caller.may_use(session.owner_uid):
+            return None
+        return session.status()
 
     def restore(self) -> int:
         """Recreate the registry's sessions; those that should run start again.

@@ -1,0 +1,59 @@
+"""How a request that went wrong is answered: every exception to its error frame, in one place.
+
+A typed error (:class:`WaDaemonError`) is answered with its own code, message
+and details. Anything else is a bug: answered `internal`, with the traceback in
+the log (``rpc_internal_error``) and never on the wire. A reply that encodes
+over the frame limit is answered `internal` too (``reply_too_large``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from structlog.typing import FilteringBoundLogger
+
+from ...errors import InternalError, InvalidArgument, Unavailable, WaDaemonError
+from ...protocol import METHODS, Error, LocalProtocolError, encode_frame
+
+# What decoding a request's params raises when they do not fit the method's type.
+PARAMS_ERRORS = (msgspec.ValidationError, msgspec.DecodeError)
+
+INTERNAL_MESSAGE = "internal error; the daemon log has the details"
+
+
+def invalid_params(method: str, exc: Exception) -> InvalidArgument:
+    return InvalidArgument(f"invalid params for {method}: {exc}", {"method": method})
+
+
+def unknown_method(method: str) -> InvalidArgument:
+    return InvalidArgument(f"unknown method {method!r}", {"method": method, "known": sorted(METHODS)})
+
+
+def cancelled(request_id: int) -> Error:
+    """The answer to an operation the client cancelled."""
+    return Error(request_id, Unavailable.code, "cancelled by the client")
+
+
+def error_frame(exc: WaDaemonError, request_id: int | None) -> Error:
+    return Error(request_id, exc.code, exc.message, exc.details)
+
+
+def fault(exc: Exception, request_id: int, method: str, log: FilteringBoundLogger) -> tuple[Error, str]:
+    """The error frame answering a request that raised ``exc``, and the ``result``
+    of its ``rpc`` log line. Call it in the ``except`` block: a bug is logged
+    there with its traceback."""
+    if isinstance(exc, WaDaemonError):
+        return error_frame(exc, request_id), exc.code
+    log.exception("rpc_internal_error", id=request_id, method=method)
+    return Error(request_id, InternalError.code, INTERNAL_MESSAGE, {"request": request_id}), "internal"
+
+
+def encode_reply(message: Any, max_frame: int, log: FilteringBoundLogger) -> bytearray:
+    """``message`` as a frame; if it is over ``max_frame``, an `internal` error frame in its place."""
+    try:
+        return encode_frame(message, max_frame)
+    except LocalProtocolError as exc:
+        log.error("reply_too_large", error=exc.message)
+        rid = getattr(message, "id", None)
+        return encode_frame(Error(rid, InternalError.code, f"the reply is too large: {exc.message}"))

@@ -1,0 +1,14 @@
+"""``delete``: stop a session and forget it, its saved login included."""
+
+from __future__ import annotations
+
+from ....protocol import Deleted, SessionParams
+from .base import Operation, Peer, Services
+
+
+async def delete(services: Services, params: SessionParams, peer: Peer) -> Deleted:
+    await services.manager.delete(params.session, peer.caller)
+    return Deleted(params.session)
+
+
+HANDLER = Operation("delete", delete)
