@@ -34,6 +34,7 @@ from wa_daemon.errors import Busy, InvalidArgument, LimitExceeded, NotFound
 from wa_daemon.protocol import (
     METHODS,
     PROTOCOL_VERSION,
+    SESSION_ID_RULE,
     Cancel,
     Error,
     FrameTooLarge,
@@ -321,7 +322,12 @@ def test_the_reads_served_inline_are_the_methods_that_never_wait() -> None:
     reads = {h.method for h in HANDLERS if isinstance(h, Read)}
     assert reads == {"status", "list", "qr", "pairing_code", "history", "metrics", "ping", "version"}
     assert {h.method for h in HANDLERS if isinstance(h, Operation)} == {
-        "connect", "disconnect", "logout", "delete", "simulate", "health"
+        "connect",
+        "disconnect",
+        "logout",
+        "delete",
+        "simulate",
+        "health",
     }
 
 
@@ -352,8 +358,14 @@ def test_params_errors_and_unknown_methods_are_invalid_argument() -> None:
         msgspec.msgpack.decode(encode({"session": 5}), type=METHODS["status"].params)
     except faults.PARAMS_ERRORS as exc:
         err = faults.invalid_params("status", exc)
-    assert isinstance(err, InvalidArgument) and err.details == {"method": "status"}
+    # A session param of the wrong type breaks the session id rule: the details say which.
+    assert isinstance(err, InvalidArgument) and err.details == {"method": "status", "rule": SESSION_ID_RULE}
     assert "invalid params for status" in err.message
+    try:
+        msgspec.msgpack.decode(encode({"session": "a", "limit": "x"}), type=METHODS["history"].params)
+    except faults.PARAMS_ERRORS as exc:
+        other = faults.invalid_params("history", exc)
+    assert other.details == {"method": "history"}
     unknown = faults.unknown_method("frobnicate")
     assert unknown.details["known"] == sorted(METHODS) and "frobnicate" in unknown.message
     assert faults.cancelled(4) == Error(4, "unavailable", "cancelled by the client")

@@ -14,7 +14,7 @@ import msgspec
 from structlog.typing import FilteringBoundLogger
 
 from ...errors import InternalError, InvalidArgument, Unavailable, WaDaemonError
-from ...protocol import METHODS, Error, LocalProtocolError, encode_frame
+from ...protocol import METHODS, Error, LocalProtocolError, encode_frame, params_error
 
 # What decoding a request's params raises when they do not fit the method's type.
 PARAMS_ERRORS = (msgspec.ValidationError, msgspec.DecodeError)
@@ -22,8 +22,10 @@ PARAMS_ERRORS = (msgspec.ValidationError, msgspec.DecodeError)
 INTERNAL_MESSAGE = "internal error; the daemon log has the details"
 
 
-def invalid_params(method: str, exc: Exception) -> InvalidArgument:
-    return InvalidArgument(f"invalid params for {method}: {exc}", {"method": method})
+def invalid_params(method: str, exc: msgspec.ValidationError | msgspec.DecodeError) -> InvalidArgument:
+    """Params that do not decode into the method's struct (the client library
+    raises the same error before sending: one wording, ``protocol.params_error``)."""
+    return params_error(method, exc)
 
 
 def unknown_method(method: str) -> InvalidArgument:
