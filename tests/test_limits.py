@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,7 @@ MB = 1 << 20
 
 
 def metric(manager: SessionManager, name: str, **labels: str) -> float:
-    return sum(
-        s.value for s in manager.metrics.samples() if s.name == name and labels.items() <= s.labels.items()
-    )
+    return sum(s.value for s in manager.metrics.samples() if s.name == name and labels.items() <= s.labels.items())
 
 
 async def _next(stream: trio.SocketStream, proto: ClientProtocol) -> Any:
@@ -85,25 +84,24 @@ async def test_watch_streams_per_connection_are_limited(sock_dir: Path) -> None:
             assert m is not None
             async with AsyncClient(d.socket_path) as wa:
                 await wa.connect("w")
-                first = await wa.watch("w")
-                second = await wa.watch(None)
-                await first.__anext__()  # the snapshots: both streams are open
-                await second.__anext__()
-                third = await wa.watch("w")
-                with pytest.raises(LimitExceeded) as info:
-                    await third.__anext__()
-                assert info.value.details == {"limit": 2}
-                # Refused, not queued; other requests on the connection go on.
-                assert await wa.ping()
-                await first.aclose()
-                fourth = await wa.watch("w")
-                await fourth.__anext__()  # a slot was freed
-                # Another connection has its own allowance.
-                async with AsyncClient(d.socket_path) as other:
-                    async with await other.watch("w") as w:
-                        await w.__anext__()
-                await fourth.aclose()
-                await second.aclose()
+                async with AsyncExitStack() as streams:
+                    first = await streams.enter_async_context(wa.watch("w"))
+                    second = await streams.enter_async_context(wa.watch(None))
+                    await first.__anext__()  # the snapshots: both streams are open
+                    await second.__anext__()
+                    async with wa.watch("w") as third:
+                        with pytest.raises(LimitExceeded) as info:
+                            await third.__anext__()
+                    assert info.value.details == {"limit": 2}
+                    # Refused, not queued; other requests on the connection go on.
+                    assert await wa.ping()
+                    await first.aclose()
+                    fourth = await streams.enter_async_context(wa.watch("w"))
+                    await fourth.__anext__()  # a slot was freed
+                    # Another connection has its own allowance.
+                    async with AsyncClient(d.socket_path) as other:
+                        async with other.watch("w") as w:
+                            await w.__anext__()
             assert metric(m, "wa_limit_refusals_total", limit="watch_streams") == 1
             assert any(e["event"] == "limit_refused" and e["limit"] == "watch_streams" for e in logs)
 
@@ -233,9 +231,22 @@ def test_accept_loop_survives_running_out_of_descriptors(sock_dir: Path) -> None
 
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "wa_daemon.daemon.main", "--socket", str(sock), "--driver", "scripted",
-             "--set", "max_connections=1000", "--set", "registry=memory"],
-            stdout=out, stderr=subprocess.STDOUT, preexec_fn=low_fd_limit,
+            [
+                sys.executable,
+                "-m",
+                "wa_daemon.daemon.main",
+                "--socket",
+                str(sock),
+                "--driver",
+                "scripted",
+                "--set",
+                "max_connections=1000",
+                "--set",
+                "registry=memory",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=low_fd_limit,
         )
     conns: list[socket.socket] = []
     try:
@@ -282,7 +293,9 @@ def test_accept_loop_survives_running_out_of_descriptors(sock_dir: Path) -> None
             except Exception:
                 assert time.monotonic() < deadline, log_path.read_text()
                 time.sleep(0.1)
-        failures = sum(s.value for s in samples if s.name == "wa_accept_failures_total" and s.labels["error"] == "EMFILE")
+        failures = sum(
+            s.value for s in samples if s.name == "wa_accept_failures_total" and s.labels["error"] == "EMFILE"
+        )
         assert failures >= 1
         assert '"accept_recovered"' in log_path.read_text()
         first.close()
@@ -316,7 +329,7 @@ async def test_inflight_refusal_is_counted(sock_dir: Path) -> None:
             assert d.manager is not None
             async with AsyncClient(d.socket_path) as wa:
                 await wa.connect("q")
-                async with await wa.watch("q") as w:
+                async with wa.watch("q") as w:
                     await w.__anext__()
                     with pytest.raises(Exception) as info:
                         await wa.connect("q")

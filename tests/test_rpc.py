@@ -32,7 +32,7 @@ FAST_SCAN = {"launch_delay": 0.05, "auth_delay": 0.1}
 
 
 async def reach(wa: AsyncClient, sid: str, *states: str) -> None:
-    async with await wa.watch(sid, until=states, timeout=30) as events:
+    async with wa.watch(sid, until=states, timeout=30) as events:
         async for _ in events:
             pass
     assert events.end is not None and events.end.reason == "until", events.end
@@ -46,7 +46,7 @@ async def test_full_flow_and_every_method(sock_dir: Path) -> None:
                 assert (await wa.ping()).server_time.tzinfo is not None
                 st = await wa.connect("alice")
                 assert st.state == State.STARTING and st.owner_uid == os.getuid()
-                async with await wa.watch("alice", until=["connected"], timeout=10) as events:
+                async with wa.watch("alice", until=["connected"], timeout=10) as events:
                     seen = []
                     async for ev in events:
                         seen.append(ev)
@@ -127,7 +127,7 @@ async def test_watch_timeout_ends_stream_with_status(sock_dir: Path, autojump_cl
         async with running_daemon(sock_dir, qr_timeout=3600) as d:
             async with AsyncClient(d.socket_path, timeout=None) as wa:
                 await wa.connect("w")
-                async with await wa.watch("w", timeout=90) as events:
+                async with wa.watch("w", timeout=90) as events:
                     kinds = [type(ev).__name__ async for ev in events]
                 assert kinds[0] == "Snapshot"
                 assert "QrUpdated" in kinds  # the 60 s ref rotated within the 90 s
@@ -140,11 +140,11 @@ async def test_watch_cancel_by_client(sock_dir: Path) -> None:
         async with running_daemon(sock_dir) as d:
             async with AsyncClient(d.socket_path) as wa:
                 await wa.connect("c")
-                events = await wa.watch("c")
-                first = await events.__anext__()
-                assert isinstance(first, Snapshot)
-                await events.aclose()
-                assert await wa.ping()
+                async with wa.watch("c") as events:
+                    first = await events.__anext__()
+                    assert isinstance(first, Snapshot)
+                    await events.aclose()
+                    assert await wa.ping()
                 while d.manager.hub._subs:  # type: ignore[union-attr]
                     await trio.sleep(0.01)
 
@@ -155,7 +155,7 @@ async def test_watch_all_sessions_and_deleted_end(sock_dir: Path) -> None:
             async with AsyncClient(d.socket_path) as wa:
                 await wa.connect("a1")
                 await wa.connect("a2")
-                async with await wa.watch() as everything:
+                async with wa.watch() as everything:
                     snaps = []
                     async for ev in everything:
                         assert isinstance(ev, Snapshot)
@@ -163,7 +163,7 @@ async def test_watch_all_sessions_and_deleted_end(sock_dir: Path) -> None:
                         if len(snaps) == 2:
                             break
                 assert snaps == ["a1", "a2"]
-                async with await wa.watch("a1") as one:
+                async with wa.watch("a1") as one:
                     await one.__anext__()
                     await wa.delete("a1")
                     async for _ in one:
@@ -196,7 +196,7 @@ async def test_slow_watcher_does_not_block_others(sock_dir: Path) -> None:
                     await wa.connect(f"x{extra}")
                     extra += 1
                 print(f"the stalled watcher dropped events after {extra} more sessions")
-                async with await wa.watch("busy", until=["connected"]) as events:
+                async with wa.watch("busy", until=["connected"]) as events:
                     await wa.simulate("busy", "scan")
                     async for _ in events:
                         pass
@@ -262,11 +262,11 @@ async def test_shutdown_ends_streams_and_answers_inflight(sock_dir: Path) -> Non
         async with running_daemon(sock_dir, scripted={"launch_delay": 1.0}) as d:
             async with AsyncClient(d.socket_path) as wa:
                 await wa.connect("x")
-                events = await wa.watch("x")
-                await events.__anext__()
-                d.request_stop()
-                async for _ in events:
-                    pass
+                async with wa.watch("x") as events:
+                    await events.__anext__()
+                    d.request_stop()
+                    async for _ in events:
+                        pass
                 assert events.end is not None and events.end.reason == "shutdown"
                 assert events.end.status is not None and events.end.status.state == State.STOPPED
         assert d.driver.live == {}  # type: ignore[union-attr]
