@@ -731,3 +731,36 @@ def _browser_pgid(profile: Path) -> int:
         if p is not None and needle in p.cmdline and b"--type=" not in p.cmdline:
             return pid
     raise AssertionError(f"no browser of {profile}")
+
+
+def test_orphans_of_another_uid_are_found_and_killed() -> None:
+    """A root daemon's start-up finds a browser a killed daemon left running as
+    browser_user (by its --user-data-dir) and kills its whole group."""
+    require(os.geteuid() == 0, "a process of another uid needs root")
+    from wa_daemon.daemon.browser.process import kill_orphans
+
+    with short_tmpdir() as base:
+        sessions = base / "sessions"
+        profile = private_dirs(base, ("sessions", "s1", "profile"), NOBODY)
+        (profile / "SingletonLock").symlink_to("otherhost-1234")
+        orphan = subprocess.Popen(
+            # One process holding the flag (its $1), blocked in a built-in: no child that
+            # would carry the flag too between its fork and exec.
+            ["/bin/sh", "-c", "read line", "sh", f"--user-data-dir={profile}"], stdin=subprocess.PIPE,
+            user=NOBODY.uid, group=NOBODY.gid, extra_groups=[], start_new_session=True,
+        )
+        try:
+            info = proc(orphan.pid)
+            assert info is not None and info.uids == (NOBODY.uid,) * 4
+            assert find_orphans(sessions) == [orphan.pid]
+            assert kill_orphans(sessions) == 1
+            assert orphan.wait(timeout=30) == -signal.SIGKILL
+            left = find_orphans(sessions)
+            assert left == [], [(p, Path(f"/proc/{p}/cmdline").read_bytes()[:300], orphan.pid) for p in left]
+            assert not (profile / "SingletonLock").is_symlink()
+        finally:
+            if orphan.poll() is None:
+                orphan.kill()
+                orphan.wait()
+            assert orphan.stdin is not None
+            orphan.stdin.close()
