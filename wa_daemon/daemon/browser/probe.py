@@ -13,6 +13,7 @@ import argparse
 import base64
 import binascii
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -119,6 +120,8 @@ async def run_probe(config: Config, url: str, timeout: float) -> Report:
 
     contract = load_contract(config.page_contract)
     state_dir = Path(tempfile.mkdtemp(prefix="wa-probe-"))
+    if config.browser_user:
+        os.chmod(state_dir, 0o711)  # browser_user passes through to its profile, as in a state directory
     try:
         async with open_browser_loop():
             driver = ChromiumDriver(
@@ -128,6 +131,7 @@ async def run_probe(config: Config, url: str, timeout: float) -> Report:
                     url=url,
                     launch_timeout=min(config.launch_timeout, timeout),
                     extra_args=tuple(config.chromium_args),
+                    browser_user=config.browser_user,
                     user_agent=config.user_agent,
                     contract=contract,
                 ),
