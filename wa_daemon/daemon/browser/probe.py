@@ -187,6 +187,7 @@ def render(report: Report) -> str:
 
 def main(argv: list[str]) -> int:
     from ..ops.configfile import ConfigError, ConfigSource
+    from ..ops.log import configure
 
     args = parser().parse_args(argv)
     try:
@@ -197,6 +198,9 @@ def main(argv: list[str]) -> int:
     if args.timeout <= 0:
         print("wa-daemon probe: --timeout must be > 0", file=sys.stderr)
         return 2
+    # Log lines (the browser_sandbox_off warning of a root without browser_user) go to
+    # stderr: stdout is the report, JSON with --json.
+    configure("warning", config.log_levels, stream=sys.stderr)
     url = args.url or config.whatsapp_url
     if shutil.which(config.chromium_path) is None:
         print(f"wa-daemon probe: no Chromium at {config.chromium_path}", file=sys.stderr)
