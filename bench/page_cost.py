@@ -51,6 +51,7 @@ from sessions import CLK_TCK, all_procs, smaps, user_agent
 from wa_daemon.daemon.browser.adapter import BINDING, adapter_script
 from wa_daemon.daemon.browser.contract import load_contract
 from wa_daemon.daemon.browser.process import CHROMIUM_FLAGS
+from wa_daemon.daemon.browser.sandbox import NO_SANDBOX
 
 CHROMIUM = "/usr/bin/chromium"
 ARMS = ("bare", "adapter", "adapter + hang check")
@@ -97,7 +98,9 @@ def http_json(url: str, body: bytes | None = None) -> Any:
 async def launch(arm: str, profile: Path, ua: str, chromium: str) -> Browser:
     import pyppeteer
 
-    argv = [chromium, *CHROMIUM_FLAGS, f"--user-agent={ua}", f"--user-data-dir={profile}", "about:blank"]
+    # Chromium refuses its own sandbox to root: as the daemon does for root without browser_user.
+    no_sandbox = (NO_SANDBOX,) if os.geteuid() == 0 else ()
+    argv = [chromium, *CHROMIUM_FLAGS, *no_sandbox, f"--user-agent={ua}", f"--user-data-dir={profile}", "about:blank"]
     # Popen returns at once (fork and exec); nothing is timed while browsers start.
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,  # noqa: ASYNC220
                             start_new_session=True)

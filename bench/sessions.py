@@ -49,6 +49,15 @@ moment the killed process is gone (a pidfd, the floor), and next to pyppeteer's
 only connected sessions see the difference. ``--idle-only`` runs the idle window and the
 ``kill -9`` samples alone.
 
+``--sandbox-cost`` measures Chromium's own sandbox alone: for each N, the daemon (every
+browser at once) with the sandbox on and with ``chromium_args=["--no-sandbox"]``, its
+browsers as the same user in both (``--browser-user``, ``nobody`` by default when the
+benchmark runs as root: a root daemon needs ``browser_user`` for the sandbox; otherwise
+the daemon's own user), order alternating by round; time to first QR and PSS per session
+side by side, each daemon's ``health`` checked to run the mode it should:
+
+    python bench/sessions.py --sandbox-cost --sizes 1,5 --rounds 3
+
 A benchmark reports; it does not assert: the exit status is 0 whatever the figures
 (1 if it could not run, 130 if interrupted). Every process it starts, and every Chromium
 they start, is killed at the end, and the temporary directory removed.
@@ -744,6 +753,8 @@ class Plan:
     extras: bool = True  # the memory flags, the idle window and the kill -9 samples
     weight: str = "light"  # the simulator's --weight: realistic builds a busy account once connected
     idle_only: bool = False  # only the idle window and the kill -9 samples (connected sessions)
+    sandbox_cost: bool = False  # only the daemon with and without Chromium's sandbox
+    browser_user: str | None = None  # browser_user of the daemon, for --sandbox-cost under root
 
 
 FULL = Plan(sizes=(1, 5, 10), rounds=2, flag_n=10, flag_variants=FLAG_VARIANTS, idle_n=10, idle_s=60.0,
@@ -815,10 +826,16 @@ def scan(url: str, ref: str) -> None:
         resp.read()
 
 
-def run_daemon(fleet: Fleet, res: Results, key: str, n: int, settings: list[str], warm_up: bool = True) -> None:
+def run_daemon(fleet: Fleet, res: Results, key: str, n: int, settings: list[str], warm_up: bool = True,
+               sandbox: str | None = None) -> None:
+    """``sandbox``: "on" or "off", what the daemon's ``browser_sandbox`` health check must say."""
     progress(f"  {key}: daemon, {n} session(s), {' '.join(settings) or 'defaults'}")
     d = DaemonRun(fleet, fleet.unique(key), settings)
     try:
+        if sandbox is not None:
+            said = next((c.message for c in d.client.health().checks if c.name == "browser_sandbox"), "")
+            if not said.startswith(sandbox):
+                raise RuntimeError(f"{key}: the daemon's sandbox is not {sandbox}: {said!r}")
         cr = res.get(key)
         cr.sessions = n
         if warm_up:
@@ -919,6 +936,59 @@ def run_idle_and_crash(fleet: Fleet, res: Results, plan: Plan) -> None:
         d.close()
 
 
+# (label, what the health check must say, the daemon's extra settings)
+SANDBOX_MODES: tuple[tuple[str, str, list[str]], ...] = (
+    ("sandbox", "on", []),
+    ("no sandbox", "off", ["chromium_args=" + json.dumps(["--no-sandbox"])]),
+)
+
+
+def run_sandbox_cost(fleet: Fleet, res: Results, plan: Plan, tmp: Path) -> None:
+    """The daemon with and without Chromium's own sandbox, its browsers as one user in both."""
+    user = [f"browser_user={plan.browser_user}"] if plan.browser_user else []
+    if plan.browser_user:
+        tmp.chmod(0o711)  # the state directories lie here: browser_user passes through
+    for r in range(plan.rounds):
+        for n in plan.sizes:
+            progress(f"round {r + 1}/{plan.rounds}, N={n}")
+            for i in range(plan.n1_repeats if n == 1 else 1):
+                order = SANDBOX_MODES if (r + i) % 2 == 0 else tuple(reversed(SANDBOX_MODES))
+                for label, said, extra in order:
+                    run_daemon(fleet, res, f"x{n}:{label}", n, [f"max_concurrent_launches={n}", *user, *extra],
+                               sandbox=said)
+
+
+def sandbox_report(res: Results, plan: Plan) -> list[str]:
+    lines = [f"Chromium's own sandbox, daemon with every browser at once; browsers run as "
+             f"{plan.browser_user or 'the daemon' + chr(39) + 's user'}",
+             f"  {'':34}{'sandbox':>10}{'no sandbox':>12}{'ratio':>8}"]
+    for n in plan.sizes:
+        on, off = res.get(f"x{n}:sandbox"), res.get(f"x{n}:no sandbox")
+        lines.append(f"N = {n} ({len(on.qr)} / {len(off.qr)} sessions timed, {len(on.memory)} / {len(off.memory)} "
+                     "memory samples)")
+        rows = [
+            ("first QR p50, s", p50(on.qr), p50(off.qr), 2),
+            ("first QR p95, s", percentile(on.qr, 0.95), percentile(off.qr, 0.95), 2),
+            ("daemon's first session, p50, s", p50(on.cold), p50(off.cold), 2),
+            ("PSS per session, MB", on.per_session_mb(lambda m: m.pss_kb), off.per_session_mb(lambda m: m.pss_kb), 1),
+            ("  anonymous + shmem", on.per_session_mb(lambda m: m.pss_anon_kb),
+             off.per_session_mb(lambda m: m.pss_anon_kb), 1),
+            ("  file-backed (libraries)", on.per_session_mb(lambda m: m.pss_file_kb),
+             off.per_session_mb(lambda m: m.pss_file_kb), 1),
+            ("USS per session, MB", on.per_session_mb(lambda m: m.uss_kb), off.per_session_mb(lambda m: m.uss_kb), 1),
+            ("processes per session", on.med(lambda m: m.processes) / n, off.med(lambda m: m.processes) / n, 1),
+        ]
+        for label, a, b, digits in rows:
+            ratio = a / b if b else math.nan
+            lines.append(f"  {label:34}{a:>10.{digits}f}{b:>12.{digits}f}{ratio:>7.2f}x")
+        kinds = sorted({k for m in on.memory + off.memory for k in m.by_kind})
+        for k in kinds:
+            a = statistics.median(m.by_kind.get(k, 0) for m in on.clean()) / 1024 / n
+            b = statistics.median(m.by_kind.get(k, 0) for m in off.clean()) / 1024 / n
+            lines.append(f"    PSS {k:30}{a:>10.1f}{b:>12.1f}")
+    return [*lines, ""]
+
+
 def _threads(pid: int) -> int:
     try:
         return len(os.listdir(f"/proc/{pid}/task"))
@@ -940,6 +1010,9 @@ def run(plan: Plan, chromium: str) -> Results:
         progress(f"simulator at {url} (--weight {plan.weight}); temporary directory {tmp}")
         if plan.idle_only:
             run_idle_and_crash(fleet, res, plan)
+            return res
+        if plan.sandbox_cost:
+            run_sandbox_cost(fleet, res, plan, tmp)
             return res
         progress("warm-up (one browser, not counted)")
         run_baseline(fleet, Results(), "warmup", 1, ua)
@@ -994,7 +1067,8 @@ def report(res: Results, plan: Plan, elapsed: float) -> str:
     out = lines.append
     out("")
     out(f"wa-daemon sessions benchmark: {plan.rounds} round(s), N in {plan.sizes}, --weight {plan.weight}"
-        f"{', idle only' if plan.idle_only else ''}; Chromium {res.chromium_version}; "
+        f"{', idle only' if plan.idle_only else ''}{', sandbox cost' if plan.sandbox_cost else ''}; "
+        f"Chromium {res.chromium_version}; "
         f"source {_revision()}")
     out(f"machine: {os.cpu_count()} CPUs, {_mem_total_gb():.0f} GB, Python {platform.python_version()}; "
         f"load average {res.load[0]:.1f} at start, {res.load[-1]:.1f} at end; run took {elapsed:.0f} s")
@@ -1006,6 +1080,8 @@ def report(res: Results, plan: Plan, elapsed: float) -> str:
         "median over runs (over the runs with no other Chromium on the machine, if any); "
         f"QR: every session of every run (N = 1: {plan.n1_repeats * plan.rounds} runs)")
     out("")
+    if plan.sandbox_cost:
+        return "\n".join(lines + sandbox_report(res, plan) + per_configuration(res))
     head = f"{'':38}{'daemon, queue 2':>17}{'daemon, N at once':>19}{'launch()':>11}{'at once/launch()':>18}"
     out(head)
     out("-" * len(head))
@@ -1109,19 +1185,23 @@ def report(res: Results, plan: Plan, elapsed: float) -> str:
     if plan.extras:
         out("  memory flags kept by the daemon: none, so none to justify    PASS")
     out("")
-    out("per-configuration values")
+    return "\n".join(lines + per_configuration(res))
+
+
+def per_configuration(res: Results) -> list[str]:
+    lines = ["per-configuration values"]
     for key, c in res.configs.items():
         per = " ".join(f"{m.pss_kb / 1024 / max(1, c.sessions):.1f}" for m in c.memory)
         others = " ".join(str(m.foreign) for m in c.memory)
         cold = f"; first session after start: {' '.join(f'{x:.2f}' for x in c.cold)}" if c.cold else ""
-        out(f"  {key:22} QR s: {' '.join(f'{x:.2f}' for x in sorted(c.qr))}; PSS MB/session: {per} "
-            f"(others' Chromium processes: {others}){cold}")
-    out(f"  crash ms: daemon {[round(x * 1000) for x in res.crash_daemon]}, poll "
-        f"{[round(x * 1000) for x in res.crash_poll]}, pidfd {[round(x * 1000) for x in res.crash_floor]}, "
-        f"launch() {[round(x * 1000) for x in res.crash_baseline]}")
-    out("cleanup: " + ("no process left behind" if not res.leftovers else
-                        f"{len(res.leftovers)} processes were still running and were killed: {res.leftovers}"))
-    return "\n".join(lines)
+        lines.append(f"  {key:22} QR s: {' '.join(f'{x:.2f}' for x in sorted(c.qr))}; PSS MB/session: {per} "
+                     f"(others' Chromium processes: {others}){cold}")
+    lines.append(f"  crash ms: daemon {[round(x * 1000) for x in res.crash_daemon]}, poll "
+                 f"{[round(x * 1000) for x in res.crash_poll]}, pidfd {[round(x * 1000) for x in res.crash_floor]}, "
+                 f"launch() {[round(x * 1000) for x in res.crash_baseline]}")
+    lines.append("cleanup: " + ("no process left behind" if not res.leftovers else
+                                f"{len(res.leftovers)} processes were still running and were killed: {res.leftovers}"))
+    return lines
 
 
 def _revision() -> str:
@@ -1158,6 +1238,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="the simulator's logged-in app (default light); only connected sessions see a difference")
     p.add_argument("--idle-only", action="store_true",
                    help="only the idle window and kill -9 of connected sessions (no N rounds, no flags)")
+    p.add_argument("--sandbox-cost", action="store_true",
+                   help="only the daemon with and without Chromium's own sandbox, side by side")
+    p.add_argument("--browser-user", help="with --sandbox-cost under root: the daemon's browser_user (default nobody)")
     p.add_argument("--baseline-runner", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--count", type=int, help=argparse.SUPPRESS)
@@ -1178,6 +1261,9 @@ def main(argv: list[str] | None = None) -> int:
     plan = dataclasses.replace(plan, weight=args.weight)
     if args.idle_only:
         plan = dataclasses.replace(plan, idle_only=True, sizes=(), rounds=0)
+    if args.sandbox_cost:
+        user = args.browser_user or ("nobody" if os.geteuid() == 0 else None)
+        plan = dataclasses.replace(plan, sandbox_cost=True, extras=False, browser_user=user)
     if not os.path.exists(args.chromium):
         print(f"benchmark failed: no Chromium at {args.chromium}", file=sys.stderr)
         return 1

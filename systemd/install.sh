@@ -98,6 +98,21 @@ if [ -z "$ROOT" ]; then
     fi
 fi
 
+# ---- Chromium's own sandbox needs unprivileged user namespaces ----
+# Without them the daemon still runs, with --no-sandbox and a warning (health check
+# browser_sandbox, alert WaBrowserSandboxOff): say so now, with the fix.
+if [ -z "$ROOT" ]; then
+    userns_fix=
+    [ "$(cat /proc/sys/kernel/unprivileged_userns_clone 2>/dev/null || echo 1)" = 0 ] \
+        && userns_fix="kernel.unprivileged_userns_clone=1"
+    [ "$(cat /proc/sys/user/max_user_namespaces 2>/dev/null || echo 1)" = 0 ] \
+        && userns_fix="user.max_user_namespaces=15000"
+    if [ -n "$userns_fix" ]; then
+        say "warning: user namespaces are off: Chromium's own sandbox cannot run, browsers get --no-sandbox"
+        say "  allow them: sysctl -w $userns_fix (persist it in /etc/sysctl.d/); see docs/security.md"
+    fi
+fi
+
 # ---- the venv at PREFIX, with the daemon's extra ----
 VENV="$ROOT$PREFIX"
 if [ "$NO_VENV" = 1 ]; then

@@ -66,6 +66,7 @@ DOCUMENTED_METRICS = {
     "wa_page_contract_missing",
     "wa_web_unknown_states_total",
     "wa_pairing_codes_total",
+    "wa_browser_sandbox",
 }
 # prometheus_client's process collector (the daemon process), and Prometheus' own `up`.
 PROCESS_METRICS = {

@@ -8,6 +8,7 @@ ProcSubset=) or the authorisation by peer uid (PrivateUsers=)."""
 
 from __future__ import annotations
 
+import ctypes.util
 import grp
 import os
 import pwd
@@ -408,8 +409,139 @@ def test_chromium_runs_with_no_privileges_as_an_unprivileged_user() -> None:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         try:
             stdout, stderr = _read_until(proc, b"</html>", timeout=60)
+            renderers = _renderers(proc.pid)
         finally:
             with suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # the browser and its helpers (zygote, crashpad)
             proc.wait(timeout=30)
     assert '<p id="x">js-42</p>' in stdout, f"{stdout[-2000:]}\n{stderr[-3000:]}"
+    # Chromium's own sandbox is on: its renderers are under seccomp-bpf.
+    assert renderers and all(r["Seccomp"] == "2" for r in renderers), renderers
+
+
+# ---------------------------------------------------------------------------- the unit's filters, for real
+
+# Installs, as systemd does for the unit, NoNewPrivileges=, the namespace filter of
+# RestrictNamespaces= (systemd's seccomp_restrict_namespaces(): a type not listed
+# fails unshare/clone/setns with EPERM, clone3 with ENOSYS), then the allow list of
+# SystemCallFilter= with SystemCallErrorNumber=EPERM (last: it forbids seccomp()
+# itself when the list lacks it), through libseccomp, systemd's own library; then
+# execs the rest of its arguments.
+_UNIT_FILTERS = r"""
+import ctypes, errno, os, sys
+lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+lib.seccomp_init.restype = ctypes.c_void_p
+lib.seccomp_init.argtypes = [ctypes.c_uint32]
+lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+lib.seccomp_load.argtypes = [ctypes.c_void_p]
+lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+ALLOW = 0x7FFF0000
+def fail(e): return 0x00050000 | e
+class Cmp(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("a", ctypes.c_uint64), ("b", ctypes.c_uint64)]
+EQ, MASKED_EQ = 4, 7
+TYPES = {"cgroup": 0x02000000, "ipc": 0x08000000, "net": 0x40000000, "mnt": 0x00020000,
+         "pid": 0x20000000, "user": 0x10000000, "uts": 0x04000000}
+def nr(name): return lib.seccomp_syscall_resolve_name(name.encode())
+def rule(ctx, action, name, *cmps):
+    array = (Cmp * max(1, len(cmps)))(*cmps)
+    assert lib.seccomp_rule_add_array(ctx, action, nr(name), len(cmps), array if cmps else None) == 0, name
+sep = sys.argv.index("--")
+allowed, kept, argv = sys.argv[1].split(","), set(sys.argv[2].split(",")) - {""}, sys.argv[sep + 1:]
+assert ctypes.CDLL(None).prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+ctx = lib.seccomp_init(ALLOW)
+for kind, flag in TYPES.items():
+    if kind not in kept:
+        rule(ctx, fail(errno.EPERM), "unshare", Cmp(0, MASKED_EQ, flag, flag))
+        rule(ctx, fail(errno.EPERM), "clone", Cmp(0, MASKED_EQ, flag, flag))
+        rule(ctx, fail(errno.EPERM), "setns", Cmp(1, EQ, flag, 0))
+rule(ctx, fail(errno.EPERM), "setns", Cmp(1, EQ, 0, 0))
+rule(ctx, fail(errno.ENOSYS), "clone3")
+assert lib.seccomp_load(ctx) == 0
+ctx = lib.seccomp_init(fail(errno.EPERM))
+for name in allowed:
+    if nr(name) >= 0:  # a name of another architecture resolves to nothing here
+        rule(ctx, ALLOW, name)
+assert lib.seccomp_load(ctx) == 0
+os.execv(argv[0], argv)
+"""
+
+
+def _expand(entry: str, tool: str) -> set[str]:
+    """System calls of a SystemCallFilter= entry: a name, or a @group (recursively)."""
+    if not entry.startswith("@"):
+        return {entry}
+    out = subprocess.run([tool, "syscall-filter", entry], capture_output=True, text=True, timeout=60, check=True)
+    names: set[str] = set()
+    for line in out.stdout.splitlines():
+        item = line.strip()
+        if item and not item.startswith("#") and item != entry:
+            names |= _expand(item, tool)
+    return names
+
+
+def _renderers(pgid: int) -> list[dict[str, str]]:
+    """Status fields of the renderers of process group ``pgid``."""
+    from wa_daemon.daemon.browser.process import group_members
+
+    found = []
+    for pid in group_members(pgid):
+        with suppress(OSError):
+            if b"--type=renderer" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                status = Path(f"/proc/{pid}/status").read_text()
+                found.append(dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line))
+    return found
+
+
+@pytest.mark.parametrize("without", [None, "seccomp", "chroot", "user pid net"])
+def test_chromium_s_sandbox_needs_what_the_unit_allows(service: dict[str, dict[str, list[str]]],
+                                                        without: str | None) -> None:
+    """Chromium, sandboxed, as an unprivileged user with no capability, under the
+    unit's own RestrictNamespaces= and SystemCallFilter= (read from the unit file):
+    it renders, and its renderers are under the unit's two filters and its own.
+    Without chroot, or without the three namespace types, the sandbox cannot start.
+    Without seccomp() Chromium falls back to prctl(PR_SET_SECCOMP), losing the
+    flags docs/systemd.md explains: the renderers are still filtered."""
+    require(os.geteuid() == 0, "setpriv --reuid needs root")
+    setpriv = require_tool("setpriv", "util-linux")
+    tool = require_tool("systemd-analyze", "systemd")
+    require(ctypes.util.find_library("seccomp") is not None, "libseccomp2 is missing (a dependency of systemd)")
+    require_chromium()
+    from wa_daemon.daemon.browser.process import CHROMIUM_FLAGS
+
+    filters = service["Service"]["SystemCallFilter"]
+    assert not any(f.startswith("~") for f in filters), "an allow list, as docs/systemd.md says"
+    allowed = set().union(*(_expand(entry, tool) for value in filters for entry in value.split()))
+    namespaces = set((last(service, "Service", "RestrictNamespaces") or "").split())
+    assert {"seccomp", "chroot"} <= allowed and namespaces == {"user", "pid", "net"}
+    if without == "user pid net":
+        namespaces = set()  # RestrictNamespaces=yes, as before the sandbox was on
+    elif without is not None:
+        allowed.discard(without)
+    nobody = pwd.getpwnam("nobody")
+    page = "data:text/html,<p id=x>wait</p><script>document.getElementById('x').textContent='js-'+(6*7)</script>"
+    with _scratch_for(nobody.pw_uid, nobody.pw_gid) as home:
+        argv = [
+            sys.executable, "-c", _UNIT_FILTERS, ",".join(sorted(allowed)), ",".join(sorted(namespaces)), "--",
+            setpriv, "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all",
+            f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups", "--reset-env",
+            "/usr/bin/env", f"HOME={home}", f"TMPDIR={home}",
+            "/usr/bin/chromium", *CHROMIUM_FLAGS, f"--user-data-dir={home}/profile", "--dump-dom", page,
+        ]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            stdout, stderr = _read_until(proc, b"</html>", timeout=60)
+            renderers = _renderers(proc.pid)
+        finally:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    if without in (None, "seccomp"):
+        assert '<p id="x">js-42</p>' in stdout, f"{stdout[-2000:]}\n{stderr[-3000:]}"
+        assert renderers, stderr[-3000:]
+        for r in renderers:
+            # The unit's two filters, then Chromium's own.
+            assert r["Seccomp"] == "2" and int(r["Seccomp_filters"]) >= 3, r
+    else:
+        assert "js-42" not in stdout, f"the sandbox started without {without}"
+        assert "sandbox" in stderr.lower() or "chroot" in stderr, stderr[-3000:]

@@ -46,6 +46,7 @@ def make_driver(config: Config) -> Driver:
             hang_check_timeout=config.hang_check_timeout,
             app_lost_grace=config.app_lost_grace,
             extra_args=tuple(config.chromium_args),
+            browser_user=config.browser_user,
             user_agent=config.user_agent,
             contract=load_contract(config.page_contract),
             web_version=config.web_version,
@@ -114,6 +115,8 @@ class Daemon:
                     cfg, self.driver, sessions, registry=registry, rng=self._rng
                 )
                 manager.metrics.build_info(__version__, self.driver.name)
+                sandbox = getattr(self.driver, "sandbox", None)  # the Chromium driver's (browser/sandbox.py)
+                manager.metrics.browser_sandbox(sandbox.mode if sandbox is not None else None)
                 self.monitor = DaemonMonitor(manager, _used_state_dir(cfg))
                 manager.restore()
                 server = self.server = Server(manager, health=self.monitor.health)

@@ -187,6 +187,7 @@ def health_report(
     min_free: int,
     states: list[tuple[State, str | None]],
     max_failing: float,
+    extra: Iterable[HealthCheck] = (),
 ) -> Health:
     checks = [
         HealthCheck(
@@ -221,6 +222,7 @@ def health_report(
             fraction,
         )
     )
+    checks.extend(extra)  # the driver's own (browser_sandbox)
     return Health(all(c.ok for c in checks), checks)
 
 
@@ -332,4 +334,5 @@ class DaemonMonitor:
             min_free=cfg.health_min_free_bytes,
             states=[(state, reason) for state, reason, _ in self.manager.states()],
             max_failing=cfg.health_max_failing_fraction,
+            extra=getattr(self.manager.driver, "health_checks", list)(),
         )

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import os
 import re
 import shutil
@@ -24,12 +23,12 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 import trio
-import trio_asyncio
 
+from ...protocol import HealthCheck
 from .adapter import (
     BINDING,
     POST_LOGOUT_MARKER,
@@ -40,6 +39,8 @@ from .adapter import (
     needed_modules,
     pairing_code_script,
 )
+from .aio import _aio, _quiet_library_logs
+from .aio import open_browser_loop as open_browser_loop  # the daemon and the probe open it from here
 from .base import (
     BrowserGone,
     LaunchError,
@@ -63,53 +64,15 @@ from .process import (
     kill_orphans,
     set_parent_death_signal,
 )
+from .sandbox import Confinement, Sandbox
 
 log = structlog.get_logger("wa_daemon.chromium")
-T = TypeVar("T")
 
 _DEVTOOLS_RE = re.compile(rb"DevTools listening on (ws://\S+)")
 _EVENT_BUFFER = 1024
 
 # How long a logout through the page may take to be confirmed by WhatsApp's logout event.
 LOGOUT_CONFIRM_TIMEOUT = 10.0
-
-_aio_logging_quieted = False
-
-
-def _quiet_library_logs() -> None:
-    global _aio_logging_quieted
-    if not _aio_logging_quieted:
-        # pyppeteer and websockets log "Target closed" style noise on every browser exit.
-        for name in ("pyppeteer", "websockets"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-        _aio_logging_quieted = True
-
-
-@contextlib.asynccontextmanager
-async def open_browser_loop() -> AsyncIterator[None]:
-    """The asyncio loop pyppeteer runs on, inside trio.
-
-    trio-asyncio turns every asyncio error nobody retrieved into an exception in
-    its own nursery, which would take the daemon down. pyppeteer leaves such
-    futures behind whenever a browser dies mid-call ("Target closed"): expected,
-    and already reported as BrowserGone by the exit and hang watchers, so they
-    are logged, never raised.
-    """
-
-    def on_error(loop: Any, context: dict[str, Any]) -> None:
-        exc = context.get("exception")
-        log.debug("asyncio_error", message=context.get("message"), error=repr(exc) if exc else None)
-
-    async with trio_asyncio.open_loop() as loop:
-        loop.set_exception_handler(on_error)
-        yield
-
-
-async def _aio(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-    """Await an asyncio coroutine function (pyppeteer) from trio."""
-    result: T = await trio_asyncio.aio_as_trio(fn)(*args, **kwargs)
-    return result
-
 
 @dataclass
 class ChromiumConfig:
@@ -125,6 +88,7 @@ class ChromiumConfig:
     contract: PageContract = DEFAULT_CONTRACT
     web_version: str | None = None  # pin this WhatsApp Web version (pinning.py)
     web_version_cache: Path | None = None  # None: <state_dir>/web-cache
+    browser_user: str | None = None  # a root daemon starts its browsers as this user (sandbox.py)
 
 
 # pyppeteer's error for an evaluate whose document went away mid-call (a navigation).
@@ -182,15 +146,16 @@ class ChromiumBrowser:
         # Popen from the event loop's own thread: the parent-death signal fires when the
         # *thread* that forked exits, so a worker thread (trio's open_process) would
         # kill Chromium as soon as its thread is recycled.
+        assert self.tmp is not None
         self.proc = subprocess.Popen(
             argv,
-            env={**os.environ, "TMPDIR": str(self.tmp)} if self.tmp is not None else None,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group: one killpg ends every child
             preexec_fn=set_parent_death_signal,  # prctl only: takes no lock, safe between fork and exec
             close_fds=True,
+            **self.driver.confinement.spawn_options(self.tmp),  # environment, uid, groups, umask
         )
         self.pid = self.proc.pid
 
@@ -254,13 +219,18 @@ class ChromiumBrowser:
 
     async def launch(self, user_agent: str) -> None:
         cfg = self.driver.config
-        self.profile.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.driver.tmp_base.mkdir(mode=0o700, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.session_id}-", dir=self.driver.tmp_base))
+        sandbox = self.driver.sandbox
+        if sandbox.unreachable:
+            raise LaunchError(sandbox.unreachable)
+        try:  # in a thread: a profile handed to browser_user for the first time is chowned file by file
+            self.tmp = await trio.to_thread.run_sync(self.driver.confinement.launch_dirs, self.session_id)
+        except OSError as exc:
+            raise LaunchError(f"cannot prepare the profile and temp directories: {exc}") from None
         clear_singletons(self.profile)
         argv = [
             cfg.executable,
             *CHROMIUM_FLAGS,
+            *sandbox.flags,
             *cfg.extra_args,
             f"--user-agent={user_agent}",
             f"--user-data-dir={self.profile}",
@@ -520,6 +490,7 @@ class ChromiumDriver:
     live: dict[str, ChromiumBrowser] = field(default_factory=dict)
     launches: int = 0
     _user_agent: str | None = None
+    _confinement: Confinement | None = None
 
     @property
     def sessions_dir(self) -> Path:
@@ -539,9 +510,24 @@ class ChromiumDriver:
     def profile_of(self, session_id: str) -> Path:
         return self.sessions_dir / session_id / "profile"
 
+    @property
+    def confinement(self) -> Confinement:
+        if self._confinement is None:
+            cfg = self.config
+            self._confinement = Confinement(cfg.state_dir, self.tmp_base, cfg.browser_user, cfg.extra_args)
+        return self._confinement
+
+    @property
+    def sandbox(self) -> Sandbox:
+        return self.confinement.sandbox
+
+    def health_checks(self) -> list[HealthCheck]:
+        return [self.confinement.health_check()]
+
     def start(self) -> None:
-        """Start-up housekeeping: the state directory exists, no orphan holds a profile."""
-        self.sessions_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Start-up housekeeping: the state directory exists, no orphan holds a profile;
+        the sandbox is decided and said."""
+        self.confinement.announce()
         kill_orphans(self.sessions_dir)
         shutil.rmtree(self.tmp_base, ignore_errors=True)  # left by browsers of a killed daemon
         # Importing pyppeteer takes ~130 ms: pay it here, before anything is served,

@@ -13,6 +13,7 @@ import argparse
 import base64
 import binascii
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -119,6 +120,8 @@ async def run_probe(config: Config, url: str, timeout: float) -> Report:
 
     contract = load_contract(config.page_contract)
     state_dir = Path(tempfile.mkdtemp(prefix="wa-probe-"))
+    if config.browser_user:
+        os.chmod(state_dir, 0o711)  # browser_user passes through to its profile, as in a state directory
     try:
         async with open_browser_loop():
             driver = ChromiumDriver(
@@ -128,6 +131,7 @@ async def run_probe(config: Config, url: str, timeout: float) -> Report:
                     url=url,
                     launch_timeout=min(config.launch_timeout, timeout),
                     extra_args=tuple(config.chromium_args),
+                    browser_user=config.browser_user,
                     user_agent=config.user_agent,
                     contract=contract,
                 ),
@@ -183,6 +187,7 @@ def render(report: Report) -> str:
 
 def main(argv: list[str]) -> int:
     from ..ops.configfile import ConfigError, ConfigSource
+    from ..ops.log import configure
 
     args = parser().parse_args(argv)
     try:
@@ -193,6 +198,9 @@ def main(argv: list[str]) -> int:
     if args.timeout <= 0:
         print("wa-daemon probe: --timeout must be > 0", file=sys.stderr)
         return 2
+    # Log lines (the browser_sandbox_off warning of a root without browser_user) go to
+    # stderr: stdout is the report, JSON with --json.
+    configure("warning", config.log_levels, stream=sys.stderr)
     url = args.url or config.whatsapp_url
     if shutil.which(config.chromium_path) is None:
         print(f"wa-daemon probe: no Chromium at {config.chromium_path}", file=sys.stderr)

@@ -29,8 +29,8 @@ _PR_SET_PDEATHSIG = 1
 # Each flag and why. Memory-saving flags are not here: see docs/performance.md.
 CHROMIUM_FLAGS: tuple[str, ...] = (
     "--headless",  # no display on a server
-    "--no-sandbox",  # the setuid/namespace sandbox is unavailable to root and in most containers;
-    # isolation comes from one profile per session and the systemd hardening of the unit
+    # No --no-sandbox: Chromium's own sandbox stays on wherever it can work; sandbox.py
+    # adds the flag where it cannot (root without browser_user, no user namespaces).
     "--disable-dev-shm-usage",  # /dev/shm is tiny in containers; filling it crashes renderers ("Target closed")
     "--disable-gpu",  # no GPU on servers; avoids the GPU process and its failures
     "--no-first-run",  # no first-run UI or import on a fresh profile

@@ -33,6 +33,7 @@ RESTART_KEYS = (
     "whatsapp_url",
     "chromium_path",
     "chromium_args",
+    "browser_user",
     "user_agent",
     "launch_timeout",
     "hang_check_interval",
@@ -74,6 +75,9 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     whatsapp_url: WebUrl = "https://web.whatsapp.com/"
     chromium_path: str = "/usr/bin/chromium"
     chromium_args: list[str] = []  # appended to the built-in flags (browser/chromium.py)
+    # a daemon running as root starts its browsers as this unprivileged user (a name or
+    # a uid), so that Chromium's own sandbox can run (docs/security.md); None: as the daemon
+    browser_user: str | None = None
     user_agent: str | None = None  # None: a desktop Chrome UA of the installed version
     launch_timeout: PositiveSeconds = 30.0
     hang_check_interval: PositiveSeconds = 10.0
@@ -176,6 +180,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("socket_group: empty group name")
         if self.admin_group is not None and not self.admin_group.strip():
             raise ValueError("admin_group: empty group name")
+        if self.browser_user is not None and not self.browser_user.strip():
+            raise ValueError("browser_user: empty user name")
 
     def level_of(self, component: str) -> str:
         return self.log_levels.get(component, self.log_level)

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from ..browser.contract import ContractError, load_contract
+from ..browser.sandbox import SandboxError, resolve_user
 from .config import Config
 
 if sys.version_info >= (3, 11):
@@ -35,6 +36,7 @@ ENV_KEYS: dict[str, str] = {
     "WA_DAEMON_WHATSAPP_URL": "whatsapp_url",
     "WA_DAEMON_CHROMIUM_PATH": "chromium_path",
     "WA_DAEMON_METRICS_LISTEN": "metrics_listen",
+    "WA_DAEMON_BROWSER_USER": "browser_user",
 }
 ENV_CONFIG = "WA_DAEMON_CONFIG"  # the file, when --config is not given
 
@@ -95,6 +97,11 @@ class ConfigSource:
             load_contract(config.page_contract)
         except ContractError as exc:
             raise ConfigError(str(exc)) from None
+        if config.browser_user is not None:
+            try:  # an unknown user is a configuration error, not a failure at the first launch
+                resolve_user(config.browser_user)
+            except SandboxError as exc:
+                raise ConfigError(str(exc)) from None
         return config
 
     def _explain(self, message: str, from_file: set[str], text: str) -> str:

@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from ...protocol import Sample, State
+from ..browser.sandbox import SANDBOX_MODES
 
 
 class _Pages(Collector):
@@ -184,10 +185,21 @@ class DaemonMetrics:
                                       registry=r)
         self._info = Gauge("wa_build_info", "the daemon's version and driver (value 1)", ["version", "driver"],
                            registry=r)
+        self._sandbox = Gauge(
+            "wa_browser_sandbox", "Chromium's own sandbox: 1 for the mode the browsers run in (namespace, none)",
+            ["mode"], registry=r,
+        )
         ProcessCollector(registry=r)  # process_*: the daemon's own memory, CPU, descriptors
 
     def build_info(self, version: str, driver: str) -> None:
         self._info.labels(version, driver).set(1)
+
+    def browser_sandbox(self, mode: str | None) -> None:
+        """``mode``: the driver's sandbox mode; None (the scripted driver): no series."""
+        if mode is None:
+            return
+        for each in SANDBOX_MODES:
+            self._sandbox.labels(each).set(1 if each == mode else 0)
 
     def track_sessions(self, counts: Callable[[], dict[State, int]]) -> None:
         self.registry.register(_SessionsByState(counts))
