@@ -12,7 +12,7 @@ import msgspec
 import pytest
 import tomllib
 
-from wa_daemon.daemon.ops.config import RESTART_KEYS, Config, ScriptedConfig, parse_listen
+from wa_daemon.daemon.ops.config import LOG_COMPONENTS, RESTART_KEYS, Config, ScriptedConfig, parse_listen
 from wa_daemon.daemon.ops.configfile import ConfigError, ConfigSource, find_line, render
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -193,3 +193,19 @@ def test_configuration_doc_lists_the_restart_keys() -> None:
     section = text[text.index("These keys are read once at start-up") :]
     section = section[: section.index("\n\n")]
     assert re.findall(r"`([a-z_]+)`", section)[1:] == list(RESTART_KEYS)  # after `config_needs_restart`
+
+
+def test_every_daemon_logger_is_a_log_levels_component() -> None:
+    # A module that named its own logger could log under a name `log_levels` does
+    # not know, and no configuration could quiet or raise it.
+    root = Path(__file__).resolve().parent.parent / "wa_daemon" / "daemon"
+    own = [
+        str(p.relative_to(root))
+        for p in root.rglob("*.py")
+        if p.name != "log.py" and "structlog.get_logger(" in p.read_text()
+    ]
+    assert own == [], "use ops.log.get_logger(component)"
+    used = set()
+    for p in root.rglob("*.py"):
+        used |= set(re.findall(r'get_logger\("([a-z]+)"\)', p.read_text()))
+    assert used and used <= set(LOG_COMPONENTS)

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import structlog
 import trio
 
 from .._version import __version__
@@ -19,7 +18,7 @@ from .browser.scripted import ScriptedDriver
 from .monitor import DaemonMonitor
 from .ops.config import RESTART_KEYS, Config
 from .ops.configfile import ConfigError, ConfigSource
-from .ops.log import configure
+from .ops.log import configure, get_logger
 from .ops.metrics_http import MetricsHttp
 from .ops.systemd import Notifier
 from .rpc.listener import BoundSocket, bind_unix_socket
@@ -27,7 +26,7 @@ from .rpc.server import Server
 from .sessions.manager import SessionManager
 from .sessions.registry import MemoryRegistry, Registry, SqliteRegistry
 
-log = structlog.get_logger("wa_daemon")
+log = get_logger("daemon")
 
 
 def make_driver(config: Config) -> Driver:

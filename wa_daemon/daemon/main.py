@@ -8,13 +8,12 @@ import signal
 import sys
 from typing import Any
 
-import structlog
 import trio
 
 from .._version import __version__
 from .app import Daemon
 from .ops.configfile import DEFAULT_CONFIG_PATH, ENV_CONFIG, ConfigError, ConfigSource, render
-from .ops.log import configure
+from .ops.log import configure, get_logger
 from .ops.systemd import ActivationError, Notifier, activated_socket, listen_fds
 from .rpc.listener import AlreadyRunning, BoundSocket, adopt_socket, bind_unix_socket
 
@@ -109,7 +108,7 @@ async def _serve(daemon: Daemon, bound: BoundSocket) -> None:
 
             async def on_signal() -> None:
                 async for signum in signals:
-                    structlog.get_logger("wa_daemon").info("signal", signal=signal.Signals(signum).name)
+                    get_logger("daemon").info("signal", signal=signal.Signals(signum).name)
                     if signum == signal.SIGHUP:
                         nursery.start_soon(daemon.reload)
                     else:

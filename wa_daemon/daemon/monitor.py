@@ -10,19 +10,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import structlog
 import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..protocol import Health, HealthCheck, Reason, State
 from .browser.procfs import proc_files, stat_fields
+from .ops.log import get_logger
 from .sessions.session import utcnow
 
 if TYPE_CHECKING:
     from .sessions.manager import SessionManager
 
-log = structlog.get_logger("wa_daemon")
+log = get_logger("daemon")
 
 # Reasons that say the daemon or the machine is failing sessions, as opposed to
 # a person not scanning, logging out or opening WhatsApp elsewhere.

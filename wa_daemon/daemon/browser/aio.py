@@ -8,10 +8,11 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-import structlog
 import trio_asyncio
 
-log = structlog.get_logger("wa_daemon.chromium")
+from ..ops.log import get_logger
+
+log = get_logger("chromium")
 T = TypeVar("T")
 
 _aio_logging_quieted = False

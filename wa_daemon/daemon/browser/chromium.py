@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import structlog
 import trio
 
 from ...protocol import HealthCheck
+from ..ops.log import get_logger
 from .adapter import (
     BINDING,
     POST_LOGOUT_MARKER,
@@ -66,7 +66,7 @@ from .process import (
 )
 from .sandbox import Confinement, Sandbox
 
-log = structlog.get_logger("wa_daemon.chromium")
+log = get_logger("chromium")
 
 _DEVTOOLS_RE = re.compile(rb"DevTools listening on (ws://\S+)")
 _EVENT_BUFFER = 1024

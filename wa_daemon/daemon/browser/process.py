@@ -16,12 +16,12 @@ import signal
 import subprocess
 from pathlib import Path
 
-import structlog
 import trio
 
+from ..ops.log import get_logger
 from .procfs import proc_files, stat_fields
 
-log = structlog.get_logger("wa_daemon.chromium")
+log = get_logger("chromium")
 
 _SINGLETONS = ("SingletonLock", "SingletonSocket", "SingletonCookie")
 _PR_SET_PDEATHSIG = 1

@@ -24,11 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from ...protocol import HealthCheck
+from ..ops.log import get_logger
 
-log = structlog.get_logger("wa_daemon.chromium")
+log = get_logger("chromium")
 
 NO_SANDBOX = "--no-sandbox"
 NAMESPACE = "namespace"  # Chromium's namespace sandbox with seccomp-bpf

@@ -19,14 +19,13 @@ import os
 import pwd
 from dataclasses import dataclass
 
-import structlog
-
 from ..ops.config import Config
+from ..ops.log import get_logger
 from ..sessions.caller import ADMIN, UNKNOWN, Caller
 
 __all__ = ["ADMIN", "UNKNOWN", "Caller", "PeerCredentials", "caller_of", "in_group", "is_admin"]
 
-log = structlog.get_logger("wa_daemon.server")
+log = get_logger("server")
 
 
 @dataclass(frozen=True, slots=True)

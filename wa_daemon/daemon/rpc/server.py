@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-import structlog
 import trio
 
 from ..._version import __version__
@@ -38,6 +37,7 @@ from ...protocol import (
     encode_frame,
 )
 from ..ops.config import Config
+from ..ops.log import get_logger
 from ..sessions.manager import SessionManager
 from . import faults
 from .access import Caller, PeerCredentials, caller_of
@@ -58,7 +58,7 @@ from .protocol import (
     fatal_error,
 )
 
-log = structlog.get_logger("wa_daemon.server")
+log = get_logger("server")
 
 SERVER_NAME = f"wa-daemon/{__version__}"
 _RECV_CHUNK = 65536

@@ -18,13 +18,13 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-import structlog
 import trio
 
 from ...errors import Busy, InvalidArgument, LimitExceeded, NotFound, PermissionDenied, RateLimited, Unavailable
 from ...protocol import PairingCode, QrCode, Reason, SessionStatus, State, Transition, to_raw, validate_session_id
 from ..browser.base import Driver, Simulator
 from ..ops.config import Config
+from ..ops.log import get_logger
 from ..ops.metrics import DaemonMetrics
 from .caller import ADMIN, Caller
 from .events import Disconnect, IdleTimeout, Inactive
@@ -34,7 +34,7 @@ from .registry import MemoryRegistry, Registry, RegistryError, SessionOptions, S
 from .session import Session, SessionContext
 from .states import ACTIVE, RESTARTABLE
 
-log = structlog.get_logger("wa_daemon.manager")
+log = get_logger("manager")
 
 
 class SessionManager:

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import msgspec
-import structlog
 import trio
 
 from ...protocol import Reason, SessionStatus, State, StateChanged, Transition, to_raw
 from ..browser.base import Browser, BrowserGone, Driver, LaunchError, LaunchOptions, PairingError
 from ..ops.config import Config
+from ..ops.log import get_logger
 from ..ops.metrics import DaemonMetrics
 from . import events as ev
 from .events import Phase
@@ -36,7 +36,7 @@ from .states import IllegalTransition
 
 __all__ = ["Session", "SessionContext", "utcnow"]
 
-log = structlog.get_logger("wa_daemon.session")
+log = get_logger("session")
 
 
 @dataclass
