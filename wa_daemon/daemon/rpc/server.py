@@ -123,7 +123,8 @@ class _Connection:
     # ------------------------------------------------------------------ sending
 
     def _frame(self, message: msgspec.Struct) -> bytearray:
-        return faults.encode_reply(message, self.proto.max_frame, self.log)
+        """Raises faults.ReplyTooLarge: inside a request that is its answer."""
+        return faults.encode_answer(message, self.proto.max_frame)
 
     async def send(self, message: msgspec.Struct) -> None:
         await self.send_frame(self._frame(message))
