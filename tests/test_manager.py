@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
+import msgspec
 import pytest
 import structlog
 import trio
@@ -12,7 +13,7 @@ import trio.testing
 from wa_daemon.daemon.sessions import states
 from wa_daemon.daemon.sessions.hub import StreamEnd
 from wa_daemon.errors import LimitExceeded, NotFound, RateLimited
-from wa_daemon.protocol import QrUpdated, Reason, State, StateChanged
+from wa_daemon.protocol import QrUpdated, Reason, SessionStatus, State, StateChanged
 
 from .helpers import open_manager, wait_state
 
@@ -700,3 +701,10 @@ async def test_reads_for_the_layers_above(autojump_clock: trio.testing.MockClock
         [(state, reason, since)] = list(m.states())
         assert (state, reason, since) == (State.WAITING_QR, "qr_shown", peeked.since)
         assert m.browser_groups() == {}  # scripted browsers have no processes
+        # status_raw (what the RPC sends) is status encoded, and a touch like it.
+        await trio.sleep(5)
+        raw = m.status_raw("a")
+        assert msgspec.msgpack.decode(raw, type=SessionStatus) == m.status("a") == peeked
+        assert m._sessions["a"].last_touch == touched + 10
+        with pytest.raises(NotFound):
+            m.status_raw("b")

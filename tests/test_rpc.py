@@ -331,3 +331,41 @@ async def test_rpc_lines_mutations_and_failures_at_info_reads_at_debug(
             async with AsyncClient(d.socket_path) as wa:
                 await wa.status("l")
             assert lines() == [("status", "ok", "debug")]
+
+
+async def test_an_answer_over_max_frame_is_one_internal_error(sock_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A QR payload far larger than the frame limit: the watch's snapshot and the
+    # status reply cannot be sent. Each request gets exactly one final message,
+    # `internal`, its rpc line says so, and the connection goes on.
+    from wa_daemon.daemon.browser import scripted
+
+    monkeypatch.setattr(scripted, "_fake_ref", lambda: "2@" + "x" * 2000)
+    with trio.fail_after(20), structlog.testing.capture_logs() as logs:
+        async with running_daemon(sock_dir, max_frame=1024) as d:
+            async with AsyncClient(d.socket_path) as wa:
+                await wa.connect("big")
+                while (status := d.manager.peek("big")) is None or status.qr is None:  # type: ignore[union-attr]
+                    await trio.sleep(0.01)
+                s = await trio.open_unix_socket(str(d.socket_path))
+                proto = ClientProtocol("raw")
+                await s.send_all(proto.hello())
+                await s.send_all(proto.request("watch", WatchParams("big"))[1])
+                await s.send_all(proto.request("status", SessionParams("big"))[1])
+                got: list[object] = []
+                while len(got) < 3:  # welcome, then one answer per request
+                    msg = proto.decoder.next_message()
+                    if msg is None:
+                        proto.decoder.receive_data(await s.receive_some(65536))
+                        continue
+                    got.append(msg)
+                answers = got[1:]
+                assert all(isinstance(m, Error) and m.code == "internal" for m in answers)
+                assert sorted(m.id for m in answers) == [1, 2]  # type: ignore[attr-defined]
+                with trio.move_on_after(0.5) as quiet:  # nothing else comes: no End after the error
+                    extra = await s.receive_some(65536)
+                assert quiet.cancelled_caught, f"more after the error: {extra!r}"
+                await s.aclose()
+                assert await wa.ping()
+    rpc = {e["method"]: e["result"] for e in logs if e["event"] == "rpc" and e.get("session") == "big"}
+    assert rpc == {"connect": "ok", "watch": "internal", "status": "internal"}
+    assert sum(1 for e in logs if e["event"] == "reply_too_large") == 2

@@ -372,14 +372,17 @@ def test_params_errors_and_unknown_methods_are_invalid_argument() -> None:
 
 
 def test_a_reply_over_the_frame_limit_becomes_an_internal_error() -> None:
-    log = structlog.get_logger("t")
-    small = faults.encode_reply(OutReply(1, "x"), 4096, log)
+    small = faults.encode_answer(OutReply(1, "x"), 4096)
     assert small == encode_frame(OutReply(1, "x"))
+    with pytest.raises(faults.ReplyTooLarge) as info:
+        faults.encode_answer(OutReply(2, "x" * 5000), 4096)
     with structlog.testing.capture_logs() as logs:
-        big = faults.encode_reply(OutReply(2, "x" * 5000), 4096, log)
-    decoded = msgspec.msgpack.decode(bytes(big[4:]), type=Error)
-    assert decoded.id == 2 and decoded.code == "internal" and "too large" in decoded.message
-    assert logs[0]["event"] == "reply_too_large"
+        error, outcome = faults.fault(info.value, 2, "list", structlog.get_logger("t"))
+    # The rpc line says what the client got; the daemon's own fault, so `internal`.
+    assert outcome == "internal" and error.id == 2 and error.code == "internal" and "too large" in error.message
+    assert logs == [
+        {"event": "reply_too_large", "id": 2, "method": "list", "error": info.value.message, "log_level": "error"}
+    ]
 
 
 # ---------------------------------------------------------------------------- callers

@@ -3,7 +3,8 @@
 A typed error (:class:`WaDaemonError`) is answered with its own code, message
 and details. Anything else is a bug: answered `internal`, with the traceback in
 the log (``rpc_internal_error``) and never on the wire. A reply that encodes
-over the frame limit is answered `internal` too (``reply_too_large``).
+over the frame limit is answered `internal` too (``reply_too_large``), in place
+of the reply: a stream with an event that large ends with that error.
 """
 
 from __future__ import annotations
@@ -41,21 +42,32 @@ def error_frame(exc: WaDaemonError, request_id: int | None) -> Error:
     return Error(request_id, exc.code, exc.message, exc.details)
 
 
+class ReplyTooLarge(Exception):
+    """An answer (a reply or a stream's event) encodes over the frame limit. The
+    daemon's fault, not the client's: answered `internal`, in place of the answer,
+    as the request's one final message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 def fault(exc: Exception, request_id: int, method: str, log: FilteringBoundLogger) -> tuple[Error, str]:
     """The error frame answering a request that raised ``exc``, and the ``result``
     of its ``rpc`` log line. Call it in the ``except`` block: a bug is logged
     there with its traceback."""
     if isinstance(exc, WaDaemonError):
         return error_frame(exc, request_id), exc.code
+    if isinstance(exc, ReplyTooLarge):
+        log.error("reply_too_large", id=request_id, method=method, error=exc.message)
+        return Error(request_id, InternalError.code, f"the reply is too large: {exc.message}"), "internal"
     log.exception("rpc_internal_error", id=request_id, method=method)
     return Error(request_id, InternalError.code, INTERNAL_MESSAGE, {"request": request_id}), "internal"
 
 
-def encode_reply(message: Any, max_frame: int, log: FilteringBoundLogger) -> bytearray:
-    """``message`` as a frame; if it is over ``max_frame``, an `internal` error frame in its place."""
+def encode_answer(message: Any, max_frame: int) -> bytearray:
+    """``message`` as a frame; :class:`ReplyTooLarge` if it is over ``max_frame``."""
     try:
         return encode_frame(message, max_frame)
     except LocalProtocolError as exc:
-        log.error("reply_too_large", error=exc.message)
-        rid = getattr(message, "id", None)
-        return encode_frame(Error(rid, InternalError.code, f"the reply is too large: {exc.message}"))
+        raise ReplyTooLarge(exc.message) from None

@@ -157,6 +157,13 @@ class SessionManager:
         session.touch()
         return session.status()
 
+    def status_raw(self, session_id: str, caller: Caller = ADMIN) -> msgspec.Raw:
+        """:meth:`status`, encoded (a SessionStatus on the wire): the bytes the
+        session keeps for ``list``, so a ``status`` poll encodes nothing."""
+        session = self.get(session_id, caller)
+        session.touch()
+        return session.status_raw()
+
     # Every session sorted by id, for the set of ids it was built from: sorting
     # is redone only when a session was added or removed.
     _order: tuple[frozenset[str], builtins.list[Session]] | None = None
