@@ -114,7 +114,7 @@ class Daemon:
                     cfg, self.driver, sessions, registry=registry, rng=self._rng
                 )
                 manager.metrics.build_info(__version__, self.driver.name)
-                sandbox = getattr(self.driver, "sandbox", None)  # the Chromium driver's (browser/sandbox.py)
+                sandbox = self.driver.sandbox
                 manager.metrics.browser_sandbox(sandbox.mode if sandbox is not None else None)
                 self.monitor = DaemonMonitor(manager, _used_state_dir(cfg))
                 manager.restore()

@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 from ..protocol import Health, HealthCheck, Reason, State
 from .browser.procfs import proc_files, stat_fields
 from .ops.log import get_logger
-from .sessions.session import utcnow
+from .sessions.machine import utcnow
 
 if TYPE_CHECKING:
     from .sessions.manager import SessionManager
@@ -334,5 +334,5 @@ class DaemonMonitor:
             min_free=cfg.health_min_free_bytes,
             states=[(state, reason) for state, reason, _ in self.manager.states()],
             max_failing=cfg.health_max_failing_fraction,
-            extra=getattr(self.manager.driver, "health_checks", list)(),
+            extra=self.manager.driver_health_checks(),
         )

@@ -13,9 +13,14 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import trio
+
+from ...protocol import HealthCheck
+
+if TYPE_CHECKING:
+    from .sandbox import Sandbox
 
 if sys.version_info < (3, 11):  # pragma: no cover - Python 3.10: trio's own dependency
     from exceptiongroup import BaseExceptionGroup
@@ -198,6 +203,16 @@ class Driver(Protocol):
 
     async def wipe_auth(self, session_id: str) -> None:
         """Forget the saved login of a session (its browser is closed)."""
+
+    @property
+    def sandbox(self) -> Sandbox | None:
+        """How its browsers are confined (browser/sandbox.py); None: it starts no
+        browser processes (the scripted driver)."""
+        ...
+
+    def health_checks(self) -> list[HealthCheck]:
+        """Its own entries in the health report (the Chromium driver's sandbox)."""
+        ...
 
 
 @runtime_checkable

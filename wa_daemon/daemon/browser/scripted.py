@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from ...protocol import HealthCheck
 from ..ops.config import ScriptedConfig
 from .base import (
     AppShown,
@@ -256,6 +257,13 @@ class ScriptedDriver:
     live: dict[str, ScriptedBrowser] = field(default_factory=dict)
     launches: int = 0
     _numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    @property
+    def sandbox(self) -> None:
+        return None  # no processes to confine
+
+    def health_checks(self) -> list[HealthCheck]:
+        return []
 
     @contextlib.asynccontextmanager
     async def open(self, options: LaunchOptions) -> AsyncIterator[ScriptedBrowser]:

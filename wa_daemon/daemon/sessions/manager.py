@@ -21,7 +21,17 @@ import msgspec
 import trio
 
 from ...errors import Busy, InvalidArgument, LimitExceeded, NotFound, PermissionDenied, RateLimited, Unavailable
-from ...protocol import PairingCode, QrCode, Reason, SessionStatus, State, Transition, to_raw, validate_session_id
+from ...protocol import (
+    HealthCheck,
+    PairingCode,
+    QrCode,
+    Reason,
+    SessionStatus,
+    State,
+    Transition,
+    to_raw,
+    validate_session_id,
+)
 from ..browser.base import Driver, Simulator
 from ..ops.config import Config
 from ..ops.log import get_logger
@@ -460,6 +470,10 @@ class SessionManager:
     #
     # What the RPC server needs beyond the operations above, so that it never
     # reaches into the sessions or the driver.
+
+    def driver_health_checks(self) -> builtins.list[HealthCheck]:
+        """The browser driver's own entries in the health report."""
+        return self.driver.health_checks()
 
     @property
     def driver_name(self) -> str:

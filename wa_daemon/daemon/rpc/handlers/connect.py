@@ -7,7 +7,7 @@ on and are remembered."""
 from __future__ import annotations
 
 from ....protocol import ConnectParams, SessionStatus
-from ...sessions.registry import SessionOptions
+from ...sessions.options import SessionOptions
 from .base import Operation, Peer, Services
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ....protocol import NoParams, Pong
-from ...sessions.session import utcnow
+from ...sessions.machine import utcnow
 from .base import Peer, Read, Services
 
 
