@@ -88,6 +88,7 @@ class Daemon:
         self.server: Server | None = None
         self.driver: Driver | None = None
         self.monitor: DaemonMonitor | None = None
+        self.metrics_addresses: list[str] = []  # where metrics_listen is bound (HOST:PORT)
         self._reload_lock = trio.Lock()
 
     def request_stop(self) -> None:
@@ -126,7 +127,9 @@ class Daemon:
                         front.start_soon(self.monitor.run)
                         # Started, not just spawned: bound before daemon_ready says so.
                         if cfg.metrics_listen:
-                            await front.start(serve_tcp, cfg.metrics_listen, manager, self.monitor.health)
+                            self.metrics_addresses = await front.start(
+                                serve_tcp, cfg.metrics_listen, manager, self.monitor.health
+                            )
                         if cfg.metrics_socket:
                             await front.start(serve_socket, Path(cfg.metrics_socket), manager, self.monitor.health)
                         if self.notifier.enabled:

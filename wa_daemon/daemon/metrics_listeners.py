@@ -50,21 +50,27 @@ async def serve_tcp(
     manager: SessionManager,
     health: Callable[[], Awaitable[Health]],
     *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Serve ``metrics_listen``; started with the addresses bound (none when it failed)."""
     host, port = parse_listen(listen)
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
     except OSError as exc:
         # Sessions matter more than a scrape: keep serving them, say so loudly.
         log.error("metrics_listen_failed", listen=listen, error=str(exc))
-        task_status.started()
+        task_status.started([])
         return
-    addresses = [listener.socket.getsockname() for listener in listeners]
-    log.info("metrics_listening", addresses=[f"{a[0]}:{a[1]}" for a in addresses],
-             sessions=manager.config.metrics_listen_sessions)
+    addresses = [_host_port(listener.socket.getsockname()) for listener in listeners]
+    log.info("metrics_listening", addresses=addresses, sessions=manager.config.metrics_listen_sessions)
+    task_status.started(addresses)
     scrape = exposition_as(manager, tcp_caller)
-    await MetricsHttp(lambda _stream: scrape, health).serve(listeners, task_status=task_status)
+    await MetricsHttp(lambda _stream: scrape, health).serve(listeners)
+
+
+def _host_port(name: tuple[str, int] | tuple[str, int, int, int]) -> str:
+    host, port = name[0], name[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def serve_socket(
@@ -72,24 +78,26 @@ async def serve_socket(
     manager: SessionManager,
     health: Callable[[], Awaitable[Health]],
     *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Serve ``metrics_socket``; started with whether it could be bound."""
     try:
         # Synchronous, like the RPC socket's bind: the umask it narrows cannot
         # leak into another task (rpc/listener.py).
         bound = bind_unix_socket(path, mode=SOCKET_MODE)
     except (OSError, AlreadyRunning) as exc:
         log.error("metrics_socket_failed", socket=str(path), error=str(exc))
-        task_status.started()
+        task_status.started(False)
         return
     try:
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(bound.sock))
         log.info("metrics_socket_listening", socket=str(path))
+        task_status.started(True)
 
         def for_peer(stream: trio.SocketStream) -> Exposition:
             credentials = peer_credentials(stream.socket)
             return exposition_as(manager, lambda config: caller_of(config, credentials))
 
-        await MetricsHttp(for_peer, health).serve([listener], task_status=task_status)
+        await MetricsHttp(for_peer, health).serve([listener])
     finally:
         bound.close()

@@ -58,10 +58,7 @@ class MetricsHttp:
         self._health = health
         self._slots = trio.Semaphore(MAX_CONNECTIONS)
 
-    async def serve(
-        self, listeners: Sequence[trio.SocketListener], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        task_status.started()
+    async def serve(self, listeners: Sequence[trio.SocketListener]) -> None:
         await trio.serve_listeners(self._accepted, list(listeners))
 
     async def _accepted(self, stream: trio.SocketStream) -> None:
@@ -123,7 +120,8 @@ async def _receive_request(stream: trio.abc.Stream, conn: h11.Connection) -> h11
             received += len(data)
             conn.receive_data(bytes(data))  # b"" at EOF: h11 says what that means
         elif isinstance(event, h11.Request):
-            return event
+            # h11 parses any HTTP/x.y; only 1.x is spoken here.
+            return event if event.http_version.startswith(b"1.") else _text(400, "bad request")
         else:
             return None
 
