@@ -2,9 +2,9 @@
 
 h11 parses and frames the HTTP (sans-I/O); this module only moves bytes
 between a trio stream and an h11 connection, so one :class:`MetricsHttp` serves
-a TCP listener (``metrics_listen``) or a Unix socket (``metrics_socket``) alike:
-who may see what is decided by the caller of :meth:`MetricsHttp.serve`, which
-hands each connection the exposition its peer may read
+a TCP listener (``metrics_listen``) or a Unix socket (``metrics_socket``) alike.
+Who may see what is not decided here: whoever builds a :class:`MetricsHttp`
+gives it, per accepted connection, the exposition that peer may read
 (``daemon/metrics_listeners.py``).
 
 Not prometheus_client's threaded server: the collectors read the sessions,
