@@ -53,6 +53,11 @@ def test_file_values_are_typed(tmp_path: Path) -> None:
         ("x = 1\nmetrics_listen = '0.0.0.0:9464'\n", "line 1: key 'x': unknown key"),
         ("metrics_listen = '0.0.0.0:9464'\n", "line 1: key 'metrics_listen': '0.0.0.0' is not a loopback address"),
         ("driver = 'firefox'\n", "line 1: key 'driver': invalid enum value 'firefox'"),
+        ("metrics_socket = 'metrics.sock'\n", "line 1: key 'metrics_socket': expected an absolute path"),
+        ("metrics_socket = '/run/" + "m" * 110 + "'\n", "line 1: key 'metrics_socket': longer than the 107 bytes"),
+        ("socket_path = '/run/w.sock'\nmetrics_socket = '/run/w.sock'\n",
+         "line 2: key 'metrics_socket': the RPC socket's path"),
+        ("metrics_listen_sessions = 'yes'\n", "line 1: key 'metrics_listen_sessions': expected `bool`, got `str`"),
     ],
 )
 def test_errors_name_the_line_the_key_and_what_was_expected(tmp_path: Path, text: str, expected: str) -> None:
@@ -82,6 +87,14 @@ def test_layers_file_then_environment_then_flags(tmp_path: Path) -> None:
     # The error blames the layer that won.
     assert error(tmp_path, text, {"WA_DAEMON_LOG_LEVEL": "loud"}).startswith("environment WA_DAEMON_LOG_LEVEL: ")
     assert error(tmp_path, text, max_sessions="x").startswith("command line: key 'max_sessions'")
+
+
+def test_metrics_socket_from_environment(tmp_path: Path) -> None:
+    env = {"WA_DAEMON_METRICS_SOCKET": "/run/wa-daemon-metrics/metrics.sock"}
+    cfg = load(tmp_path, "metrics_listen_sessions = true\n", env)
+    assert cfg.metrics_socket == "/run/wa-daemon-metrics/metrics.sock" and cfg.metrics_listen_sessions is True
+    assert error(tmp_path, "", {"WA_DAEMON_METRICS_SOCKET": "m.sock"}).startswith(
+        "environment WA_DAEMON_METRICS_SOCKET: key 'metrics_socket': expected an absolute path")
 
 
 def test_config_path_from_environment(tmp_path: Path) -> None:

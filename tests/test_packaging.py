@@ -13,7 +13,7 @@ import pytest
 from wa_daemon.paths import default_socket_path, default_state_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-DAEMON_ONLY = {"trio", "trio_asyncio", "pyppeteer", "structlog", "prometheus_client", "urllib3", "websockets"}
+DAEMON_ONLY = {"trio", "trio_asyncio", "pyppeteer", "structlog", "prometheus_client", "h11", "urllib3", "websockets"}
 
 
 def test_install_requires_has_no_daemon_dependencies() -> None:
@@ -26,7 +26,7 @@ def test_install_requires_has_no_daemon_dependencies() -> None:
     }
     assert base == {"msgspec", "anyio", "segno"}
     extra = cfg["options.extras_require"]["daemon"]
-    for name in ("trio", "trio-asyncio", "pyppeteer", "structlog", "prometheus_client"):
+    for name in ("trio", "trio-asyncio", "pyppeteer", "structlog", "prometheus_client", "h11"):
         assert name in extra
 
 

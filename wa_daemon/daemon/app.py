@@ -15,11 +15,11 @@ from .._version import __version__
 from ..paths import default_socket_path, default_state_dir
 from .browser.base import Driver
 from .browser.scripted import ScriptedDriver
+from .metrics_listeners import serve_socket, serve_tcp
 from .monitor import DaemonMonitor
 from .ops.config import RESTART_KEYS, Config
 from .ops.configfile import ConfigError, ConfigSource
 from .ops.log import configure, get_logger
-from .ops.metrics_http import MetricsHttp
 from .ops.systemd import Notifier
 from .rpc.listener import BoundSocket, bind_unix_socket
 from .rpc.server import Server
@@ -88,6 +88,7 @@ class Daemon:
         self.server: Server | None = None
         self.driver: Driver | None = None
         self.monitor: DaemonMonitor | None = None
+        self.metrics_addresses: list[str] = []  # where metrics_listen is bound (HOST:PORT)
         self._reload_lock = trio.Lock()
 
     def request_stop(self) -> None:
@@ -124,8 +125,13 @@ class Daemon:
                         front.start_soon(server.accept_loop, bound, connections)
                         front.start_soon(manager.cleanup_loop)
                         front.start_soon(self.monitor.run)
+                        # Started, not just spawned: bound before daemon_ready says so.
                         if cfg.metrics_listen:
-                            front.start_soon(self._serve_metrics, cfg.metrics_listen)
+                            self.metrics_addresses = await front.start(
+                                serve_tcp, cfg.metrics_listen, manager, self.monitor.health
+                            )
+                        if cfg.metrics_socket:
+                            await front.start(serve_socket, Path(cfg.metrics_socket), manager, self.monitor.health)
                         if self.notifier.enabled:
                             front.start_soon(self._report_status)
                             if self.notifier.watchdog_interval:
@@ -158,15 +164,6 @@ class Daemon:
             if self.manager is not None:
                 self.manager.registry.close()
         log.info("daemon_stopped")
-
-    async def _serve_metrics(self, listen: str) -> None:
-        assert self.manager is not None and self.monitor is not None
-        http = MetricsHttp(listen, self.manager.metrics.exposition, self.monitor.health)
-        try:
-            await http.run()
-        except OSError as exc:
-            # Sessions matter more than a scrape: keep serving them, say so loudly.
-            log.error("metrics_listen_failed", listen=listen, error=str(exc))
 
     # ------------------------------------------------------------------ systemd
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Annotated, Any, Literal, get_args
 
 import msgspec
@@ -45,6 +46,7 @@ RESTART_KEYS = (
     "max_concurrent_launches",
     "socket_group",
     "metrics_listen",
+    "metrics_socket",
 )
 
 
@@ -160,6 +162,12 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     # monitoring
     metrics_listen: str | None = None  # "127.0.0.1:9464": serve /metrics over HTTP; loopback only
+    # per-session series on metrics_listen too, for any local user to read (docs/security.md);
+    # false: the daemon-wide aggregates only
+    metrics_listen_sessions: bool = False
+    # a Unix socket serving /metrics and /health, each peer answered as the RPC
+    # `metrics` method answers it (its uid's sessions, or all for an admin); None: off
+    metrics_socket: str | None = None
     resource_sample_interval: PositiveSeconds = 15.0  # per-session Chromium PSS/CPU sampling
     health_max_loop_lag: PositiveSeconds = 1.0
     health_min_free_bytes: Annotated[int, msgspec.Meta(ge=0)] = 512 << 20
@@ -176,6 +184,12 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             )
         if self.metrics_listen is not None:
             parse_listen(self.metrics_listen)
+        if self.metrics_socket is not None:
+            check_socket_path("metrics_socket", self.metrics_socket)
+            if self.socket_path is not None and os.path.normpath(self.socket_path) == os.path.normpath(
+                self.metrics_socket
+            ):
+                raise ValueError("metrics_socket: the RPC socket's path (socket_path); choose another")
         if self.socket_group is not None and not self.socket_group.strip():
             raise ValueError("socket_group: empty group name")
         if self.admin_group is not None and not self.admin_group.strip():
@@ -215,6 +229,18 @@ def parse_listen(value: str) -> tuple[str, int]:
         if not loopback:
             raise ValueError(f"metrics_listen: {host!r} is not a loopback address (127.0.0.0/8, ::1)")
     return host, int(port_text)
+
+
+# sun_path holds 108 bytes, the terminating NUL included.
+MAX_SOCKET_PATH = 107
+
+
+def check_socket_path(key: str, path: str) -> None:
+    """An absolute path a Unix socket can be bound at."""
+    if not os.path.isabs(path):
+        raise ValueError(f"{key}: expected an absolute path, got {path!r}")
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise ValueError(f"{key}: longer than the {MAX_SOCKET_PATH} bytes a Unix socket path may have")
 
 
 def from_mapping(data: dict[str, Any]) -> Config:

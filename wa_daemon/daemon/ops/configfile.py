@@ -36,6 +36,7 @@ ENV_KEYS: dict[str, str] = {
     "WA_DAEMON_WHATSAPP_URL": "whatsapp_url",
     "WA_DAEMON_CHROMIUM_PATH": "chromium_path",
     "WA_DAEMON_METRICS_LISTEN": "metrics_listen",
+    "WA_DAEMON_METRICS_SOCKET": "metrics_socket",
     "WA_DAEMON_BROWSER_USER": "browser_user",
 }
 ENV_CONFIG = "WA_DAEMON_CONFIG"  # the file, when --config is not given

@@ -1,98 +1,145 @@
-"""The optional ``/metrics`` HTTP listener (``metrics_listen``) for a Prometheus scrape.
+"""``/metrics`` and ``/health`` over HTTP/1.1, for a Prometheus scrape.
 
-A few lines of HTTP/1.1 on trio rather than prometheus_client's threaded
-server: the collectors read the sessions, which only the event loop's thread
-may touch. One request per connection, heads capped, slow clients timed out.
+h11 parses and frames the HTTP (sans-I/O); this module only moves bytes
+between a trio stream and an h11 connection, so one :class:`MetricsHttp` serves
+a TCP listener (``metrics_listen``) or a Unix socket (``metrics_socket``) alike.
+Who may see what is not decided here: whoever builds a :class:`MetricsHttp`
+gives it, per accepted connection, the exposition that peer may read
+(``daemon/metrics_listeners.py``).
+
+Not prometheus_client's threaded server: the collectors read the sessions,
+which only the event loop's thread may touch. One request per connection, heads
+capped, slow clients timed out, connections at once capped.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
 
+import h11
 import trio
 
 from ...protocol import Health
-from .config import parse_listen
-from .log import get_logger
-
-log = get_logger("http")
 
 # The text format generate_latest writes; every Prometheus 2.x parses it.
 # (prometheus_client's CONTENT_TYPE_LATEST names 1.0.0 in recent releases.)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-MAX_HEAD = 8192
-REQUEST_TIMEOUT = 10.0
-MAX_CONNECTIONS = 16
+MAX_HEAD = 8192  # a request line and headers longer than this get 431
+REQUEST_TIMEOUT = 10.0  # a connection's whole life: request, scrape and answer
+MAX_CONNECTIONS = 16  # per listener; one more gets 503 at once
+_RECEIVE = 4096
+
+Exposition = Callable[[], str]  # one scrape's text, already filtered for the peer that asks
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    content_type: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _text(status: int, message: str, *headers: tuple[str, str]) -> Reply:
+    return Reply(status, "text/plain", message.encode() + b"\n", headers)
 
 
 class MetricsHttp:
-    def __init__(self, listen: str, exposition: Callable[[], str], health: Callable[[], Awaitable[Health]]) -> None:
-        self.host, self.port = parse_listen(listen)
-        self._exposition = exposition
+    """One listener's HTTP: ``exposition_for`` gives each accepted connection the
+    metrics text its peer may read."""
+
+    def __init__(
+        self, exposition_for: Callable[[trio.SocketStream], Exposition], health: Callable[[], Awaitable[Health]]
+    ) -> None:
+        self._exposition_for = exposition_for
         self._health = health
         self._slots = trio.Semaphore(MAX_CONNECTIONS)
 
-    async def run(self, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
-        addresses = [listener.socket.getsockname() for listener in listeners]
-        log.info("metrics_listening", addresses=[f"{a[0]}:{a[1]}" for a in addresses])
-        task_status.started(listeners)
-        await trio.serve_listeners(self._handle, listeners)
+    async def serve(self, listeners: Sequence[trio.SocketListener]) -> None:
+        await trio.serve_listeners(self._accepted, list(listeners))
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _accepted(self, stream: trio.SocketStream) -> None:
+        await self.exchange(stream, self._exposition_for(stream))
+
+    async def exchange(self, stream: trio.abc.Stream, exposition: Exposition) -> None:
+        """Answer one request on ``stream``, then close it; within the caps."""
         async with stream:
-            if self._slots.value == 0:
-                await self._send(stream, 503, "text/plain", b"too many connections\n")
-                return
-            async with self._slots:
-                with trio.move_on_after(REQUEST_TIMEOUT):
-                    try:
-                        await self._serve(stream)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        pass  # the scraper went away
+            with trio.move_on_after(REQUEST_TIMEOUT):
+                try:
+                    if self._slots.value == 0:
+                        await _send(stream, h11.Connection(h11.SERVER), _text(503, "too many connections"))
+                        return
+                    async with self._slots:
+                        await self._exchange(stream, exposition)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the scraper went away
 
-    async def _serve(self, stream: trio.SocketStream) -> None:
-        head = b""
-        while b"\r\n\r\n" not in head and b"\n\n" not in head:
-            chunk = await stream.receive_some(4096)
-            if not chunk:
-                return
-            head += chunk
-            if len(head) > MAX_HEAD:
-                await self._send(stream, 431, "text/plain", b"request head too large\n")
-                return
-        request_line = head.split(b"\n", 1)[0].strip().decode("latin-1")
-        parts = request_line.split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            await self._send(stream, 400, "text/plain", b"bad request\n")
-            return
-        method, target = parts[0], parts[1].split("?", 1)[0]
-        if method not in ("GET", "HEAD"):
-            await self._send(stream, 405, "text/plain", b"method not allowed\n", extra="Allow: GET, HEAD\r\n")
-            return
-        if target == "/metrics":
-            body = self._exposition().encode()
-            await self._send(stream, 200, CONTENT_TYPE, body, head_only=method == "HEAD")
-        elif target == "/health":
+    async def _exchange(self, stream: trio.abc.Stream, exposition: Exposition) -> None:
+        conn = h11.Connection(h11.SERVER)
+        request = await _receive_request(stream, conn)
+        if isinstance(request, h11.Request):
+            reply = await self.answer(request.method, request.target, exposition)
+            await _send(stream, conn, reply, head_only=request.method == b"HEAD")
+        elif request is not None:
+            await _send(stream, conn, request)
+
+    async def answer(self, method: bytes, target: bytes, exposition: Exposition) -> Reply:
+        if method not in (b"GET", b"HEAD"):
+            return _text(405, "method not allowed", ("Allow", "GET, HEAD"))
+        path = target.split(b"?", 1)[0]
+        if path == b"/metrics":
+            return Reply(200, CONTENT_TYPE, exposition().encode())
+        if path == b"/health":
             report = await self._health()
             body = json.dumps(
-                {"healthy": report.healthy, "checks": [{"name": c.name, "ok": c.ok, "message": c.message}
-                                                       for c in report.checks]}
+                {"healthy": report.healthy,
+                 "checks": [{"name": c.name, "ok": c.ok, "message": c.message} for c in report.checks]}
             ).encode()
-            await self._send(stream, 200 if report.healthy else 503, "application/json", body,
-                             head_only=method == "HEAD")
-        else:
-            await self._send(stream, 404, "text/plain", b"not found: try /metrics or /health\n")
+            return Reply(200 if report.healthy else 503, "application/json", body)
+        return _text(404, "not found: try /metrics or /health")
 
-    @staticmethod
-    async def _send(
-        stream: trio.SocketStream, code: int, ctype: str, body: bytes, *, head_only: bool = False, extra: str = ""
-    ) -> None:
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-                  431: "Request Header Fields Too Large", 503: "Service Unavailable"}[code]
-        head = (
-            f"HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-            f"Connection: close\r\n{extra}\r\n"
-        ).encode()
-        await stream.send_all(head if head_only else head + body)
+
+async def _receive_request(stream: trio.abc.Stream, conn: h11.Connection) -> h11.Request | Reply | None:
+    """The request's head; a Reply for a malformed or oversized one; None when
+    the peer closed before sending one."""
+    # Counted here: h11's max_incomplete_event_size only applies while the head is
+    # still incomplete, so a larger head arriving in a few chunks would pass it.
+    received = 0
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            return _text(exc.error_status_hint, "bad request")
+        if event is h11.NEED_DATA:
+            if received >= MAX_HEAD:
+                return _text(431, "request head too large")
+            data = await stream.receive_some(min(_RECEIVE, MAX_HEAD - received))
+            received += len(data)
+            conn.receive_data(bytes(data))  # b"" at EOF: h11 says what that means
+        elif isinstance(event, h11.Request):
+            # h11 parses any HTTP/x.y; only 1.x is spoken here.
+            return event if event.http_version.startswith(b"1.") else _text(400, "bad request")
+        else:
+            return None
+
+
+async def _send(stream: trio.abc.Stream, conn: h11.Connection, reply: Reply, *, head_only: bool = False) -> None:
+    headers = [
+        ("Content-Type", reply.content_type),
+        ("Content-Length", str(len(reply.body))),
+        ("Connection", "close"),
+        *reply.headers,
+    ]
+    events: list[h11.Event] = [
+        h11.Response(status_code=reply.status, headers=headers, reason=HTTPStatus(reply.status).phrase)
+    ]
+    if not head_only:  # h11 knows a HEAD answer has no body, and refuses one
+        events.append(h11.Data(data=reply.body))
+    events.append(h11.EndOfMessage())
+    out = bytearray()
+    for event in events:
+        out += conn.send(event) or b""  # None only for ConnectionClosed, never sent here
+    await stream.send_all(out)
