@@ -14,8 +14,10 @@ other, never two at the same time:
   own mode): ``N`` times, concurrently (``asyncio.gather``), what a straight port does:
   ``pyppeteer.launch(executablePath=..., headless=True, args=["--no-sandbox"],
   userDataDir=...)``, ``newPage()``, ``setUserAgent(<the daemon's desktop UA>)``,
-  ``goto(URL)``, ``waitForSelector("div[data-ref]:not([data-ref=''])")``. Time to first QR
-  runs from just before the ``gather`` to the selector.
+  ``goto(URL)``, then waits for the first QR as whatsapp-web.js does on today's page:
+  until ``window.require("WAWebConnModel").Conn.ref`` is set (``QR_READY``; the old
+  ``div[data-ref]`` selector never matches the module page). Time to first QR runs from
+  just before the ``gather`` to that.
 
 Both are warmed first: one session (one browser) to its QR, then closed and gone, so a
 process's one-off costs (the daemon imports pyppeteer and asks Chromium its version on its
@@ -92,13 +94,21 @@ from pathlib import Path
 from typing import IO, Any
 
 from wa_daemon import Client
+from wa_daemon.daemon.browser.contract import DEFAULT as DEFAULT_CONTRACT
 from wa_daemon.daemon.browser.process import CHROMIUM_FLAGS
 from wa_daemon.errors import WaDaemonError
 from wa_daemon.protocol import Snapshot, State, StateChanged
 
 CHROMIUM = "/usr/bin/chromium"
 TAG_ENV = "WA_BENCH_SESSIONS_TAG"  # every process of a configuration inherits it, escaped ones too
-QR_SELECTOR = "div[data-ref]:not([data-ref=''])"
+# The first QR's ref through WhatsApp Web's module layer, from the page contract (as
+# whatsapp-web.js reads it), so the baseline waits for the same thing the daemon does.
+_CONN = DEFAULT_CONTRACT.modules.conn
+_CONN_EXPR = "".join(f"[{json.dumps(p)}]" for p in _CONN.path.split(".") if p)
+QR_READY = (
+    f"() => {{ try {{ const m = window.require({json.dumps(_CONN.module)}); "
+    f"return !!(m && m{_CONN_EXPR}.{DEFAULT_CONTRACT.names.conn_ref}); }} catch (e) {{ return false; }} }}"
+)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # The memory flags commonly recommended for headless fleets; the daemon keeps none of them.
@@ -699,7 +709,7 @@ def baseline_runner(args: argparse.Namespace) -> int:
             page = await browser.newPage()
             await page.setUserAgent(args.user_agent)
             await page.goto(args.url)
-            await page.waitForSelector(QR_SELECTOR)
+            await page.waitForFunction(QR_READY, {"polling": "raf"})
             return browser
 
         async def one(i: int, t0: float) -> float:
