@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import html
+import json
+import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from wa_daemon.daemon.browser.adapter import (
+    BINDING,
     FIRST_QR_TTL,
     NEXT_QR_TTL,
     PageReader,
@@ -28,6 +33,8 @@ from wa_daemon.daemon.browser.base import (
     Refused,
 )
 from wa_daemon.daemon.browser.contract import DEFAULT, ContractError, load_contract
+
+from .helpers import needs_chromium
 
 QR = "2@ref1,c3RhdGlj,aWRlbnRpdHk=,YWR2,WEB"
 
@@ -266,3 +273,56 @@ def test_version_cache_files(tmp_path: Path) -> None:
     assert pin.remember("not a version") is None
     assert pin.remember("2.3000.5") is not None and read_cached(tmp_path / "d", "2.3000.5") == b"<html>live</html>"
     assert VersionPin("http://h/", tmp_path / "d", "2.3000.5").pinned
+
+
+# ---------------------------------------------------------------------------- the script in Chromium
+
+_MODULES_LATE_PAGE = """<!doctype html><html><head>
+<script>
+  // The adapter's periodic retry never fires here: only its traps can find the modules.
+  window.setInterval = function () { return 0; };
+  window.__reports = [];
+  window["%(binding)s"] = function (key) { window.__reports.push(JSON.parse(key)); };
+</script>
+<script>(%(adapter)s)();</script>
+<script>
+  // As the simulator and the real page do: require first, the modules a moment later
+  // with no script load of their own, Debug.VERSION with them.
+  const defined = Object.create(null);
+  window.__d = function (id, deps, factory) { defined[id] = factory; };
+  window.require = function (id) {
+    if (!(id in defined)) throw new Error("unknown module " + id);
+    const module = { exports: {} };
+    defined[id](window, window.require, null, window.require, module, module.exports);
+    return module.exports;
+  };
+  const model = (attrs) => Object.assign({ on: function () {} }, attrs);
+  setTimeout(function () {
+    __d("WAWebSocketModel", [], (g, r, d, n, m) => { m.exports = { Socket: model({ state: "OPENING" }) }; });
+    __d("WAWebConnModel", [], (g, r, d, n, m) => { m.exports = { Conn: model({ ref: null }) }; });
+    __d("WAWebCmd", [], (g, r, d, n, m) => { m.exports = { Cmd: model({}) }; });
+    window.Debug = { VERSION: "2.3000.1" };
+    setTimeout(function () { document.body.textContent = JSON.stringify(window.__reports); }, 50);
+  }, 50);
+</script></head><body></body></html>"""
+
+
+@needs_chromium
+def test_modules_that_arrive_without_a_script_load_are_found_with_the_version(tmp_path: Path, chromium: str) -> None:
+    # A page whose modules come after require, with no script load event (the
+    # simulator's, and a bundle inlined by the real page): the adapter must find
+    # them when Debug.VERSION is assigned, not at its next retry (which was up to
+    # 0.5 s of every session's first QR).
+    page = tmp_path / "page.html"
+    page.write_text(_MODULES_LATE_PAGE % {"binding": BINDING, "adapter": adapter_script(DEFAULT)})
+    out = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=60,
+    )
+    body = re.search(r"<body>(.*)</body>", out.stdout, re.S)
+    assert body is not None, out.stderr[-2000:]
+    reports = json.loads(html.unescape(body.group(1)))
+    hooked = [r for r in reports if r["modules"] == "ok"]
+    assert hooked, f"the modules were never found: {[r['modules'] for r in reports]}"
+    assert hooked[0]["state"] == "OPENING" and hooked[0]["version"] == "2.3000.1"

@@ -410,8 +410,13 @@ _SCRIPT = r"""
   };
 
   // Notice the assignment of require/__d at once, without wrapping either: the
-  // accessor hands back exactly what the page stored.
-  for (const name of ["require", "__d"]) {
+  // accessor hands back exactly what the page stored. Also the version's global
+  // (Debug): it comes with the modules, after require exists, and is what
+  // whatsapp-web.js waits for; without it a page whose modules arrive with no
+  // script load of their own waited for the next retry below, up to 0.5 s.
+  const traps = ["require", "__d"];
+  if (SPEC.version.length > 1 && traps.indexOf(SPEC.version[0]) === -1) traps.push(SPEC.version[0]);
+  for (const name of traps) {
     if (name in window) continue;
     let value;
     try {
