@@ -1,0 +1,207 @@
+"""Per-session proxies: the URL forms, and real Chromium on the simulator behind a real
+HTTP proxy with basic auth (tinyproxy) and a real SOCKS5 server (microsocks), each
+started here on loopback. The password must reach no reply, event, metric or log line."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+
+from wa_daemon import AsyncClient
+from wa_daemon.errors import InvalidArgument
+from wa_daemon.proxy import parse_proxy
+from wa_daemon.sim import SimEngine, SimOptions, serve_simulator
+
+from .helpers import require_tool, running_daemon
+from .test_chromium import SCALE
+
+PASSWORD = "pw-Zq81x-s3cret"  # unique enough to grep for
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"exited with {proc.returncode}"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+@dataclass
+class ProxyServer:
+    port: int
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def serving(argv: list[str], port: int, log: Path, out: Any) -> Iterator[ProxyServer]:
+    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_listening(port, proc)
+        yield ProxyServer(port, log, proc)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextmanager
+def tinyproxy(where: Path, user: str | None = None, password: str | None = None) -> Iterator[ProxyServer]:
+    """Debian's tinyproxy in the foreground on loopback, logging every request it serves."""
+    exe = require_tool("tinyproxy", "tinyproxy")
+    where.mkdir(parents=True, exist_ok=True)
+    port, log = free_port(), where / "tinyproxy.log"
+    lines = [f"Port {port}", "Listen 127.0.0.1", "Timeout 600", "MaxClients 100", "LogLevel Connect",
+             f'LogFile "{log}"']
+    if user is not None:
+        lines.append(f"BasicAuth {user} {password}")
+    conf = where / "tinyproxy.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    log.touch()
+    os.chmod(where, 0o777)  # tinyproxy run as root may drop to nobody: it must still write its log
+    os.chmod(log, 0o666)
+    with serving([exe, "-d", "-c", str(conf)], port, log, subprocess.DEVNULL) as server:
+        yield server
+
+
+@contextmanager
+def microsocks(where: Path) -> Iterator[ProxyServer]:
+    """Debian's microsocks on loopback; it prints each connection it makes."""
+    exe = require_tool("microsocks", "microsocks")
+    where.mkdir(parents=True, exist_ok=True)
+    port, log = free_port(), where / "microsocks.log"
+    with open(log, "wb") as out, serving([exe, "-i", "127.0.0.1", "-p", str(port)], port, log, out) as server:
+        yield server
+
+
+@asynccontextmanager
+async def simulators(count: int) -> AsyncIterator[list[tuple[SimEngine, str]]]:
+    async with trio.open_nursery() as nursery:
+        sims = []
+        for _ in range(count):
+            engine = SimEngine(SimOptions(time_scale=SCALE))
+            sims.append((engine, await nursery.start(partial(serve_simulator, engine.options, engine=engine))))
+        yield sims
+        nursery.cancel_scope.cancel()
+
+
+def encoded(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+# ------------------------------------------------------------------ the URL forms
+
+
+VALID = {
+    "http://10.0.0.5:3128": ("http", "10.0.0.5", 3128, "", ""),
+    "HTTP://Proxy.Example:8080/": ("http", "proxy.example", 8080, "", ""),
+    f"http://alice:{PASSWORD}@10.0.0.5:3128": ("http", "10.0.0.5", 3128, "alice", PASSWORD),
+    "https://bob:p%40ss%3Aword@proxy.example:443": ("https", "proxy.example", 443, "bob", "p@ss:word"),
+    "socks5://127.0.0.1:1080": ("socks5", "127.0.0.1", 1080, "", ""),
+    "socks5://[::1]:1080": ("socks5", "[::1]", 1080, "", ""),
+}
+
+INVALID = {
+    "ftp://10.0.0.5:21": "the ftp scheme is not supported",
+    "socks4://10.0.0.5:1080": "the socks4 scheme is not supported",
+    "10.0.0.5:3128": "expected scheme://host:port",
+    "http://:3128": "no host",
+    f"http://alice:{PASSWORD}@:3128": "no host",
+    "http://10.0.0.5": "no port",
+    f"http://alice:{PASSWORD}@10.0.0.5": "no port",
+    "http://10.0.0.5:0": "port must be a number from 1 to 65535",
+    f"http://alice:{PASSWORD}@10.0.0.5:99999": "port must be a number from 1 to 65535",
+    "http://10.0.0.5:http": "port must be a number",
+    f"socks5://alice:{PASSWORD}@10.0.0.5:1080": "a socks5 proxy takes no credentials",
+    "socks5://alice@10.0.0.5:1080": "a socks5 proxy takes no credentials",
+    "http://10.0.0.5:3128/path": "no path, query or fragment",
+    f"http://alice:{PASSWORD}@10.0.0.5:3128/?x=1": "no path, query or fragment",
+    "http://10.0.0.5:3128 --no-sandbox": "whitespace or control characters",
+    f"http://a:{PASSWORD}\n@h:1": "whitespace or control characters",
+    "http://-bad_host-:3128": "the host must be a name or an IP address",
+    "http://[fe80::zz]:3128": "IPv6",
+    f"http://:{PASSWORD}@10.0.0.5:3128": "a password needs a user name",
+}
+
+
+def test_the_accepted_forms_parse_and_mask_the_password() -> None:
+    for text, (scheme, host, port, user, password) in VALID.items():
+        proxy = parse_proxy(text)
+        assert proxy is not None, text
+        assert (proxy.scheme, proxy.host, proxy.port, proxy.username, proxy.password) == (
+            scheme, host, port, user, password)
+        assert proxy.server == f"{scheme}://{host}:{port}"
+        for shown in (proxy.masked, str(proxy), repr(proxy)):
+            assert not password or password not in shown
+    assert parse_proxy(f"http://alice:{PASSWORD}@10.0.0.5:3128").masked == "http://alice:***@10.0.0.5:3128"  # type: ignore[union-attr]
+    assert parse_proxy("") is None
+
+
+def test_every_invalid_form_says_what_is_wrong_without_the_password() -> None:
+    for text, why in INVALID.items():
+        with pytest.raises(ValueError) as caught:
+            parse_proxy(text)
+        message = str(caught.value)
+        assert message.startswith("proxy: ") and why in message, (text, message)
+        assert PASSWORD not in message
+
+
+async def test_connect_refuses_invalid_forms_before_anything_starts(sock_dir: Path) -> None:
+    with trio.fail_after(30):
+        async with running_daemon(sock_dir) as daemon, AsyncClient(daemon.socket_path) as wa:
+            for text, why in INVALID.items():
+                with pytest.raises(InvalidArgument) as caught:
+                    await wa.connect("s", proxy=text)
+                assert why in caught.value.message and PASSWORD not in str(caught.value) + encoded(caught.value.details), text
+                assert caught.value.details.get("param") == "proxy"
+            assert (await wa.list()) == []  # nothing was created, nothing started
+            with pytest.raises(InvalidArgument):
+                await wa.connect("s", proxy="x" * 3000)  # over the wire's cap
+
+
+async def test_the_daemon_default_applies_unless_the_session_says_direct(sock_dir: Path) -> None:
+    default = f"http://alice:{PASSWORD}@10.0.0.5:3128"
+    with trio.fail_after(30):
+        async with running_daemon(sock_dir, proxy=default, connect_min_interval=0) as daemon, \
+                AsyncClient(daemon.socket_path) as wa:
+            assert (await wa.connect("a")).proxy == "http://alice:***@10.0.0.5:3128"
+            assert (await wa.connect("b", proxy="")).proxy is None  # "" is a choice: direct
+            assert (await wa.connect("c", proxy="socks5://127.0.0.1:1080")).proxy == "socks5://127.0.0.1:1080"
+            await wa.disconnect("c")
+            # A later connect that leaves it nil keeps the session's own.
+            assert (await wa.connect("c")).proxy == "socks5://127.0.0.1:1080"
+            metrics = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in (await wa.metrics()).samples}
+            assert metrics[("wa_sessions_by_proxy", (("proxy", "http"),))] == 1
+            assert metrics[("wa_sessions_by_proxy", (("proxy", "socks5"),))] == 1
+            assert metrics[("wa_sessions_by_proxy", (("proxy", "direct"),))] == 1
+            assert PASSWORD not in (await wa.metrics(prometheus=True)).prometheus  # type: ignore[operator]
+            assert PASSWORD not in encoded(await wa.list())
+    with pytest.raises(ValueError, match="proxy: the ftp scheme is not supported"):
+        from wa_daemon.daemon.ops.config import from_mapping
+
+        from_mapping({"proxy": f"ftp://alice:{PASSWORD}@h:1"})
