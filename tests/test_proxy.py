@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -19,13 +20,14 @@ import msgspec
 import pytest
 import trio
 
-from wa_daemon import AsyncClient
+from wa_daemon import AsyncClient, State
+from wa_daemon.daemon.browser.process import find_orphans
 from wa_daemon.errors import InvalidArgument
 from wa_daemon.proxy import parse_proxy
 from wa_daemon.sim import SimEngine, SimOptions, serve_simulator
 
-from .helpers import require_tool, running_daemon
-from .test_chromium import SCALE
+from .helpers import DaemonProcess, needs_chromium, require_tool, running_daemon
+from .test_chromium import SCALE, reach
 
 PASSWORD = "pw-Zq81x-s3cret"  # unique enough to grep for
 
@@ -205,3 +207,107 @@ async def test_the_daemon_default_applies_unless_the_session_says_direct(sock_di
         from wa_daemon.daemon.ops.config import from_mapping
 
         from_mapping({"proxy": f"ftp://alice:{PASSWORD}@h:1"})
+
+
+# ------------------------------------------------------------------ real Chromium behind real proxies
+
+
+@asynccontextmanager
+async def chromium_daemon(sock_dir: Path, url: str, **overrides: Any) -> AsyncIterator[AsyncClient]:
+    settings = {"driver": "chromium", "whatsapp_url": url + "/", "state_dir": str(sock_dir / "state"),
+                "connect_min_interval": 0, "max_concurrent_launches": 4, **overrides}
+    async with running_daemon(sock_dir, **settings) as daemon, AsyncClient(daemon.socket_path) as wa:
+        yield wa
+    assert find_orphans(sock_dir / "state" / "sessions") == []
+
+
+@needs_chromium
+async def test_proxy_failures_are_named_with_the_address_and_never_the_password(sock_dir: Path) -> None:
+    with trio.fail_after(90), tinyproxy(sock_dir / "tp", "alice", PASSWORD) as proxy:
+        async with simulators(1) as [(engine, url)], chromium_daemon(sock_dir, url) as wa:
+            wrong = f"http://alice:not-{PASSWORD}@127.0.0.1:{proxy.port}"
+            nobody = f"http://alice:{PASSWORD}@127.0.0.1:{free_port()}"
+            none_given = f"http://127.0.0.1:{proxy.port}"
+            for sid, text in (("wrong", wrong), ("nobody", nobody), ("nothing", none_given)):
+                await wa.connect(sid, proxy=text)
+            seen: list[Any] = []
+            for sid in ("wrong", "nobody", "nothing"):
+                seen += await reach(wa, sid, "failed", timeout=60)
+            statuses = {s.session: s for s in await wa.list()}
+            assert statuses["wrong"].reason == "proxy_auth_failed", statuses["wrong"]
+            assert statuses["nothing"].reason == "proxy_auth_failed", statuses["nothing"]
+            assert statuses["nobody"].reason == "proxy_unreachable", statuses["nobody"]
+            for sid, status in statuses.items():
+                assert f"127.0.0.1:{proxy.port if sid != 'nobody' else nobody.rsplit(':', 1)[1]}" in status.message
+            text = encoded([statuses, seen, [await wa.history(sid) for sid in statuses]])
+            assert PASSWORD not in text and "alice:***@" in text
+
+
+def chromium_secrets(state: Path) -> str:
+    """The command lines and environments of the session browsers of ``state``."""
+    found = ""
+    for pid in find_orphans(state / "sessions"):
+        for what in ("cmdline", "environ"):
+            try:
+                found += Path(f"/proc/{pid}/{what}").read_bytes().decode(errors="replace") + "\n"
+            except OSError:
+                pass  # it exited meanwhile
+    assert found, "no browser of this state directory is running"
+    return found
+
+
+@needs_chromium
+async def test_a_session_behind_an_http_proxy_with_basic_auth_survives_a_restart(sock_dir: Path) -> None:
+    state = sock_dir / "state"
+    args = ("--driver", "chromium", "--state-dir", str(state), "--log-level", "debug",
+            "--set", "connect_min_interval=0")
+    proxy_url = f"http://alice:{PASSWORD}@127.0.0.1:{{port}}"
+    seen: list[Any] = []
+    with trio.fail_after(150), tinyproxy(sock_dir / "tp", "alice", PASSWORD) as proxy:
+        async with simulators(1) as [(engine, url)]:
+            first = DaemonProcess(sock_dir / "d.sock", *args, "--wa-url", url + "/")
+            try:
+                await trio.to_thread.run_sync(first.wait_ready)
+                async with AsyncClient(first.sock) as wa:
+                    started = await wa.connect("p", proxy=proxy_url.format(port=proxy.port),
+                                               whatsapp_url=url + "/?via=proxied")
+                    assert started.proxy == f"http://alice:***@127.0.0.1:{proxy.port}"
+                    await wa.connect("d", whatsapp_url=url + "/?via=direct")
+                    seen += await reach(wa, "p", "waiting_qr")
+                    seen += await reach(wa, "d", "waiting_qr")
+                    assert PASSWORD not in chromium_secrets(state)  # not on a command line, not in an environment
+                    engine.scan((await wa.qr("p")).data)
+                    seen += await reach(wa, "p", "connected")
+                    # The page, its scripts and its event stream all came through the proxy.
+                    log = proxy.text()
+                    assert f"GET http://127.0.0.1:{url.rsplit(':', 1)[1]}/?via=proxied" in log, log[-2000:]
+                    assert "/static/" in log and "via=direct" not in log
+                    metrics = await wa.metrics(prometheus=True)
+                    assert 'wa_sessions_by_proxy{proxy="http"} 1.0' in (metrics.prometheus or "")
+                    assert 'wa_sessions_by_proxy{proxy="direct"} 1.0' in (metrics.prometheus or "")
+                    replies = [await wa.status("p"), await wa.list(), await wa.history("p"), metrics, seen]
+                wactl = subprocess.run([sys.executable, "-m", "wactl", "--socket", str(first.sock), "status"],
+                                       capture_output=True, text=True, timeout=30)
+                assert f"alice:***@127.0.0.1:{proxy.port}" in wactl.stdout, wactl
+            finally:
+                await trio.to_thread.run_sync(first.stop)
+            before = proxy.text().count("via=proxied")
+            second = DaemonProcess(sock_dir / "d.sock", *args, "--wa-url", url + "/")
+            try:
+                await trio.to_thread.run_sync(second.wait_ready)
+                async with AsyncClient(second.sock) as wa:
+                    await reach(wa, "p", "connected")
+                    history = await wa.history("p")
+                    assert [t.to_state for t in history][-1] == State.CONNECTED
+                    assert State.WAITING_QR not in [t.to_state for t in history]  # its login kept: no QR
+                    assert (await wa.status("p")).proxy == f"http://alice:***@127.0.0.1:{proxy.port}"
+                    replies.append(await wa.history("p"))
+            finally:
+                await trio.to_thread.run_sync(second.stop)
+            assert proxy.text().count("via=proxied") > before  # the restored session used the same proxy
+    assert PASSWORD not in encoded(replies) + wactl.stdout + wactl.stderr
+    journal = first.output()  # both daemons append to the same file
+    launches = [msgspec.json.decode(line) for line in journal.splitlines() if '"browser_proxy"' in line]
+    assert len(launches) == 2, journal[-3000:]  # one per daemon, the password masked
+    assert {line["proxy"] for line in launches} == {f"http://alice:***@127.0.0.1:{proxy.port}"}
+    assert PASSWORD not in journal

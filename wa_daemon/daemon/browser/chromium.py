@@ -294,6 +294,8 @@ class ChromiumBrowser:
             self.pin = VersionPin(self.url, self.driver.web_cache_dir, cfg.web_version)
             await _aio(self.pin.attach, await _aio(page.target.createCDPSession))
             self.log.info("web_version_pin", web_version=cfg.web_version, cached=self.pin.pinned)
+        if self.proxy is not None:
+            self.log.info("browser_proxy", proxy=self.proxy.masked)  # the password masked
         if self.proxy_auth is not None:
             await _aio(self.proxy_auth.attach, await _aio(page.target.createCDPSession))
             self.browser.on("targetcreated", self.proxy_auth.on_target)  # its other pages and workers

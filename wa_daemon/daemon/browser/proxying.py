@@ -40,6 +40,9 @@ AUTH_ERRORS: Final = frozenset({
     "ERR_PROXY_AUTH_REQUESTED",
     "ERR_PROXY_AUTH_REQUESTED_WITH_NO_CONNECTION",
     "ERR_UNEXPECTED_PROXY_AUTH",
+    # A challenge nobody answered (no credentials given): WhatsApp's pages ask for none
+    # of their own, so behind a proxy this is the proxy's.
+    "ERR_INVALID_AUTH_CREDENTIALS",
 })
 _NET_ERROR = re.compile(r"net::(ERR_[A-Z0-9_]+)")
 PROXY_AUTH_REQUIRED: Final = 407
