@@ -224,7 +224,7 @@ async def chromium_daemon(sock_dir: Path, url: str, **overrides: Any) -> AsyncIt
 @needs_chromium
 async def test_proxy_failures_are_named_with_the_address_and_never_the_password(sock_dir: Path) -> None:
     with trio.fail_after(90), tinyproxy(sock_dir / "tp", "alice", PASSWORD) as proxy:
-        async with simulators(1) as [(engine, url)], chromium_daemon(sock_dir, url) as wa:
+        async with simulators(1) as [(_, url)], chromium_daemon(sock_dir, url) as wa:
             wrong = f"http://alice:not-{PASSWORD}@127.0.0.1:{proxy.port}"
             nobody = f"http://alice:{PASSWORD}@127.0.0.1:{free_port()}"
             none_given = f"http://127.0.0.1:{proxy.port}"
@@ -286,9 +286,10 @@ async def test_a_session_behind_an_http_proxy_with_basic_auth_survives_a_restart
                     assert 'wa_sessions_by_proxy{proxy="http"} 1.0' in (metrics.prometheus or "")
                     assert 'wa_sessions_by_proxy{proxy="direct"} 1.0' in (metrics.prometheus or "")
                     replies = [await wa.status("p"), await wa.list(), await wa.history("p"), metrics, seen]
-                wactl = subprocess.run([sys.executable, "-m", "wactl", "--socket", str(first.sock), "status"],
-                                       capture_output=True, text=True, timeout=30)
-                assert f"alice:***@127.0.0.1:{proxy.port}" in wactl.stdout, wactl
+                wactl = await trio.run_process([sys.executable, "-m", "wactl", "--socket", str(first.sock), "status"],
+                                               capture_stdout=True, capture_stderr=True)
+                shown = (wactl.stdout + wactl.stderr).decode()
+                assert f"alice:***@127.0.0.1:{proxy.port}" in shown, shown
             finally:
                 await trio.to_thread.run_sync(first.stop)
             before = proxy.text().count("via=proxied")
@@ -305,9 +306,44 @@ async def test_a_session_behind_an_http_proxy_with_basic_auth_survives_a_restart
             finally:
                 await trio.to_thread.run_sync(second.stop)
             assert proxy.text().count("via=proxied") > before  # the restored session used the same proxy
-    assert PASSWORD not in encoded(replies) + wactl.stdout + wactl.stderr
+    assert PASSWORD not in encoded(replies) + shown
     journal = first.output()  # both daemons append to the same file
     launches = [msgspec.json.decode(line) for line in journal.splitlines() if '"browser_proxy"' in line]
     assert len(launches) == 2, journal[-3000:]  # one per daemon, the password masked
     assert {line["proxy"] for line in launches} == {f"http://alice:***@127.0.0.1:{proxy.port}"}
     assert PASSWORD not in journal
+
+
+@needs_chromium
+async def test_sessions_with_different_proxies_at_once_each_use_their_own(sock_dir: Path) -> None:
+    """Four sessions at once: two behind their own tinyproxy (one with basic auth), one
+    behind microsocks on a simulator of its own (SOCKS5 logs hosts, not URLs), one direct."""
+    with trio.fail_after(120), tinyproxy(sock_dir / "tp1", "alice", PASSWORD) as one, \
+            tinyproxy(sock_dir / "tp2") as two, microsocks(sock_dir / "socks") as socks:
+        async with simulators(2) as [(_, url), (_, socks_url)], chromium_daemon(sock_dir, url) as wa:
+            routes = {
+                "one": f"http://alice:{PASSWORD}@127.0.0.1:{one.port}",
+                "two": f"http://127.0.0.1:{two.port}",
+                "socks": f"socks5://127.0.0.1:{socks.port}",
+                "direct": "",
+            }
+            for sid, proxy in routes.items():
+                page = (socks_url if sid == "socks" else url) + f"/?via={sid}"
+                await wa.connect(sid, proxy=proxy, whatsapp_url=page)
+            for sid in routes:
+                await reach(wa, sid, "waiting_qr", timeout=60)
+            shown = {s.session: s.proxy for s in await wa.list()}
+            assert shown == {"one": f"http://alice:***@127.0.0.1:{one.port}", "two": routes["two"],
+                             "socks": routes["socks"], "direct": None}
+            samples = {s.labels["proxy"]: s.value for s in (await wa.metrics()).samples
+                       if s.name == "wa_sessions_by_proxy"}
+            assert samples == {"direct": 1, "http": 2, "https": 0, "socks5": 1}
+        first, second = one.text(), two.text()
+        assert "via=one" in first and "via=two" in second
+        for log, own in ((first, "one"), (second, "two")):
+            assert not [sid for sid in routes if sid != own and f"via={sid}" in log], log[-2000:]
+        socks_port, sim_port = socks_url.rsplit(":", 1)[1], url.rsplit(":", 1)[1]
+        connections = socks.text()
+        assert f"connected to 127.0.0.1:{socks_port}" in connections, connections
+        assert f":{sim_port}" not in connections  # the others never went through it
+        assert f":{socks_port}" not in first + second
