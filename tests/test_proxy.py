@@ -209,6 +209,20 @@ async def test_the_daemon_default_applies_unless_the_session_says_direct(sock_di
         from_mapping({"proxy": f"ftp://alice:{PASSWORD}@h:1"})
 
 
+def test_check_config_shows_the_default_proxy_masked_and_refuses_a_bad_one(tmp_path: Path) -> None:
+    from .test_config import _wa_daemon
+
+    path = tmp_path / "c.toml"
+    path.write_text(f'proxy = "http://alice:{PASSWORD}@10.0.0.5:3128"\n')
+    shown = _wa_daemon("check-config", str(path))
+    assert shown.returncode == 0, shown.stderr
+    assert 'proxy = "http://alice:***@10.0.0.5:3128"' in shown.stdout and PASSWORD not in shown.stdout
+    path.write_text(f'proxy = "socks5://alice:{PASSWORD}@10.0.0.5:1080"\n')
+    refused = _wa_daemon("check-config", str(path))
+    assert refused.returncode == 78 and "a socks5 proxy takes no credentials" in refused.stderr, refused
+    assert PASSWORD not in refused.stdout + refused.stderr
+
+
 # ------------------------------------------------------------------ real Chromium behind real proxies
 
 
@@ -276,6 +290,10 @@ async def test_a_session_behind_an_http_proxy_with_basic_auth_survives_a_restart
                     seen += await reach(wa, "p", "waiting_qr")
                     seen += await reach(wa, "d", "waiting_qr")
                     assert PASSWORD not in chromium_secrets(state)  # not on a command line, not in an environment
+                    # The password's one home: the registry, and its WAL, the daemon's only.
+                    stored = sorted(state.glob("registry.sqlite3*"))
+                    assert len(stored) == 3 and {oct(f.stat().st_mode & 0o777) for f in stored} == {"0o600"}
+                    assert PASSWORD.encode() in b"".join(f.read_bytes() for f in stored)
                     engine.scan((await wa.qr("p")).data)
                     seen += await reach(wa, "p", "connected")
                     # The page, its scripts and its event stream all came through the proxy.
