@@ -36,6 +36,7 @@ DOCUMENTED_METRICS = {
     "wa_qr_generated_total",
     "wa_qr_events_total",
     "wa_sessions",
+    "wa_sessions_by_proxy",
     "wa_state_transitions_total",
     "wa_invalid_transitions_total",
     "wa_reconnects_total",

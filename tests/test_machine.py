@@ -428,6 +428,26 @@ def test_backoff_5_15_45_then_max_reconnects() -> None:
     assert run(ev.RunnerEnded()) == [ev.Settled()]
 
 
+def test_a_proxy_failure_fails_a_first_launch_and_spends_the_reconnect_budget_of_a_relaunch() -> None:
+    for reason in (Reason.PROXY_UNREACHABLE, Reason.PROXY_AUTH_FAILED):
+        run = Run()
+        run(ev.Begin())
+        errors = run(ev.LaunchFailed("proxy http://10.0.0.5:3128 ...", reason))
+        assert (run.state, run.m.view.reason) == (S.FAILED, reason.value)
+        assert [e.event.code for e in errors if isinstance(e, ev.Publish)] == [reason.value]
+        # Connected, then the proxy goes away: each relaunch fails the same way and costs an
+        # attempt; out of attempts, the session fails naming the proxy, not max_reconnects.
+        run = setup("connected")
+        run(page.BrowserGone("connection_lost"))
+        run.settle()
+        for attempt in (1, 2, 3):
+            assert (run.state, run.m.view.attempt, run.m.phase) == (S.RECONNECTING, attempt, Phase.BACKOFF)
+            run(ev.Tick(), at=run.m.next_deadline())
+            run(ev.LaunchFailed("proxy http://10.0.0.5:3128 ...", reason))
+        assert (run.state, run.m.view.reason, run.m.phase) == (S.FAILED, reason.value, Phase.DONE)
+        assert run.m.view.message is not None and run.m.view.message.startswith("gave up after 3 reconnect attempts")
+
+
 def test_a_connection_that_held_starts_a_new_incident() -> None:
     run = setup("connected")
     run(page.BrowserGone("crashed"), at=1.0)

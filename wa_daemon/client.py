@@ -224,10 +224,13 @@ class Client:
         takeover_on_conflict: bool | None = None,
         idle_timeout: float | None = None,
         phone_number: str | None = None,
+        proxy: str | None = None,
     ) -> SessionStatus:
         """Start the session. ``phone_number`` (international, digits only, e.g.
-        "12025550108") links by pairing code instead of QR; "" goes back to QR."""
-        params = ConnectParams(session, whatsapp_url, takeover_on_conflict, idle_timeout, phone_number)
+        "12025550108") links by pairing code instead of QR; "" goes back to QR.
+        ``proxy``: ``http(s)://[user:password@]host:port`` or ``socks5://host:port``
+        for this session's browser; "" goes direct."""
+        params = ConnectParams(session, whatsapp_url, takeover_on_conflict, idle_timeout, phone_number, proxy)
         return self._call("connect", params, SessionStatus)
 
     def disconnect(self, session: str) -> SessionStatus:
@@ -438,10 +441,13 @@ class AsyncClient:
         takeover_on_conflict: bool | None = None,
         idle_timeout: float | None = None,
         phone_number: str | None = None,
+        proxy: str | None = None,
     ) -> SessionStatus:
         """Start the session. ``phone_number`` (international, digits only, e.g.
-        "12025550108") links by pairing code instead of QR; "" goes back to QR."""
-        params = ConnectParams(session, whatsapp_url, takeover_on_conflict, idle_timeout, phone_number)
+        "12025550108") links by pairing code instead of QR; "" goes back to QR.
+        ``proxy``: ``http(s)://[user:password@]host:port`` or ``socks5://host:port``
+        for this session's browser; "" goes direct."""
+        params = ConnectParams(session, whatsapp_url, takeover_on_conflict, idle_timeout, phone_number, proxy)
         return await self._call("connect", params, SessionStatus)
 
     async def disconnect(self, session: str) -> SessionStatus:

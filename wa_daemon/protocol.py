@@ -105,6 +105,8 @@ class Reason(str, enum.Enum):
     CODE_TIMEOUT = "code_timeout"  # no pairing code was entered in time
     BLOCKED = "blocked"  # WhatsApp refuses this device (PROXYBLOCK, TOS_BLOCK, SMB_TOS_BLOCK)
     WEB_VERSION_DEPRECATED = "web_version_deprecated"  # WhatsApp refuses this web version
+    PROXY_UNREACHABLE = "proxy_unreachable"  # the session's proxy refused the connection or is unreachable
+    PROXY_AUTH_FAILED = "proxy_auth_failed"  # the session's proxy rejected its credentials (407)
     # other transitions
     CONNECT_REQUESTED = "connect_requested"
     DISCONNECT_REQUESTED = "disconnect_requested"
@@ -168,6 +170,7 @@ class SessionStatus(msgspec.Struct, frozen=True, gc=False):
     web_version: str | None = None  # WhatsApp Web's version, as the page reports it
     web_state: str | None = None  # WhatsApp's own socket state, as last seen (also one we do not know)
     linked: bool = False  # the profile holds a login (survives restarts)
+    proxy: str | None = None  # the proxy the browser uses, password masked (wa_daemon.proxy); None: direct
 
 
 class SessionList(msgspec.Struct, frozen=True):
@@ -247,6 +250,8 @@ class ConnectParams(msgspec.Struct, forbid_unknown_fields=True):
     idle_timeout: Seconds | None = None  # stop when connected and untouched this long
     # link by pairing code for this number instead of a QR; "" goes back to QR linking
     phone_number: PhoneNumber | None = None
+    # http(s)://[user:password@]host:port or socks5://host:port (wa_daemon.proxy); "": direct
+    proxy: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
 
 
 class ListParams(msgspec.Struct, forbid_unknown_fields=True):

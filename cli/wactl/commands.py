@@ -209,7 +209,7 @@ def session_ended(status: SessionStatus) -> CliError:
 
 def cmd_connect(ctx: Ctx) -> int:
     args, out = ctx.args, ctx.out
-    status = ctx.client.connect(args.session, phone_number=args.phone)
+    status = ctx.client.connect(args.session, phone_number=args.phone, proxy=args.proxy)
     if args.no_wait:
         ctx.out.status(status)
         return EXIT_OK

@@ -124,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
         "instead of a QR; --phone '' goes back to QR linking",
     )
     q.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="this session's browser goes through this proxy: http://[user:password@]host:port, "
+        "https://[user:password@]host:port or socks5://host:port; --proxy '' goes direct "
+        "(remembered, like --phone)",
+    )
+    q.add_argument(
         "--no-wait", action="store_true", help="return after the connect call, printing the status"
     )
     q.add_argument(

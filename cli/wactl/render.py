@@ -86,6 +86,9 @@ def status_table(statuses: Sequence[SessionStatus]) -> str:
     with_qr = any(s.qr is not None for s in statuses)
     if with_qr:
         headers.append("QR_EXPIRES")
+    with_proxy = any(s.proxy is not None for s in statuses)
+    if with_proxy:
+        headers.append("PROXY")  # as the daemon shows it: the password masked
     rows = []
     for s in statuses:
         row = [
@@ -98,6 +101,8 @@ def status_table(statuses: Sequence[SessionStatus]) -> str:
         ]
         if with_qr:
             row.append(iso(s.qr.expires_at) if s.qr is not None else NONE)
+        if with_proxy:
+            row.append(cell(s.proxy))
         rows.append(row)
     return table(headers, rows)
 

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import trio
 
-from ...protocol import HealthCheck
+from ...protocol import HealthCheck, Reason
+from ...proxy import Proxy
 
 if TYPE_CHECKING:
     from .sandbox import Sandbox
@@ -28,10 +29,11 @@ if sys.version_info < (3, 11):  # pragma: no cover - Python 3.10: trio's own dep
 
 @dataclass(frozen=True)
 class LaunchOptions:
-    """Per-launch settings; later drivers read more of these (URL, takeover...)."""
+    """Per-launch settings: the session, its page and its proxy."""
 
     session_id: str
     url: str | None = None  # the page to open; None: the driver's default
+    proxy: Proxy | None = None  # every request of the browser goes through it; None: direct
 
 
 # ------------------------------------------------------------------ page events
@@ -134,7 +136,12 @@ PageEvent = (
 
 
 class LaunchError(Exception):
-    """The browser could not be started; the message says why."""
+    """The browser could not be started; the message says why, ``reason`` names it
+    (``proxy_unreachable`` or ``proxy_auth_failed`` when the session's proxy is why)."""
+
+    def __init__(self, message: str, reason: Reason = Reason.LAUNCH_ERROR) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class PairingError(Exception):

@@ -28,6 +28,7 @@ from typing import Any
 import trio
 
 from ...protocol import HealthCheck
+from ...proxy import Proxy
 from ..ops.log import get_logger
 from .adapter import (
     BINDING,
@@ -64,6 +65,7 @@ from .process import (
     kill_orphans,
     set_parent_death_signal,
 )
+from .proxying import ProxyAuth, chromium_flags, launch_failure
 from .sandbox import Confinement, Sandbox
 
 log = get_logger("chromium")
@@ -100,11 +102,14 @@ class ChromiumBrowser:
     check, app-lost watch) run in ``nursery``, which ChromiumDriver.open owns."""
 
     def __init__(
-        self, driver: ChromiumDriver, session_id: str, profile: Path, url: str, nursery: trio.Nursery
+        self, driver: ChromiumDriver, session_id: str, profile: Path, url: str, nursery: trio.Nursery,
+        proxy: Proxy | None = None,
     ) -> None:
         self.driver = driver
         self._nursery = nursery
         self.url = url
+        self.proxy = proxy
+        self.proxy_auth = ProxyAuth(proxy) if proxy is not None and proxy.has_credentials else None
         self.session_id = session_id
         self.profile = profile
         # Chromium's own temp files (its singleton socket directory, shared memory) go
@@ -232,6 +237,7 @@ class ChromiumBrowser:
             *CHROMIUM_FLAGS,
             *sandbox.flags,
             *cfg.extra_args,
+            *chromium_flags(self.proxy),  # after chromium_args: the session's own proxy wins
             f"--user-agent={user_agent}",
             f"--user-data-dir={self.profile}",
             "about:blank",
@@ -288,10 +294,19 @@ class ChromiumBrowser:
             self.pin = VersionPin(self.url, self.driver.web_cache_dir, cfg.web_version)
             await _aio(self.pin.attach, await _aio(page.target.createCDPSession))
             self.log.info("web_version_pin", web_version=cfg.web_version, cached=self.pin.pinned)
+        if self.proxy is not None:
+            self.log.info("browser_proxy", proxy=self.proxy.masked)  # the password masked
+        if self.proxy_auth is not None:
+            await _aio(self.proxy_auth.attach, await _aio(page.target.createCDPSession))
+            self.browser.on("targetcreated", self.proxy_auth.on_target)  # its other pages and workers
         try:
-            await _aio(page.goto, self.url, waitUntil="domcontentloaded", timeout=0)
+            response = await _aio(page.goto, self.url, waitUntil="domcontentloaded", timeout=0)
         except Exception as exc:  # pyppeteer raises plain exceptions for net errors
-            raise LaunchError(f"cannot open {self.url}: {exc}") from None
+            failure = launch_failure(self.proxy, self.proxy_auth, str(exc))
+            raise failure or LaunchError(f"cannot open {self.url}: {exc}") from None
+        failure = launch_failure(self.proxy, self.proxy_auth, status=getattr(response, "status", None))
+        if failure is not None:
+            raise failure
 
     # ------------------------------------------------------------------ page → events
 
@@ -555,7 +570,8 @@ class ChromiumDriver:
         user_agent = await self.user_agent()
         async with unwrapped_group():
             async with trio.open_nursery() as nursery:
-                browser = ChromiumBrowser(self, sid, self.profile_of(sid), options.url or self.config.url, nursery)
+                url = options.url or self.config.url
+                browser = ChromiumBrowser(self, sid, self.profile_of(sid), url, nursery, options.proxy)
                 self.live[sid] = browser
                 try:
                     await browser.launch(user_agent)

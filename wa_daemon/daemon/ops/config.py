@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal, get_args
 import msgspec
 
 from ...protocol import DEFAULT_MAX_FRAME, WebUrl
+from ...proxy import parse_proxy
 
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)]
 NonNegSeconds = Annotated[float, msgspec.Meta(ge=0, le=7 * 86400)]
@@ -85,6 +86,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     hang_check_interval: PositiveSeconds = 10.0
     hang_check_timeout: PositiveSeconds = 10.0
     app_lost_grace: PositiveSeconds = 30.0  # the app gone (not for a QR or a conflict) this long: reconnect
+    # the proxy of sessions whose connect gave none (wa_daemon/proxy.py forms); None or "": direct
+    proxy: str | None = None
 
     # "auto": SQLite in the state directory with the Chromium driver or an explicit
     # state_dir, memory otherwise (scripted runs leave nothing behind)
@@ -196,6 +199,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("admin_group: empty group name")
         if self.browser_user is not None and not self.browser_user.strip():
             raise ValueError("browser_user: empty user name")
+        if self.proxy:
+            parse_proxy(self.proxy)  # its message names the key and never quotes the value
 
     def level_of(self, component: str) -> str:
         return self.log_levels.get(component, self.log_level)

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from ...proxy import masked
 from ..browser.contract import ContractError, load_contract
 from ..browser.sandbox import SandboxError, resolve_user
 from .config import Config
@@ -202,10 +203,11 @@ def find_line(text: str, key: str) -> int | None:
 
 def render(config: Config) -> str:
     """The configuration as TOML, every key included (unset ones as comments:
-    TOML has no null)."""
+    TOML has no null), the proxy's password masked."""
     import tomli_w
 
     data = msgspec.to_builtins(config)
+    data["proxy"] = masked(config.proxy) or config.proxy  # a password is not for a terminal
     lines: list[str] = []
     tables: dict[str, dict[str, Any]] = {}
     for key, value in data.items():

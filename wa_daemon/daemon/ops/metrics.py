@@ -7,6 +7,7 @@ import math
 import os
 import time
 from bisect import bisect_left
+from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
@@ -15,6 +16,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from ...protocol import Sample, State
+from ...proxy import SCHEMES
 from ..browser.sandbox import SANDBOX_MODES
 
 
@@ -55,6 +57,24 @@ class _SessionsByState(Collector):
         counts = self._counts()
         for state in State:
             family.add_metric([state.value], counts.get(state, 0))
+        yield family
+
+
+class _SessionsByProxy(Collector):
+    """Active sessions by how their browser reaches WhatsApp: ``direct`` or the proxy's
+    scheme. Never a host or a credential: a label is no place for either."""
+
+    def __init__(self, kinds: Callable[[], Iterable[str]]) -> None:
+        self._kinds = kinds
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "wa_sessions_by_proxy", "Active sessions by the proxy their browser uses (its scheme, or direct)",
+            labels=["proxy"],
+        )
+        counts = Tally(self._kinds())
+        for kind in ("direct", *SCHEMES):
+            family.add_metric([kind], counts.get(kind, 0))
         yield family
 
 
@@ -203,6 +223,10 @@ class DaemonMetrics:
 
     def track_sessions(self, counts: Callable[[], dict[State, int]]) -> None:
         self.registry.register(_SessionsByState(counts))
+
+    def track_proxies(self, kinds: Callable[[], Iterable[str]]) -> None:
+        """``kinds()``: ``direct`` or the proxy's scheme, per active session."""
+        self.registry.register(_SessionsByProxy(kinds))
 
     def track_pages(self, pages: Callable[[], Iterable[tuple[str, str | None, dict[str, str]]]]) -> None:
         """``pages()``: (session, web version, {missing item: "required"|"optional"}) per live page."""

@@ -121,6 +121,7 @@ class Launched:
 @dataclass(frozen=True)
 class LaunchFailed:
     message: str
+    reason: Reason = Reason.LAUNCH_ERROR  # or what the driver named (proxy_unreachable, proxy_auth_failed)
 
 
 @dataclass(frozen=True)

@@ -210,11 +210,13 @@ class Machine:
     def _launch_failed(self, event: ev.LaunchFailed) -> None:
         if self.phase is not Phase.LAUNCHING:
             return
-        self._error(Reason.LAUNCH_ERROR, f"launch failed: {event.message}")
+        self._error(event.reason, f"launch failed: {event.message}")
         if self.state is State.RECONNECTING:  # a relaunch: one more reconnect attempt
-            self._reconnect(Reason.LAUNCH_ERROR, event.message)
+            # Out of attempts, a proxy failure is named as such, not max_reconnects.
+            give_up = Reason.MAX_RECONNECTS if event.reason is Reason.LAUNCH_ERROR else event.reason
+            self._reconnect(event.reason, event.message, give_up)
         else:
-            self._finish(State.FAILED, Reason.LAUNCH_ERROR, event.message)
+            self._finish(State.FAILED, event.reason, event.message)
 
     def _browser_closed(self, event: ev.BrowserClosed) -> None:
         if self.phase is not Phase.CLOSING:
@@ -279,8 +281,8 @@ class Machine:
             self._code_renew_at = None
             self._want_code()
 
-    def _reconnect(self, reason: Reason, message: str) -> None:
-        """Count a reconnect attempt and wait its backoff; FAILED once the cap is hit."""
+    def _reconnect(self, reason: Reason, message: str, give_up: Reason = Reason.MAX_RECONNECTS) -> None:
+        """Count a reconnect attempt and wait its backoff; FAILED (``give_up``) once the cap is hit."""
         cfg, now = self.config, self._now
         if self._connected_since is not None and now - self._connected_since >= cfg.reconnect_reset_after:
             self._set(attempt=0)  # the previous incident is over: the session held for long enough
@@ -288,7 +290,7 @@ class Machine:
         attempt = self.view.attempt
         if attempt >= cfg.reconnect_max_attempts:
             message = f"gave up after {attempt} reconnect attempts; last error: {message}"
-            self._finish(State.FAILED, Reason.MAX_RECONNECTS, message)
+            self._finish(State.FAILED, give_up, message)
             return
         self._set(attempt=attempt + 1)
         self._count("reconnects")

@@ -84,6 +84,7 @@ class SessionManager:
         )
         self.metrics.track_sessions(self.counts_by_state)
         self.metrics.track_pages(self._pages)
+        self.metrics.track_proxies(self._proxy_kinds)
         self.metrics.limit_refusals.labels("sessions_per_uid")  # exposed at 0 from the start
 
     def reconfigure(self, config: Config) -> None:
@@ -268,6 +269,12 @@ class SessionManager:
             if view.state in ACTIVE and view.state != State.RECONNECTING and view.web_state is not None:
                 lacking = {m: ("required" if m in needed else "optional") for m in session.machine.page_missing}
                 yield session.id, view.web_version, lacking
+
+    def _proxy_kinds(self) -> Iterator[str]:
+        for session in self._sessions.values():
+            if session.state in ACTIVE:
+                proxy = session.machine.settings.proxy
+                yield proxy.scheme if proxy is not None else "direct"
 
     def _needed_items(self) -> builtins.list[str]:
         from ..browser.adapter import needed_modules

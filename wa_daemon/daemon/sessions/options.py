@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import msgspec
 
 from ...protocol import ConnectParams
+from ...proxy import Proxy, parse_proxy
 from ..ops.config import Config
 
 
@@ -23,11 +24,13 @@ class SessionOptions(msgspec.Struct, frozen=True, omit_defaults=True):
     takeover_on_conflict: bool | None = None
     idle_timeout: float | None = None
     phone_number: str | None = None  # link by pairing code for this number; None or "": by QR
+    proxy: str | None = None  # as given, password included (kept in the registry, 0600); "": direct
 
     @classmethod
     def of(cls, params: ConnectParams) -> SessionOptions:
-        """The options a ``connect`` request carries."""
-        return cls(params.whatsapp_url, params.takeover_on_conflict, params.idle_timeout, params.phone_number)
+        """The options a ``connect`` request carries (``proxy`` already checked by parse_proxy)."""
+        return cls(params.whatsapp_url, params.takeover_on_conflict, params.idle_timeout, params.phone_number,
+                   params.proxy)
 
     def merged(self, new: SessionOptions) -> SessionOptions:
         """These options with the fields ``new`` sets (a field left None keeps its value)."""
@@ -43,6 +46,7 @@ class Settings:
     takeover_on_conflict: bool
     idle_timeout: float | None  # stop when connected and untouched this long; None: never
     phone_number: str  # "": link by QR
+    proxy: Proxy | None  # None: direct
 
     @property
     def links_by_code(self) -> bool:
@@ -57,4 +61,6 @@ def resolve(options: SessionOptions, config: Config) -> Settings:
         takeover_on_conflict=config.takeover_on_conflict if takeover is None else takeover,
         idle_timeout=options.idle_timeout or config.connected_idle_timeout,
         phone_number=options.phone_number or "",
+        # "" is a choice ("direct"), unlike None: it does not fall back to the daemon's proxy
+        proxy=parse_proxy((config.proxy or "") if options.proxy is None else options.proxy),
     )

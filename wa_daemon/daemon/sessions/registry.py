@@ -87,6 +87,12 @@ class SqliteRegistry:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
+        # Options hold proxy passwords: the file is the daemon's only, made so before
+        # SQLite creates its -wal and -shm files (which take the database's mode).
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        for each in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if each.exists():
+                os.chmod(each, 0o600)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -94,7 +100,6 @@ class SqliteRegistry:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
         if "linked" not in columns:  # a registry written before sessions remembered their link
             self._db.execute("ALTER TABLE sessions ADD COLUMN linked INTEGER NOT NULL DEFAULT 0")
-        os.chmod(path, 0o600)
 
     def load(self) -> list[SessionRecord]:
         rows = self._db.execute(

@@ -137,6 +137,7 @@ class Session:
         return cached
 
     def _build_status(self, view: ev.View) -> SessionStatus:
+        proxy = self.machine.settings.proxy
         return SessionStatus(
             session=self.id,
             state=view.state,
@@ -154,6 +155,7 @@ class Session:
             web_version=view.web_version,
             web_state=view.web_state,
             linked=view.linked,
+            proxy=proxy.masked if proxy is not None else None,  # never the password
         )
 
     def touch(self) -> None:
@@ -309,7 +311,7 @@ class Session:
                 await self._drive(browser)
         except LaunchError as exc:
             self.ctx.metrics.launches.labels("error").inc()
-            self._handle(ev.LaunchFailed(str(exc)))
+            self._handle(ev.LaunchFailed(str(exc), exc.reason))
             return
         if self.machine.recycling:
             await trio.lowlevel.checkpoint_if_cancelled()  # a stop came meanwhile: no reconnecting
@@ -343,8 +345,9 @@ class Session:
                 async with self.ctx.launch_slots:
                     metrics.launch_queue.dec()
                     queued = False
-                    url = self.machine.settings.whatsapp_url
-                    browser = await stack.enter_async_context(self.ctx.driver.open(LaunchOptions(self.id, url)))
+                    settings = self.machine.settings
+                    launch = LaunchOptions(self.id, settings.whatsapp_url, settings.proxy)
+                    browser = await stack.enter_async_context(self.ctx.driver.open(launch))
             finally:
                 if queued:
                     metrics.launch_queue.dec()

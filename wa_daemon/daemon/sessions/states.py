@@ -31,7 +31,8 @@ TRANSITIONS: Final[dict[State, dict[State, str]]] = {
         S.AUTHENTICATING: "saved auth found; the app is loading",
         S.CONNECTED: "saved auth found; the app is shown",
         S.RECONNECTING: "the browser died or the page was lost while starting",
-        S.FAILED: "launch error, WhatsApp blocks the device or the web version, or the session was found inactive",
+        S.FAILED: "launch error (proxy_unreachable, proxy_auth_failed: the session's proxy), WhatsApp blocks the device "
+        "or the web version, or the session was found inactive",
         S.STOPPED: "disconnect, delete or shutdown",
         S.LOGGED_OUT: "logout requested, or a linked profile relaunched to a QR (unlinked while no browser ran)",
     },
@@ -71,7 +72,8 @@ TRANSITIONS: Final[dict[State, dict[State, str]]] = {
         S.WAITING_CODE: "relaunched; a pairing code is shown (the session was not linked yet)",
         S.AUTHENTICATING: "relaunched; the app is loading",
         S.CONNECTED: "relaunched; the app is shown",
-        S.FAILED: "max_reconnects, launch error, conflict, blocked, web_version_deprecated or inactive",
+        S.FAILED: "max_reconnects (proxy_unreachable or proxy_auth_failed when the last relaunch failed at the "
+        "proxy), launch error, conflict, blocked, web_version_deprecated or inactive",
         S.LOGGED_OUT: "the phone unlinked the device (also while no browser ran), or logout requested",
         S.STOPPED: "disconnect, delete or shutdown",
     },
