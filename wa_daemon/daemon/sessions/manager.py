@@ -29,7 +29,6 @@ from ...protocol import (
     SessionStatus,
     State,
     Transition,
-    to_raw,
     validate_session_id,
 )
 from ..browser.base import Driver, Simulator
@@ -39,6 +38,7 @@ from ..ops.metrics import DaemonMetrics
 from .caller import ADMIN, Caller
 from .events import Disconnect, IdleTimeout, Inactive
 from .hub import Hub, Subscriber
+from .listing import Listing
 from .options import resolve
 from .registry import MemoryRegistry, Registry, RegistryError, SessionOptions, SessionRecord
 from .session import Session, SessionContext
@@ -67,6 +67,7 @@ class SessionManager:
         # Bumped when a field of any session's status changes or a session is created:
         # a reply built from all statuses stays good while it stays put (see list_raw).
         self._status_generation = 0
+        self._listing = Listing(self._sessions)
         self._deleted_attempts: dict[str, float] = {}  # last attempt of deleted sessions, for the rate limit
         self.closing = False
         self._ctx = SessionContext(
@@ -175,71 +176,13 @@ class SessionManager:
         session.touch()
         return session.status_raw()
 
-    # Every session sorted by id, for the set of ids it was built from: sorting
-    # is redone only when a session was added or removed.
-    _order: tuple[frozenset[str], builtins.list[Session]] | None = None
-    # The encoded ``list`` per caller (an admin: every session; a uid: the
-    # sessions it owns): (status generation, session count, reply, the sessions'
-    # locks). See list_raw.
-    _list_caches: dict[Caller, tuple[int, int, msgspec.Raw, builtins.list[trio.Lock]]] | None = None
-
-    def _sorted(self) -> builtins.list[Session]:
-        """Every session, sorted by id. Shared: callers must not change it."""
-        order = self._order
-        if order is None or self._sessions.keys() != order[0]:
-            ids = frozenset(self._sessions)
-            order = self._order = (ids, [self._sessions[sid] for sid in sorted(ids)])
-        return order[1]
-
-    def _listed(self, states: Iterable[State] | None, caller: Caller = ADMIN) -> builtins.list[Session]:
-        wanted = set(states) if states else None
-        if not caller.admin:
-            mine = caller.may_use
-            return [s for s in self._sorted() if mine(s.owner_uid) and (wanted is None or s.state in wanted)]
-        if wanted is None:
-            return self._sorted()
-        return [s for s in self._sorted() if s.state in wanted]
-
     def list(self, states: Iterable[State] | None = None, caller: Caller = ADMIN) -> builtins.list[SessionStatus]:
-        return [s.status() for s in self._listed(states, caller)]
+        return [s.status() for s in self._listing.listed(states, caller)]
 
     def list_raw(self, states: Iterable[State] | None = None, caller: Caller = ADMIN) -> msgspec.Raw:
-        """The ``list`` result, encoded (a SessionList on the wire), from the bytes
-        each session already holds instead of re-encoding every status.
-
-        The list of every session is kept whole between calls: serving it again
-        then costs a scan of the locks, not a visit to every session. It stays
-        good while the status generation stays put (no status changed and no
-        session was created) and the count holds (none was deleted), provided no
-        session is ``busy`` now or was when it was built: ``busy`` is the lock's
-        state, not a field, so the locks are checked on every call.
-
-        A non-admin ``caller`` gets the sessions it owns, cached per uid the same way.
-        """
-        if states:
-            return to_raw({"sessions": [s.status_raw() for s in self._listed(states, caller)]})
-        generation, count = self._status_generation, len(self._sessions)
-        caches = self._list_caches
-        if caches is None:
-            caches = self._list_caches = {}
-        cached = caches.get(caller)
-        if (
-            cached is not None
-            and cached[0] == generation
-            and cached[1] == count
-            and not any(map(trio.Lock.locked, cached[3]))
-        ):
-            return cached[2]
-        sessions = self._sorted() if caller.admin else self._listed(None, caller)
-        reply = to_raw({"sessions": [s.status_raw() for s in sessions]})
-        locks = [s.lock for s in sessions]
-        if len(caches) > 256:  # callers come and go: keep the cache bounded
-            caches.clear()
-        if any(map(trio.Lock.locked, locks)):
-            caches.pop(caller, None)
-        else:
-            caches[caller] = (generation, count, reply, locks)
-        return reply
+        """The ``list`` result, encoded (a SessionList on the wire); whole replies
+        are kept between calls while the status generation stays put (listing.py)."""
+        return self._listing.raw(states, caller, self._status_generation)
 
     def qr(self, session_id: str, caller: Caller = ADMIN) -> QrCode:
         qr: QrCode = self._login_credential(session_id, caller, "qr", "QR code")
