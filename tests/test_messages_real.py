@@ -4,15 +4,18 @@ the watchers, idempotent retries, waiting for a reconnect, and restarts."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
-from wa_daemon import AsyncClient, Message, MessageAck, MessageReceived
+from wa_daemon import AsyncClient, InvalidArgument, Message, MessageAck, MessageReceived, State, Unavailable
 
 from .helpers import needs_chromium
-from .test_chromium import link, rig
+from .test_chromium import link, reach, rig
 
 pytestmark = needs_chromium
 
@@ -101,3 +104,64 @@ async def test_incoming_message_reaches_the_watch_and_the_inbox(sock_dir: Path) 
             assert await inbox(r.wa, "a") == [msg]
             page = await r.wa.messages("a", after=1)
             assert page.messages == [] and page.next == 1
+
+
+async def test_idempotent_retry_hostile_input_and_a_stopped_session(sock_dir: Path) -> None:
+    with trio.fail_after(90):
+        async with rig(sock_dir, send_min_interval=0) as r:
+            await link(r, "a")
+            device = r.device_of("a")
+            first = await r.wa.send_text("a", PEER, "once", idempotency_key="job-1")
+            again = await r.wa.send_text("a", PEER, "once", idempotency_key="job-1")
+            assert again == first
+            with pytest.raises(InvalidArgument, match="another message"):
+                await r.wa.send_text("a", PEER, "twice", idempotency_key="job-1")
+            other = await r.wa.send_text("a", PEER + "@c.us", "once", idempotency_key="job-2")
+            assert other.id != first.id
+            assert [o["id"] for o in r.engine.outbox(device)] == [first.id, other.id]
+            # Hostile values: refused before anything is sent, nothing stored.
+            for to in ("+12025550111", "abc", "1" * 16, "123", f"{PEER}@s.whatsapp.net", f"{PEER}@c.us\n", ""):
+                with pytest.raises(InvalidArgument):
+                    await r.wa.send_text("a", to, "x")
+            for text in ("", "a" * 65537, "nul\x00byte"):
+                with pytest.raises(InvalidArgument):
+                    await r.wa.send_text("a", PEER, text)
+            for key in ("", "has space", "k" * 129, "ünïcode"):
+                with pytest.raises(InvalidArgument):
+                    await r.wa.send_text("a", PEER, "x", idempotency_key=key)
+            for after, limit in ((-1, 10), (2**63, 10), (0, 0), (0, 1001)):
+                with pytest.raises(InvalidArgument):
+                    await r.wa.messages("a", after=after, limit=limit)
+            with pytest.raises(InvalidArgument):
+                await r.wa.messages("../../etc", after=0)
+            assert len(r.engine.outbox(device)) == 2
+            assert [m.id for m in await inbox(r.wa, "a")] == [first.id, other.id]
+            # A stopped session does not wait: unavailable at once.
+            await r.wa.disconnect("a")
+            started = trio.current_time()
+            with pytest.raises(Unavailable, match="stopped"):
+                await r.wa.send_text("a", PEER, "to nobody")
+            assert trio.current_time() - started < 1
+            assert len(r.engine.outbox(device)) == 2
+
+
+async def test_browser_killed_send_waits_and_missed_messages_arrive_once(sock_dir: Path) -> None:
+    with trio.fail_after(120):
+        async with rig(sock_dir, send_min_interval=0, reconnect_base_delay=0.5, reconnect_jitter=0) as r:
+            await link(r, "a")
+            device = r.device_of("a")
+            before = r.engine.incoming(device, PEER, "before")
+            await wait_inbox(r.wa, "a", lambda m: len(m) == 1)
+            os.kill(r.browser("a").pid, signal.SIGKILL)
+            await reach(r.wa, "a", "reconnecting")
+            missed = [r.engine.incoming(device, PEER, f"while down {i}") for i in range(3)]
+            # A send now waits for the reconnect (send_wait), then goes out.
+            sent = await r.wa.send_text("a", PEER, "after the crash")
+            assert (await r.wa.status("a")).state == State.CONNECTED
+            msgs = await wait_inbox(r.wa, "a", lambda m: len(m) == 5)
+            await trio.sleep(0.5)  # nothing more comes: no message twice
+            msgs = await inbox(r.wa, "a")
+            assert sorted(m.id for m in msgs) == sorted([before.id, *(m.id for m in missed), sent.id])
+            assert [m.seq for m in msgs] == [1, 2, 3, 4, 5]
+            assert [m.text for m in msgs if not m.from_me][1:] == [f"while down {i}" for i in range(3)]
+            assert [o["text"] for o in r.engine.outbox(device)] == ["after the crash"]

@@ -450,8 +450,8 @@ class ChromiumBrowser:
         return text
 
     async def _evaluate(self, script: str, *args: Any) -> Any:
-        if self.page is None or self._gone or not self.reader.modules_ok:
-            raise SendError("the page is not ready to send (no WhatsApp Web modules)")
+        if self.page is None or self._gone:
+            raise SendError("the browser has no page")
         try:
             with trio.fail_after(self.driver.config.hang_check_timeout):
                 return await _aio(self.page.evaluate, script, *args)

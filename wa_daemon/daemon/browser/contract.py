@@ -87,6 +87,7 @@ class Names(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     me_user: str = "getMaybeMeUser"
     send_msg: str = "addAndSendMsgToChat"
     msg_added: str = "add"  # the Msg collection's event for a message, new or loaded
+    msg_models: str = "getModelsArray"  # a collection's models, as an array
     msg_is_new: str = "isNewMsg"  # set on messages that arrived (or were sent) now, not loaded history
     msg_ack: str = "ack"  # -1 error, 0 pending, 1 server, 2 delivered, 3 read, 4 played
     # Backbone-style listeners: on(event, callback); attribute changes are "change:<name>".

@@ -82,6 +82,8 @@ def send_script(contract: PageContract) -> str:
 
 _SEND = r"""
   const N = SPEC.names, M = SPEC.modules;
+  // The listener may not have found the collections yet: it must hear this message's add.
+  if (typeof window.__waDaemonMessaging === "function") window.__waDaemonMessaging();
   const collections = resolve(M.collections);
   const wid = resolve(M.wid_factory)[N.create_wid](to);
   let chat = collections[N.chat_collection].get(wid);
@@ -109,7 +111,6 @@ _SEND = r"""
 _SCRIPT = r"""
 () => {
   if (window.__waDaemonMessaging) return;
-  window.__waDaemonMessaging = true;
   const SPEC = __SPEC__;
   const N = SPEC.names;
 __RESOLVE__
@@ -160,10 +161,15 @@ __RESOLVE__
     if (!msgs || typeof msgs[N.on] !== "function") return;
     hooked = true;
     msgs[N.on](N.msg_added, added);
+    // What arrived before the hook (a sync right after the page loaded) is in the
+    // collection already: reported too; the inbox knows each id once.
+    const models = typeof msgs[N.msg_models] === "function" ? msgs[N.msg_models]() : msgs.models;
+    for (const msg of Array.isArray(models) ? models : []) added(msg);
     msgs[N.on](N.change_prefix + N.msg_ack, (msg, ack) => {
       if (msg && msg.id) push({ kind: "ack", id: ser(msg.id), ack: num(ack == null ? msg[N.msg_ack] : ack) });
     });
   };
+  window.__waDaemonMessaging = tryHook;
   const retry = setInterval(() => { if (hooked) clearInterval(retry); else tryHook(); }, 250);
   document.addEventListener("load", (e) => { if (e.target && e.target.tagName === "SCRIPT") tryHook(); }, true);
 }

@@ -560,6 +560,8 @@
 
     at(index) { return this.models[index]; }
 
+    getModelsArray() { return this.models.slice(); }
+
     add(model) {
       this.models.push(model);
       this._byId.set(model.id._serialized, model);
