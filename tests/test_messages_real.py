@@ -4,18 +4,22 @@ the watchers, idempotent retries, waiting for a reconnect, and restarts."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from wa_daemon import AsyncClient, InvalidArgument, Message, MessageAck, MessageReceived, State, Unavailable
+from wa_daemon import AsyncClient, Client, InvalidArgument, Message, MessageAck, MessageReceived, State, Unavailable
 
-from .helpers import needs_chromium
+from .helpers import DaemonProcess, needs_chromium
 from .test_chromium import link, reach, rig
+from .test_recovery import _link, _wait, simulator
 
 pytestmark = needs_chromium
 
@@ -165,3 +169,62 @@ async def test_browser_killed_send_waits_and_missed_messages_arrive_once(sock_di
             assert [m.seq for m in msgs] == [1, 2, 3, 4, 5]
             assert [m.text for m in msgs if not m.from_me][1:] == [f"while down {i}" for i in range(3)]
             assert [o["text"] for o in r.engine.outbox(device)] == ["after the crash"]
+
+
+def _sim_post(sim: str, path: str, body: dict[str, Any]) -> Any:
+    req = urllib.request.Request(
+        sim + path, data=json.dumps(body).encode(), method="POST", headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.load(resp)
+
+
+def _sim_get(sim: str, path: str) -> Any:
+    with urllib.request.urlopen(sim + path, timeout=10) as resp:
+        return json.load(resp)
+
+
+def test_daemon_sigkill_keeps_the_inbox_cursors_and_idempotency(sock_dir: Path) -> None:
+    state = sock_dir / "state"
+    with simulator() as sim:
+        args = ("--driver", "chromium", "--state-dir", str(state), "--wa-url", sim + "/",
+                "--set", "send_min_interval=0", "--set", "connect_min_interval=0")
+        first = DaemonProcess(sock_dir / "d.sock", *args)
+        try:
+            first.wait_ready(30)
+            with Client(first.sock, timeout=30) as wa:
+                _link(wa, sim, "a")
+                device = _sim_get(sim, "/__sim__/devices")[0]["id"]
+                for i in range(3):
+                    _sim_post(sim, f"/__sim__/devices/{device}/incoming", {"from": PEER, "text": f"m{i}"})
+                sent = wa.send_text("a", PEER, "keyed", idempotency_key="k1")
+                _wait(lambda: len(wa.messages("a").messages) == 4, 15, "4 messages stored")
+                page = wa.messages("a", after=0, limit=2)
+                assert [m.seq for m in page.messages] == [1, 2] and page.next == 2
+                before = wa.messages("a").messages
+            first.proc.send_signal(signal.SIGKILL)
+            first.proc.wait(10)
+        finally:
+            first.stop()
+        assert (state / "inbox.sqlite3").stat().st_mode & 0o777 == 0o600
+        # While no daemon runs, the phone side keeps writing: delivered on the next load. (The
+        # killed browser's renderer outlives it by a moment; what it takes then is gone with it.)
+        _wait(lambda: not any(p["open"] for p in _sim_get(sim, "/__sim__/pages")), 10, "the page gone")
+        _sim_post(sim, f"/__sim__/devices/{device}/incoming", {"from": PEER, "text": "while dead"})
+        second = DaemonProcess(sock_dir / "d.sock", *args)
+        try:
+            second.wait_ready(30)
+            with Client(second.sock, timeout=30) as wa:
+                _wait(lambda: wa.status("a").state == State.CONNECTED, 60, "a restored")
+                _wait(lambda: len(wa.messages("a").messages) == 5, 20, "the missed message")
+                after = wa.messages("a", after=2)  # the cursor read before the kill goes on
+                assert [m.seq for m in after.messages] == [3, 4, 5] and after.next == 5
+                assert after.messages[:2] == before[2:]
+                assert after.messages[2].text == "while dead" and not after.messages[2].from_me
+                assert wa.send_text("a", PEER, "keyed", idempotency_key="k1") == sent
+                time.sleep(0.5)
+                msgs = wa.messages("a").messages
+                assert len({m.id for m in msgs}) == len(msgs) == 5
+            assert [o["text"] for o in _sim_get(sim, f"/__sim__/devices/{device}/outbox")] == ["keyed"]
+        finally:
+            assert second.stop() == 0
