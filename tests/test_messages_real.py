@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -228,3 +231,31 @@ def test_daemon_sigkill_keeps_the_inbox_cursors_and_idempotency(sock_dir: Path) 
             assert [o["text"] for o in _sim_get(sim, f"/__sim__/devices/{device}/outbox")] == ["keyed"]
         finally:
             assert second.stop() == 0
+
+
+async def test_the_ping_pong_example_answers_through_a_session(sock_dir: Path, tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "ping_pong.py"
+    cursor = tmp_path / "a.cursor"
+    with trio.fail_after(90):
+        async with rig(sock_dir, send_min_interval=0) as r:
+            await link(r, "a")
+            device = r.device_of("a")
+            r.engine.incoming(device, PEER, "hello")  # not a ping: read, not answered
+            r.engine.incoming(device, PEER, "ping")  # in the backlog when the service starts
+            await wait_inbox(r.wa, "a", lambda m: len(m) == 2)
+            cmd = [sys.executable, str(example), "a", "--socket", str(r.daemon.socket_path),
+                   "--cursor-file", str(cursor), "--exit-after", "2"]
+            async with trio.open_nursery() as nursery:
+                proc = await nursery.start(partial(trio.run_process, cmd, stdout=subprocess.PIPE, check=False))
+                with trio.fail_after(30):
+                    while not r.engine.outbox(device):
+                        await trio.sleep(0.05)
+                r.engine.incoming(device, "12025550122", " PING ")  # a live one, from someone else
+                out = b""
+                while chunk := await proc.stdout.receive_some():
+                    out += chunk
+            assert proc.returncode == 0, out
+            assert [(o["to"], o["text"]) for o in r.engine.outbox(device)] == [
+                (PEER + "@c.us", "pong"), ("12025550122@c.us", "pong")]
+            assert out.decode().count("answered") == 2
+            assert int(cursor.read_text()) == 4  # hello, ping, its pong, PING: it exits after answering
