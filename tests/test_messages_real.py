@@ -27,6 +27,7 @@ from .test_recovery import _link, _wait, simulator
 pytestmark = needs_chromium
 
 PEER = "12025550111"
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "ping_pong.py"
 
 
 async def events_until(wa: AsyncClient, sid: str, done: Any, timeout: float = 20) -> list[Any]:
@@ -234,7 +235,6 @@ def test_daemon_sigkill_keeps_the_inbox_cursors_and_idempotency(sock_dir: Path) 
 
 
 async def test_the_ping_pong_example_answers_through_a_session(sock_dir: Path, tmp_path: Path) -> None:
-    example = Path(__file__).resolve().parent.parent / "examples" / "ping_pong.py"
     cursor = tmp_path / "a.cursor"
     with trio.fail_after(90):
         async with rig(sock_dir, send_min_interval=0) as r:
@@ -243,7 +243,7 @@ async def test_the_ping_pong_example_answers_through_a_session(sock_dir: Path, t
             r.engine.incoming(device, PEER, "hello")  # not a ping: read, not answered
             r.engine.incoming(device, PEER, "ping")  # in the backlog when the service starts
             await wait_inbox(r.wa, "a", lambda m: len(m) == 2)
-            cmd = [sys.executable, str(example), "a", "--socket", str(r.daemon.socket_path),
+            cmd = [sys.executable, str(EXAMPLE), "a", "--socket", str(r.daemon.socket_path),
                    "--cursor-file", str(cursor), "--exit-after", "2"]
             async with trio.open_nursery() as nursery:
                 proc = await nursery.start(partial(trio.run_process, cmd, stdout=subprocess.PIPE, check=False))
