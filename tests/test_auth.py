@@ -564,6 +564,7 @@ SESSION_METHODS = [
     ["call", "status", {"session": "{s}"}],
     ["call", "qr", {"session": "{s}"}],
     ["call", "history", {"session": "{s}"}],
+    ["call", "messages", {"session": "{s}"}],
     ["call", "simulate", {"session": "{s}", "action": "refresh_qr"}],
     ["watch", "watch", {"session": "{s}", "timeout": 0.5}],
     ["call", "connect", {"session": "{s}"}],
@@ -610,9 +611,11 @@ async def test_real_uids_owner_may_everything_others_get_permission_denied(
 
             await as_user(client_env, a, sock, [["call", "connect", {"session": "a-s"}]])
             await as_user(client_env, b, sock, [["call", "connect", {"session": "b-s"}]])
-            # wa-test-b: every method naming a-s is permission_denied, on the wire.
-            res = await as_user(client_env, b, sock, on("a-s", SESSION_METHODS))
-            assert codes(res) == ["permission_denied"] * len(SESSION_METHODS), res
+            # wa-test-b: every method naming a-s is permission_denied, on the wire: its inbox
+            # is not readable, and nothing can be sent through it.
+            send = ["call", "send_text", {"session": "{s}", "to": "12025550111", "text": "x"}]
+            res = await as_user(client_env, b, sock, on("a-s", [*SESSION_METHODS, send]))
+            assert codes(res) == ["permission_denied"] * (len(SESSION_METHODS) + 1), res
             assert all(r["details"] == {"session": "a-s"} for r in res)
             assert d.manager.peek("a-s").owner_uid == a.uid  # type: ignore[union-attr]  # untouched
             # ... and a-s does not exist in its list; its own session does.

@@ -12,7 +12,14 @@ import msgspec
 import pytest
 import tomllib
 
-from wa_daemon.daemon.ops.config import LOG_COMPONENTS, RESTART_KEYS, Config, ScriptedConfig, parse_listen
+from wa_daemon.daemon.ops.config import (
+    LOG_COMPONENTS,
+    RESTART_KEYS,
+    Config,
+    MessageRetention,
+    ScriptedConfig,
+    parse_listen,
+)
 from wa_daemon.daemon.ops.configfile import ConfigError, ConfigSource, find_line, render
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -190,9 +197,9 @@ def _as_doc(value: Any) -> set[str]:
 def test_configuration_doc_defaults_match_the_structs() -> None:
     rows = _doc_rows()
     checked = 0
-    for struct, prefix in ((Config(), ""), (ScriptedConfig(), "scripted.")):
+    for struct, prefix in ((Config(), ""), (ScriptedConfig(), "scripted."), (MessageRetention(), "message_retention.")):
         for field in msgspec.structs.fields(struct):
-            if field.name == "scripted":
+            if field.name in ("scripted", "message_retention"):
                 continue
             key = prefix + field.name
             assert key in rows, f"{key} has no row in docs/configuration.md"

@@ -320,7 +320,7 @@ def test_every_method_has_exactly_one_handler_of_its_kind() -> None:
 def test_the_reads_served_inline_are_the_methods_that_never_wait() -> None:
     """The fast path (docs/performance.md): reads run in the read loop, without a task."""
     reads = {h.method for h in HANDLERS if isinstance(h, Read)}
-    assert reads == {"status", "list", "qr", "pairing_code", "history", "metrics", "ping", "version"}
+    assert reads == {"status", "list", "qr", "pairing_code", "history", "messages", "metrics", "ping", "version"}
     assert {h.method for h in HANDLERS if isinstance(h, Operation)} == {
         "connect",
         "disconnect",
@@ -328,6 +328,7 @@ def test_the_reads_served_inline_are_the_methods_that_never_wait() -> None:
         "delete",
         "simulate",
         "health",
+        "send_text",
     }
 
 

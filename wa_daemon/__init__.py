@@ -22,6 +22,7 @@ from .errors import (
     Unavailable,
     WaDaemonError,
 )
+from .message_types import Media, Message, MessageAck, MessagePage, MessageReceived, SentMessage
 from .protocol import (
     End,
     Health,
@@ -54,11 +55,17 @@ __all__ = [
     "InternalError",
     "InvalidArgument",
     "LimitExceeded",
+    "Media",
+    "Message",
+    "MessageAck",
+    "MessagePage",
+    "MessageReceived",
     "NotFound",
     "PairingCode",
     "PairingCodeUpdated",
     "PermissionDenied",
     "ProtocolError",
+    "SentMessage",
     "QrCode",
     "QrUpdated",
     "RateLimited",

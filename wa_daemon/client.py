@@ -38,6 +38,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._watch import AsyncWatch, Watch
 from .errors import ConnectionLost, DaemonUnreachable, Unavailable, WaDaemonError
+from .message_types import MessagePage, SentMessage
 from .paths import resolve_socket_path
 from .protocol import (
     ClientProtocol,
@@ -50,6 +51,7 @@ from .protocol import (
     History,
     HistoryParams,
     ListParams,
+    MessagesParams,
     Metrics,
     MetricsParams,
     NoParams,
@@ -57,6 +59,7 @@ from .protocol import (
     Pong,
     QrCode,
     Reply,
+    SendTextParams,
     SessionList,
     SessionParams,
     SessionStatus,
@@ -275,6 +278,15 @@ class Client:
     def simulate(self, session: str, action: SimulateAction) -> SessionStatus:
         return self._call("simulate", SimulateParams(session, action), SessionStatus)
 
+    def send_text(self, session: str, to: str, text: str, idempotency_key: str | None = None) -> SentMessage:
+        """Send ``text`` to ``to`` (a number or a chat id); a retry with the same
+        ``idempotency_key`` returns the first result and sends nothing."""
+        return self._call("send_text", SendTextParams(session, to, text, idempotency_key), SentMessage)
+
+    def messages(self, session: str, after: int = 0, limit: int = 100) -> MessagePage:
+        """The session's inbox after the cursor ``after``; read on from the page's ``next``."""
+        return self._call("messages", MessagesParams(session, after, limit), MessagePage)
+
     def watch(
         self,
         session: str | None = None,
@@ -491,6 +503,15 @@ class AsyncClient:
 
     async def simulate(self, session: str, action: SimulateAction) -> SessionStatus:
         return await self._call("simulate", SimulateParams(session, action), SessionStatus)
+
+    async def send_text(self, session: str, to: str, text: str, idempotency_key: str | None = None) -> SentMessage:
+        """Send ``text`` to ``to`` (a number or a chat id); a retry with the same
+        ``idempotency_key`` returns the first result and sends nothing."""
+        return await self._call("send_text", SendTextParams(session, to, text, idempotency_key), SentMessage)
+
+    async def messages(self, session: str, after: int = 0, limit: int = 100) -> MessagePage:
+        """The session's inbox after the cursor ``after``; read on from the page's ``next``."""
+        return await self._call("messages", MessagesParams(session, after, limit), MessagePage)
 
     def watch(
         self,

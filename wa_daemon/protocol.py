@@ -19,6 +19,17 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 
 from .errors import InvalidArgument, ProtocolError, WaDaemonError, error_from_wire
+from .message_types import (
+    ChatTarget,
+    Cursor,
+    IdempotencyKey,
+    MessageAck,
+    MessagePage,
+    MessageReceived,
+    MessageText,
+    PageSize,
+    SentMessage,
+)
 
 PROTOCOL_VERSION: Final = 1
 DEFAULT_MAX_FRAME: Final = 1 << 20
@@ -281,6 +292,19 @@ class SimulateParams(msgspec.Struct, forbid_unknown_fields=True):
     action: SimulateAction
 
 
+class SendTextParams(msgspec.Struct, forbid_unknown_fields=True):
+    session: SessionId
+    to: ChatTarget  # a number (digits) or a chat id
+    text: MessageText
+    idempotency_key: IdempotencyKey | None = None  # a retry with the same key sends nothing new
+
+
+class MessagesParams(msgspec.Struct, forbid_unknown_fields=True):
+    session: SessionId
+    after: Cursor = 0
+    limit: PageSize = 100
+
+
 # --------------------------------------------------------------------------- watch events
 
 
@@ -307,7 +331,7 @@ class SessionError(msgspec.Struct, tag="session_error", tag_field="type", frozen
     message: str
 
 
-WatchEvent = Snapshot | StateChanged | QrUpdated | PairingCodeUpdated | SessionError
+WatchEvent = Snapshot | StateChanged | QrUpdated | PairingCodeUpdated | SessionError | MessageReceived | MessageAck
 
 
 # --------------------------------------------------------------------------- methods
@@ -335,6 +359,8 @@ METHODS: Final[dict[str, Method]] = {
     "ping": Method(NoParams, Pong),
     "version": Method(NoParams, VersionInfo),
     "simulate": Method(SimulateParams, SessionStatus),
+    "send_text": Method(SendTextParams, SentMessage),
+    "messages": Method(MessagesParams, MessagePage),
 }
 
 # --------------------------------------------------------------------------- envelopes

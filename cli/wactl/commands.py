@@ -19,6 +19,7 @@ import msgspec
 
 from wa_daemon import __version__
 from wa_daemon.client import Client
+from wa_daemon.message_types import Message, MessageReceived
 from wa_daemon.protocol import End, SessionStatus, State
 
 from . import render
@@ -155,6 +156,53 @@ def cmd_simulate(ctx: Ctx) -> int:
     return EXIT_OK
 
 
+def cmd_send(ctx: Ctx) -> int:
+    args = ctx.args
+    sent = ctx.client.send_text(args.session, args.to, args.text, args.idempotency_key)
+    ctx.out.show(sent, f"sent {sent.id} to {sent.to} ({render.ACKS.get(sent.ack, sent.ack)})")
+    return EXIT_OK
+
+
+def cmd_messages(ctx: Ctx) -> int:
+    """The backlog after ``--after``; with ``--follow``, then every new message, each once
+    and in order: the watch opens before the backlog is read, and a gap in what it
+    delivers (a slow reader's dropped events) is filled from the inbox."""
+    args, out, client = ctx.args, ctx.out, ctx.client
+    cursor = args.after
+
+    def show(message: Message) -> None:
+        nonlocal cursor
+        if out.json:
+            out.doc(message)
+        else:
+            out.line(render.message_line(message))
+        cursor = message.seq
+
+    def backlog() -> None:
+        while True:
+            page = client.messages(args.session, after=cursor, limit=1000)
+            for message in page.messages:
+                show(message)
+            if not page.messages:
+                return
+
+    if not args.follow:
+        backlog()
+        return EXIT_OK
+    while True:
+        with client.watch(args.session) as stream:
+            backlog()
+            for event in stream:
+                if isinstance(event, MessageReceived) and event.message.seq > cursor:
+                    if event.message.seq > cursor + 1:
+                        backlog()
+                    else:
+                        show(event.message)
+            end = stream.end
+        if end is not None and end.reason != "timeout":
+            raise CliError(end.reason, f"the watch of {args.session!r} ended: {end.reason}", EXIT_SESSION_FAILED)
+
+
 def end_doc(end: End) -> dict[str, Any]:
     return {"type": "end", "reason": end.reason, "status": end.status}
 
@@ -266,4 +314,6 @@ COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "ping": cmd_ping,
     "version": cmd_version,
     "simulate": cmd_simulate,
+    "send": cmd_send,
+    "messages": cmd_messages,
 }

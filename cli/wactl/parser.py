@@ -197,6 +197,27 @@ def build_parser() -> argparse.ArgumentParser:
     add("ping", "check that the daemon answers")
     add("version", "show the versions of wactl and of the daemon")
 
+    q = add("send", "send a text message through a connected session")
+    session(q)
+    q.add_argument("to", metavar="TO", help="a phone number (international, digits only) or a chat id")
+    q.add_argument("text", metavar="TEXT", help="the message")
+    q.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="a retry with the same key returns the first result and sends nothing",
+    )
+
+    q = add("messages", "print a session's inbox from a cursor, in order")
+    session(q)
+    q.add_argument(
+        "--after",
+        type=_bounded(int, 0, 2**63 - 1),
+        default=0,
+        metavar="N",
+        help="the cursor: print the messages after seq N (default 0: from the start)",
+    )
+    q.add_argument("--follow", action="store_true", help="after the backlog, print new messages as they come")
+
     q = add("simulate", "act as the phone on a session (scripted driver only)")
     session(q)
     q.add_argument(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import segno
 
+from wa_daemon.message_types import Message, MessageAck, MessageReceived
 from wa_daemon.protocol import (
     End,
     PairingCode,
@@ -171,7 +172,25 @@ def event_line(event: WatchEvent, now: datetime | None = None) -> str:
         return f"{iso(c.generated_at)} {c.session} pairing_code #{c.seq} expires={iso(c.expires_at)}"
     if isinstance(event, SessionError):
         return f"{iso(now)} {event.session} error {event.code}{_message(event.message)}"
+    if isinstance(event, MessageReceived):
+        # Like a log line, a watch line names a message, never shows its text (wactl messages does).
+        m = event.message
+        direction = "out" if m.from_me else "in"
+        return f"{iso(m.at)} {event.session} message #{m.seq} {direction} {m.chat} {m.type} ack={m.ack} chars={len(m.text)}"
+    if isinstance(event, MessageAck):
+        return f"{iso(now)} {event.session} ack #{event.seq} {ACKS.get(event.ack, str(event.ack))}"
     raise TypeError(f"unknown watch event {event!r}")
+
+
+ACKS = {-1: "error", 0: "pending", 1: "sent", 2: "delivered", 3: "read", 4: "played"}
+
+
+def message_line(m: Message) -> str:
+    """One inbox message for ``wactl messages``: cursor, time, direction, chat, ack, text."""
+    arrow = "->" if m.from_me else "<-"
+    who = m.chat if m.from_me or m.sender == m.chat else f"{m.chat} ({m.sender})"
+    kind = "" if m.type == "chat" else f"[{m.type}] "
+    return f"#{m.seq} {iso(m.at)} {arrow} {who} {ACKS.get(m.ack, str(m.ack))}: {kind}{cell(m.text)}"
 
 
 def end_line(end: End, session: str | None, now: datetime | None = None) -> str:

@@ -15,6 +15,8 @@ from .._version import __version__
 from ..paths import default_socket_path, default_state_dir
 from .browser.base import Driver
 from .browser.scripted import ScriptedDriver
+from .messages.inbox import Inbox
+from .messages.service import Messaging
 from .metrics_listeners import serve_socket, serve_tcp
 from .monitor import DaemonMonitor
 from .ops.config import RESTART_KEYS, Config
@@ -89,6 +91,7 @@ class Daemon:
         self.driver: Driver | None = None
         self.monitor: DaemonMonitor | None = None
         self.metrics_addresses: list[str] = []  # where metrics_listen is bound (HOST:PORT)
+        self.messaging: Messaging | None = None
         self._reload_lock = trio.Lock()
 
     def request_stop(self) -> None:
@@ -119,11 +122,14 @@ class Daemon:
                 manager.metrics.browser_sandbox(sandbox.mode if sandbox is not None else None)
                 self.monitor = DaemonMonitor(manager, _used_state_dir(cfg))
                 manager.restore()
-                server = self.server = Server(manager, health=self.monitor.health)
+                inbox = Inbox(state_dir_of(cfg) / "inbox.sqlite3" if isinstance(registry, SqliteRegistry) else None)
+                messaging = self.messaging = Messaging(cfg, manager, inbox)
+                server = self.server = Server(manager, health=self.monitor.health, messages=messaging)
                 async with trio.open_nursery() as connections:
                     async with trio.open_nursery() as front:
                         front.start_soon(server.accept_loop, bound, connections)
                         front.start_soon(manager.cleanup_loop)
+                        front.start_soon(messaging.retention_loop)
                         front.start_soon(self.monitor.run)
                         # Started, not just spawned: bound before daemon_ready says so.
                         if cfg.metrics_listen:
@@ -163,6 +169,8 @@ class Daemon:
             bound.close()
             if self.manager is not None:
                 self.manager.registry.close()
+            if self.messaging is not None:
+                self.messaging.inbox.close()
         log.info("daemon_stopped")
 
     # ------------------------------------------------------------------ systemd
@@ -233,6 +241,8 @@ class Daemon:
             self.manager.reconfigure(new)
         if self.server is not None:
             self.server.reconfigure(new)
+        if self.messaging is not None:
+            self.messaging.reconfigure(new)
         configure(new.log_level, new.log_levels)
         if metrics is not None:
             metrics.config_reloads.labels("ok").inc()

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from .chats import Incoming, Sent
 from .model import USER_INITIATED, SimModel
 from .options import SimOptions
 from .records import Device, Page, Pairing
@@ -131,6 +132,25 @@ class SimEngine:
 
     def force_device_state(self, device_id: str, state: str | None) -> Page:
         return self._apply(self.model.force_device_state, device_id, state)
+
+    # -- conversations -------------------------------------------------------------------
+
+    def incoming(self, device_id: str, sender: str, text: str) -> Incoming:
+        return self._apply(self.model.incoming, device_id, sender, text)
+
+    def received(self, page_id: str, ids: list[str]) -> int:
+        return self._apply(self.model.received, page_id, ids)
+
+    def send_message(self, page_id: str, key: str, to: str, text: str) -> Sent:
+        return self._apply(self.model.send_message, page_id, key, to, text)
+
+    def read(self, device_id: str) -> int:
+        return self._apply(self.model.read, device_id)
+
+    def outbox(self, device_id: str) -> list[dict[str, Any]]:
+        self._sync()
+        device = self.model.device(device_id)
+        return [s.json() for s in self.model.chats_of(device).outbox]
 
     def devices(self) -> list[dict[str, Any]]:
         self._sync()

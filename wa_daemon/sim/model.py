@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+from .chats import Chats, Conversations
 from .options import SimOptions
 from .records import (
     BadRequest,
@@ -63,7 +64,7 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
 
 
-class SimModel:
+class SimModel(Conversations):
     def __init__(self, options: SimOptions, *, wall_clock: Callable[[], float] = time.time) -> None:
         self.options = options
         self.wall_clock = wall_clock
@@ -73,6 +74,7 @@ class SimModel:
         self.refs_issued = 0
         self._by_ref: dict[str, str] = {}  # plain ref -> page id
         self._by_token: dict[str, str] = {}  # token -> device id
+        self.chats: dict[str, Chats] = {}  # device id -> its conversations (chats.py)
         self._now = -math.inf
 
     # -- time ----------------------------------------------------------------------
@@ -86,6 +88,8 @@ class SimModel:
         for device in self.devices.values():
             if device.online_at is not None and device.online_at <= self._now:
                 self._set_phone(device, online=True, until=None)
+            if self.chats_of(device).advance(self._now):
+                self._chats_changed(device)
         return self.version != before
 
     def next_deadline(self) -> float | None:
@@ -100,6 +104,7 @@ class SimModel:
             if page.close_at is not None:
                 times.append(page.close_at)
         times.extend(d.online_at for d in self.devices.values() if d.online_at is not None)
+        times.extend(t for d in self.devices.values() if (t := self.chats_of(d).next_deadline()) is not None)
         finite = [t for t in times if math.isfinite(t)]
         return min(finite) if finite else None
 
@@ -396,6 +401,9 @@ class SimModel:
             "keys": page.keys.json(),
             "pairing": self.pairing_json(page),
             "logout": {"source": page.logout.source, "reason": page.logout.reason} if page.logout else None,
+            # The conversations of the session this page holds (chats.py): what to deliver, the acks.
+            "me": self.chats_of(device).me if device is not None else None,
+            "chats": self.chats_of(device).view() if device is not None and device.page_id == page.id else None,
         }
 
     # -- internals ---------------------------------------------------------------------
@@ -506,6 +514,7 @@ class SimModel:
 
     def _unlink(self, device: Device, reason: str, *, by_page: Page | None) -> None:
         del self.devices[device.id]
+        self.chats.pop(device.id, None)
         self._by_token.pop(device.token, None)
         for page in self.pages.values():
             if page.device_id == device.id:

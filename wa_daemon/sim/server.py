@@ -15,6 +15,11 @@ A small hand-written ASGI app served by hypercorn on trio. Routes:
     POST /__sim__/pair                       the phone's owner types a pairing code: {"phone", "code"}
     GET  /__sim__/devices[/{id}]             linked devices
     POST /__sim__/devices/{id}/logout|conflict|offline|online|hang|state   faults
+    POST /__sim__/devices/{id}/incoming      the phone side of a chat: {"from": "<number>", "text"} to the device
+    GET  /__sim__/devices/{id}/outbox        what the device sent, with its ack
+    POST /__sim__/devices/{id}/read          the recipients read what the device sent (ack 3)
+    POST /__sim__/pages/{id}/send            addAndSendMsgToChat: {"id", "to", "text"} -> the outbox entry
+    POST /__sim__/pages/{id}/received        the page took these incoming messages: {"ids": [...]}
 """
 
 from __future__ import annotations
@@ -164,6 +169,11 @@ class SimApp:
                 self._fault,
             ),
             ("POST", re.compile(r"/__sim__/devices/(?P<device>[\w-]+)/state"), self._device_state),
+            ("POST", re.compile(r"/__sim__/devices/(?P<device>[\w-]+)/incoming"), self._incoming),
+            ("GET", re.compile(r"/__sim__/devices/(?P<device>[\w-]+)/outbox"), self._outbox),
+            ("POST", re.compile(r"/__sim__/devices/(?P<device>[\w-]+)/read"), self._read),
+            ("POST", re.compile(r"/__sim__/pages/(?P<page>[\w-]+)/send"), self._send),
+            ("POST", re.compile(r"/__sim__/pages/(?P<page>[\w-]+)/received"), self._received),
         ]
         self._events_path = re.compile(r"/__sim__/pages/(?P<page>[\w-]+)/events")
 
@@ -368,6 +378,38 @@ class SimApp:
         page = self.engine.force_device_state(device_id, _state(request))
         log.info("device %s: Socket.state of page %s forced to %s", device_id, page.id, page.forced_state)
         return json_response(self.engine.device(device_id) | {"page_state": self.engine.view(page.id)["state"]})
+
+    # -- conversations (chats.py); bodies are never logged, only ids and lengths ------------
+
+    async def _incoming(self, request: Request) -> Response:
+        body = request.json()
+        sender, text = body.get("from"), body.get("text")
+        if not isinstance(sender, str) or not isinstance(text, str):
+            raise HttpError(400, 'body must be {"from": "<digits>", "text": "..."}')
+        msg = self.engine.incoming(request.params["device"], sender, text)
+        log.info("device %s: incoming message %s (%d characters)", request.params["device"], msg.id, len(text))
+        return json_response(msg.json())
+
+    async def _outbox(self, request: Request) -> Response:
+        return json_response(self.engine.outbox(request.params["device"]))
+
+    async def _read(self, request: Request) -> Response:
+        device_id = request.params["device"]
+        return json_response({"device": device_id, "read": self.engine.read(device_id)})
+
+    async def _send(self, request: Request) -> Response:
+        body = request.json()
+        key, to, text = body.get("id"), body.get("to"), body.get("text")
+        if not isinstance(key, str) or not isinstance(to, str) or not isinstance(text, str):
+            raise HttpError(400, 'body must be {"id": "<message id>", "to": "<chat id>", "text": "..."}')
+        sent = self.engine.send_message(request.params["page"], key, to, text)
+        return json_response(sent.json())
+
+    async def _received(self, request: Request) -> Response:
+        ids = request.json().get("ids")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise HttpError(400, 'body must be {"ids": ["<message id>", ...]}')
+        return json_response({"received": self.engine.received(request.params["page"], ids)})
 
 
 def _state(request: Request) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -28,12 +28,58 @@ if sys.version_info < (3, 11):  # pragma: no cover - Python 3.10: trio's own dep
 
 
 @dataclass(frozen=True)
+class PageMessage:
+    """A message the page's message collection took as new (isNewMsg): one that arrived,
+    or one this account sent (``from_me``). ``text`` is the body of a text message and
+    the caption of any other; ``at`` is WhatsApp's timestamp (seconds)."""
+
+    id: str  # WhatsApp's serialized message id: unique, the inbox dedupes by it
+    chat: str
+    sender: str
+    from_me: bool
+    type: str
+    text: str
+    at: int
+    ack: int
+    mimetype: str | None = None
+    size: int | None = None
+    filename: str | None = None
+
+
+@dataclass(frozen=True)
+class AckChanged:
+    """A message's delivery state changed (WhatsApp's ack)."""
+
+    id: str
+    ack: int
+
+
+MessageEvent = PageMessage | AckChanged
+
+
+@dataclass(frozen=True)
+class SentText:
+    """What the page answered to a send: the message's id, its chat and ack then."""
+
+    id: str
+    chat: str
+    ack: int
+    at: int
+
+
+class SendError(Exception):
+    """The page could not send; the message says why (never the text)."""
+
+
+@dataclass(frozen=True)
 class LaunchOptions:
     """Per-launch settings: the session, its page and its proxy."""
 
     session_id: str
     url: str | None = None  # the page to open; None: the driver's default
     proxy: Proxy | None = None  # every request of the browser goes through it; None: direct
+    # Told at once of every message and ack the page reports (the session's inbox).
+    on_message: Callable[[MessageEvent], None] | None = None
 
 
 # ------------------------------------------------------------------ page events
@@ -176,6 +222,17 @@ class Browser(Protocol):
     async def logout(self) -> bool:
         """Log out through the page (WhatsApp's ``Socket.logout()``, unlinking the device on
         the phone) and close the browser. True once the page confirmed the logout."""
+        ...
+
+    async def new_message_id(self) -> str:
+        """A fresh message id from the page (WhatsApp's ``MsgKey.newId()``); SendError
+        when the page has no send path."""
+        ...
+
+    async def send_text(self, to: str, text: str, message_id: str) -> SentText:
+        """Send ``text`` to the chat ``to`` (``<number>@c.us`` or ``<group>@g.us``) as
+        the message ``message_id`` (from :meth:`new_message_id`), the way the page sends.
+        Raises SendError when the page cannot."""
         ...
 
     async def close(self) -> None:

@@ -30,6 +30,7 @@ import trio
 from ...protocol import HealthCheck
 from ...proxy import Proxy
 from ..ops.log import get_logger
+from . import messaging
 from .adapter import (
     BINDING,
     POST_LOGOUT_MARKER,
@@ -47,9 +48,12 @@ from .base import (
     LaunchError,
     LaunchOptions,
     LoggedOut,
+    MessageEvent,
     PageEvent,
     PageInfo,
     PairingError,
+    SendError,
+    SentText,
     unwrapped_group,
 )
 from .contract import DEFAULT as DEFAULT_CONTRACT
@@ -104,8 +108,10 @@ class ChromiumBrowser:
     def __init__(
         self, driver: ChromiumDriver, session_id: str, profile: Path, url: str, nursery: trio.Nursery,
         proxy: Proxy | None = None,
+        on_message: Callable[[MessageEvent], None] | None = None,
     ) -> None:
         self.driver = driver
+        self._on_message = on_message
         self._nursery = nursery
         self.url = url
         self.proxy = proxy
@@ -289,6 +295,8 @@ class ChromiumBrowser:
         await _aio(page.setUserAgent, user_agent)
         await _aio(page.exposeFunction, BINDING, self._on_report)
         await _aio(page.evaluateOnNewDocument, adapter_script(self.driver.config.contract))
+        await _aio(page.exposeFunction, messaging.MESSAGE_BINDING, self._on_messages)
+        await _aio(page.evaluateOnNewDocument, messaging.messaging_script(self.driver.config.contract))
         cfg = self.driver.config
         if cfg.web_version is not None:
             self.pin = VersionPin(self.url, self.driver.web_cache_dir, cfg.web_version)
@@ -355,6 +363,12 @@ class ChromiumBrowser:
             # A reload passes through here too (startup, loading, app): only an app
             # that stays away means the page lost WhatsApp.
             self._app_lost.set()
+
+    def _on_messages(self, raw: str) -> None:
+        """A batch of messages and acks from the page (browser/messaging.py), to the inbox."""
+        if self._on_message is not None and not self._gone:
+            for event in messaging.parse_report(raw):
+                self._on_message(event)
 
     async def _remember_version(self, pin: VersionPin, version: str | None) -> None:
         try:
@@ -449,6 +463,22 @@ class ChromiumBrowser:
         if not re.fullmatch(r"[0-9A-Z]{8}", text):
             raise PairingError(f"the page gave a pairing code of an unexpected shape ({len(text)} characters)")
         return text
+
+    async def _evaluate(self, script: str, *args: Any) -> Any:
+        if self.page is None or self._gone:
+            raise SendError("the browser has no page")
+        try:
+            with trio.fail_after(self.driver.config.hang_check_timeout):
+                return await _aio(self.page.evaluate, script, *args)
+        except trio.TooSlowError:
+            raise SendError("the page did not answer in time") from None
+        except Exception as exc:  # the page's own error: its text, never the message's
+            raise SendError(f"the page refused: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+    async def new_message_id(self) -> str:
+        return await messaging.new_message_id(self._evaluate, self.driver.config.contract)
+    async def send_text(self, to: str, text: str, message_id: str) -> SentText:
+        return await messaging.send_text(self._evaluate, self.driver.config.contract, to, text, message_id)
 
     async def logout(self) -> bool:
         # Log out through WhatsApp's own module, which unlinks the device on the phone
@@ -571,7 +601,9 @@ class ChromiumDriver:
         async with unwrapped_group():
             async with trio.open_nursery() as nursery:
                 url = options.url or self.config.url
-                browser = ChromiumBrowser(self, sid, self.profile_of(sid), url, nursery, options.proxy)
+                browser = ChromiumBrowser(
+                    self, sid, self.profile_of(sid), url, nursery, options.proxy, options.on_message
+                )
                 self.live[sid] = browser
                 try:
                     await browser.launch(user_agent)

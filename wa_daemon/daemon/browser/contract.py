@@ -46,6 +46,13 @@ class Modules(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     noise_info: Hook = Hook("WAWebUserPrefsInfoStore", "waNoiseInfo")
     adv: Hook = Hook("WAWebUserPrefsMultiDevice")
     platform: Hook = Hook("WAWebCompanionRegClientUtils")
+    # Chats and messages (browser/messaging.py), as whatsapp-web.js's Store.js and sendMessage read them.
+    collections: Hook = Hook("WAWebCollections")
+    wid_factory: Hook = Hook("WAWebWidFactory")
+    find_chat: Hook = Hook("WAWebFindChatAction")
+    msg_key: Hook = Hook("WAWebMsgKey")  # the MsgKey class itself
+    me_user: Hook = Hook("WAWebUserPrefsMeUser")
+    send_msg: Hook = Hook("WAWebSendMsgChatAction")
 
 
 class Names(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -71,6 +78,18 @@ class Names(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     noise_get: str = "get"  # -> {staticKeyPair: {pubKey}}
     adv_secret: str = "getADVSecretKey"  # -> base64 string
     device_platform: str = "DEVICE_PLATFORM"
+    # The collections and the send path (browser/messaging.py)
+    chat_collection: str = "Chat"
+    msg_collection: str = "Msg"
+    create_wid: str = "createWid"
+    find_chat: str = "findOrCreateLatestChat"  # -> Promise<{chat}>
+    msg_new_id: str = "newId"  # a static of MsgKey -> Promise<string>
+    me_user: str = "getMaybeMeUser"
+    send_msg: str = "addAndSendMsgToChat"
+    msg_added: str = "add"  # the Msg collection's event for a message, new or loaded
+    msg_models: str = "getModelsArray"  # a collection's models, as an array
+    msg_is_new: str = "isNewMsg"  # set on messages that arrived (or were sent) now, not loaded history
+    msg_ack: str = "ack"  # -1 error, 0 pending, 1 server, 2 delivered, 3 read, 4 played
     # Backbone-style listeners: on(event, callback); attribute changes are "change:<name>".
     on: str = "on"
     change_prefix: str = "change:"
@@ -124,7 +143,8 @@ class PageContract(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 CORE_MODULES: Final = ("socket", "conn", "cmd")
 QR_MODULES: Final = ("base64", "signal_store", "noise_info", "adv", "platform")
 CODE_MODULES: Final = ("linking",)
-OPTIONAL_MODULES: Final = ("stream", "network", "offline")
+MESSAGE_MODULES: Final = ("collections", "wid_factory", "find_chat", "msg_key", "me_user", "send_msg")
+OPTIONAL_MODULES: Final = ("stream", "network", "offline", *MESSAGE_MODULES)
 
 DEFAULT: Final = PageContract()
 

@@ -15,7 +15,8 @@ import contextlib
 import itertools
 import math
 import secrets
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -31,13 +32,17 @@ from .base import (
     Loading,
     LoggedOut,
     LoginRequired,
+    MessageEvent,
     PageEvent,
     PageInfo,
+    PageMessage,
     PairingError,
     PhoneOffline,
     QrExpired,
     QrShown,
     Refused,
+    SendError,
+    SentText,
     unwrapped_group,
 )
 
@@ -76,6 +81,8 @@ class ScriptedBrowser:
         self.code: str | None = None  # the pairing code on the page, if one was asked for
         self.code_phone: str | None = None
         self._code_deadline: float | None = None
+        self.on_message: Callable[[MessageEvent], None] | None = None
+        self.sent: dict[str, str] = {}  # message id -> text, what send_text sent
 
     @property
     def events(self) -> trio.MemoryReceiveChannel[PageEvent]:
@@ -238,6 +245,25 @@ class ScriptedBrowser:
         self.command("wake")  # the script re-reads the code deadline
         return self.code
 
+    # -- messages: sends are recorded, and reported back as the page would --------------
+
+    async def new_message_id(self) -> str:
+        return "3EB0" + secrets.token_hex(10).upper()
+
+    async def send_text(self, to: str, text: str, message_id: str) -> SentText:
+        if self.closed.is_set() or self.unpaired:
+            raise SendError("the page is not logged in")
+        key = f"true_{to}_{message_id}"
+        if key not in self.sent:
+            self.sent[key] = text
+            self.deliver(PageMessage(key, to, "me@c.us", True, "chat", text, int(time.time()), 1))
+        return SentText(key, to, 1, int(time.time()))
+
+    def deliver(self, event: MessageEvent) -> None:
+        """The page reports a message or an ack (tests: an incoming message)."""
+        if self.on_message is not None:
+            self.on_message(event)
+
     async def logout(self) -> bool:
         self.driver.authed.discard(self.session_id)
         await self.close()
@@ -277,6 +303,7 @@ class ScriptedDriver:
             raise LaunchError("scripted launch failure")
         async with unwrapped_group(), trio.open_nursery() as nursery:
             browser = ScriptedBrowser(self, sid, next(self._numbers))
+            browser.on_message = options.on_message
             self.live[sid] = browser
             nursery.start_soon(browser._script)
             try:

@@ -19,7 +19,7 @@ Level = Literal["debug", "info", "warning", "error"]
 
 # The daemon's loggers, one per component: ``log_levels`` sets a level for each,
 # and every module gets its logger by naming one (``ops.log.get_logger``).
-Component = Literal["daemon", "server", "manager", "session", "chromium", "http"]
+Component = Literal["daemon", "server", "manager", "session", "chromium", "http", "messages"]
 LOG_COMPONENTS: tuple[Component, ...] = get_args(Component)
 
 
@@ -66,6 +66,15 @@ class ScriptedConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pairing_code_ttl: PositiveSeconds = 180.0  # a pairing code's life on the page
     auto_scan_after: NonNegSeconds | None = None  # scan the first QR by itself after this delay
     fail_launch: bool = False
+
+
+class MessageRetention(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How long the inbox keeps each session's messages (docs/messages.md): both limits
+    apply; None lifts one. Enforced every ``interval`` in the background."""
+
+    max_age: Annotated[float, msgspec.Meta(gt=0, le=3650 * 86400)] | None = 30 * 86400.0  # since it was stored
+    max_count: Annotated[int, msgspec.Meta(ge=1, le=100_000_000)] | None = 100_000  # per session, the newest kept
+    interval: PositiveSeconds = 3600.0
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -147,6 +156,13 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # PSS of a session's Chromium tree above this (bytes): the browser is recycled
     # (closed and relaunched on its saved auth). None: no limit
     session_memory_limit: Annotated[int, msgspec.Meta(ge=1 << 20)] | None = None
+
+    # messages (docs/messages.md): a send waits this long for a session on its way to
+    # connected; sends of one session are at least send_min_interval apart (WhatsApp's
+    # spam detection watches how fast an account sends); the inbox keeps message_retention
+    send_wait: PositiveSeconds = 60.0
+    send_min_interval: NonNegSeconds = 1.0
+    message_retention: MessageRetention = msgspec.field(default_factory=MessageRetention)
 
     # RPC
     max_frame: Annotated[int, msgspec.Meta(ge=1024, le=64 << 20)] = DEFAULT_MAX_FRAME

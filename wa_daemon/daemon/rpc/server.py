@@ -36,6 +36,7 @@ from ...protocol import (
     WatchEvent,
     encode_frame,
 )
+from ..messages.service import Messaging
 from ..ops.config import Config
 from ..ops.log import get_logger
 from ..sessions.manager import SessionManager
@@ -392,8 +393,14 @@ class _Connection:
 
 
 class Server:
-    def __init__(self, manager: SessionManager, *, health: Callable[[], Awaitable[Health]] | None = None) -> None:
-        self.services = Services(manager, health)
+    def __init__(
+        self,
+        manager: SessionManager,
+        *,
+        health: Callable[[], Awaitable[Health]] | None = None,
+        messages: Messaging | None = None,
+    ) -> None:
+        self.services = Services(manager, health, messages)
         self.metrics = manager.metrics
         self.config = manager.config
         self.limits = Limits.from_config(self.config)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import trio
 
+from ...message_types import MessageAck, MessageReceived
 from ...protocol import (
     EndReason,
     PairingCodeUpdated,
@@ -42,7 +43,7 @@ def _session_of(event: WatchEvent) -> str:
         return event.qr.session
     if isinstance(event, PairingCodeUpdated):
         return event.code.session
-    if isinstance(event, SessionError):
+    if isinstance(event, SessionError | MessageReceived | MessageAck):
         return event.session
     return event.status.session
 

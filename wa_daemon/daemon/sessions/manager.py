@@ -31,7 +31,7 @@ from ...protocol import (
     Transition,
     validate_session_id,
 )
-from ..browser.base import Driver, Simulator
+from ..browser.base import Driver, MessageEvent, Simulator
 from ..ops.config import Config
 from ..ops.log import get_logger
 from ..ops.metrics import DaemonMetrics
@@ -87,6 +87,10 @@ class SessionManager:
         self.metrics.track_pages(self._pages)
         self.metrics.track_proxies(self._proxy_kinds)
         self.metrics.limit_refusals.labels("sessions_per_uid")  # exposed at 0 from the start
+
+    def on_message(self, sink: Callable[[str, MessageEvent], None]) -> None:
+        """Where every session's page messages and acks go (the inbox, daemon/messages/)."""
+        self._ctx.on_message = lambda session, event: sink(session.id, event)
 
     def reconfigure(self, config: Config) -> None:
         """Use ``config`` from now on (a reload). Sessions read it at each decision."""

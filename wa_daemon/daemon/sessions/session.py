@@ -23,7 +23,17 @@ import msgspec
 import trio
 
 from ...protocol import Reason, SessionStatus, State, StateChanged, Transition, to_raw
-from ..browser.base import Browser, BrowserGone, Driver, LaunchError, LaunchOptions, PairingError
+from ..browser.base import (
+    Browser,
+    BrowserGone,
+    Driver,
+    LaunchError,
+    LaunchOptions,
+    MessageEvent,
+    PairingError,
+    SendError,
+    SentText,
+)
 from ..ops.config import Config
 from ..ops.log import get_logger
 from ..ops.metrics import DaemonMetrics
@@ -58,6 +68,8 @@ class SessionContext:
     on_linked: Callable[[Session], None] = lambda session: None
     # Told when a field of some session's status changed (the manager's list cache).
     on_status_changed: Callable[[], None] = lambda: None
+    # Told of every message and ack a session's page reports (the inbox, daemon/messages/).
+    on_message: Callable[[Session, MessageEvent], None] = lambda session, event: None
 
 
 StopEvent = ev.Disconnect | ev.IdleTimeout | ev.Inactive
@@ -92,6 +104,7 @@ class Session:
         self._runner: trio.CancelScope | None = None
         self._runner_done = trio.Event()
         self._runner_done.set()
+        self._changed = trio.Event()  # set (and replaced) at every change of the view
 
     # ------------------------------------------------------------------ reads
 
@@ -176,6 +189,8 @@ class Session:
             raise
         if self.machine.view is not before:
             self.ctx.on_status_changed()
+            self._changed.set()
+            self._changed = trio.Event()
         for effect in effects:
             self._apply(effect)
         return effects
@@ -224,6 +239,25 @@ class Session:
                 else:
                     queued = browser.events.statistics().current_buffer_used
                     await self._follow(browser, self._handle(ev.CodeGiven(code, queued)))
+
+    # ------------------------------------------------------------------ messages
+
+    async def wait_changed(self) -> None:
+        """Return at the next change of the session's state (or of anything in its view)."""
+        await self._changed.wait()
+
+    def _sending_browser(self) -> Browser:
+        browser = self._browser
+        if browser is None or self.state != State.CONNECTED:
+            raise SendError(f"the session is {self.state.value}, not connected")
+        return browser
+
+    async def new_message_id(self) -> str:
+        return await self._sending_browser().new_message_id()
+
+    async def send_text(self, to: str, text: str, message_id: str) -> SentText:
+        """Send through the live page; SendError when there is none or it cannot."""
+        return await self._sending_browser().send_text(to, text, message_id)
 
     # ------------------------------------------------------------------ operations (caller holds self.lock)
 
@@ -346,7 +380,12 @@ class Session:
                     metrics.launch_queue.dec()
                     queued = False
                     settings = self.machine.settings
-                    launch = LaunchOptions(self.id, settings.whatsapp_url, settings.proxy)
+                    launch = LaunchOptions(
+                        self.id,
+                        settings.whatsapp_url,
+                        settings.proxy,
+                        on_message=lambda event: self.ctx.on_message(self, event),
+                    )
                     browser = await stack.enter_async_context(self.ctx.driver.open(launch))
             finally:
                 if queued:

@@ -212,6 +212,14 @@
       return this.attributes[key];
     }
 
+    // As in Backbone, a model's events are also its collections' (Msg.on('change:ack') hears every message).
+    trigger(name) {
+      super.trigger.apply(this, arguments);
+      const holders = this._collections;
+      if (holders) for (const collection of holders) collection.trigger.apply(collection, arguments);
+      return this;
+    }
+
     // Every attribute is set first, then 'change:<attr>' (model, value) for each, then 'change'.
     set(changes) {
       const changed = Object.keys(changes).filter(function (key) {
@@ -339,13 +347,117 @@
     define("WAWebCompanionRegClientUtils", function (g, r, d, n, module) {
       module.exports = { DEVICE_PLATFORM: DEVICE_PLATFORM };
     });
-    if (WEIGHT === "realistic") {
-      // Where whatsapp-web.js finds the chats and messages (empty until the app is shown).
-      define("WAWebCollections", function (g, r, d, n, module) {
-        const account = function (name) { return { get: function () { return heavy ? heavy[name] : new Collection(); }, enumerable: true }; };
-        module.exports = Object.defineProperties({}, { Chat: account("Chat"), Msg: account("Msg"), Contact: account("Contact") });
-      });
+    defineChatModules();
+  }
+
+  // -- chats and messages: the collections whatsapp-web.js reads and sends through -----------
+  //
+  // WAWebCollections holds the Chat and Msg collections (also the realistic account's);
+  // a message the phone side sends arrives as Msg 'add' with isNewMsg, its delivery
+  // state as 'change:ack'. Sending goes the way whatsapp-web.js's sendMessage goes:
+  // WidFactory.createWid, FindChatAction.findOrCreateLatestChat, MsgKey.newId and a
+  // new MsgKey, then SendMsgChatAction.addAndSendMsgToChat(chat, message).
+  let Store = null;
+  let meUser = null;
+
+  function createWid(text) {
+    const match = /^([0-9]{5,20}(?:-[0-9]{1,12})?)@(c\.us|g\.us)$/.exec(String(text));
+    if (!match) throw new Error("invalid wid: " + String(text).slice(0, 40));
+    const server = match[2];
+    return {
+      user: match[1], server: server, _serialized: match[1] + "@" + server,
+      isGroup: function () { return server === "g.us"; },
+      isUser: function () { return server === "c.us"; },
+      toString: function () { return this._serialized; },
+    };
+  }
+
+  class MsgKey {
+    constructor(fields) {
+      this.fromMe = fields.selfDir === "out" || fields.fromMe === true;
+      this.remote = fields.remote || fields.to;
+      this.id = fields.id;
+      this.participant = fields.participant;
+      this._serialized = this.fromMe + "_" + this.remote._serialized + "_" + this.id;
     }
+
+    static newId() {
+      const bytes = crypto.getRandomValues(new Uint8Array(10));
+      return Promise.resolve("3EB0" + Array.from(bytes, function (b) { return b.toString(16).padStart(2, "0"); }).join("").toUpperCase());
+    }
+
+    toString() { return this._serialized; }
+  }
+
+  function chatFor(wid) {
+    let chat = Store.Chat.get(wid._serialized);
+    if (!chat) {
+      chat = new Model({ id: wid, name: wid.user, isGroup: wid.isGroup(), t: 0, unreadCount: 0, pin: 0, archive: false });
+      chat.msgs = new Collection();
+      Store.Chat.add(chat);
+    }
+    return chat;
+  }
+
+  function addMsg(chat, attributes) {
+    const msg = new Model(Object.assign({ ack: 0, isNewMsg: true, type: "chat", star: false, broadcast: false }, attributes));
+    chat.msgs.add(msg);
+    chat.set({ t: msg.t });
+    Store.Msg.add(msg);
+    return msg;
+  }
+
+  function addAndSendMsgToChat(chat, message) {
+    const msg = addMsg(chat, message);
+    const sent = call("send", { id: msg.id.id, to: chat.id._serialized, text: String(message.body || "") }).then(
+      function (answer) { if (msg.ack < answer.ack) msg.set({ ack: answer.ack }); return { messageSendResult: "OK" }; },
+      function (error) { msg.set({ ack: -1 }); throw error; },
+    );
+    return sent.then(function (result) { return [msg, result]; });
+  }
+
+  function defineChatModules() {
+    Store = { Chat: new Collection(), Msg: new Collection(), Contact: new Collection() };
+    define("WAWebCollections", function (g, r, d, n, module) { module.exports = Store; });
+    define("WAWebWidFactory", function (g, r, d, n, module) { module.exports = { createWid: createWid }; });
+    define("WAWebMsgKey", function (g, r, d, n, module) { module.exports = MsgKey; });
+    define("WAWebUserPrefsMeUser", function (g, r, d, n, module) {
+      module.exports = { getMaybeMeUser: function () { return meUser; } };
+    });
+    define("WAWebFindChatAction", function (g, r, d, n, module) {
+      module.exports = { findOrCreateLatestChat: function (wid) { return Promise.resolve({ chat: chatFor(wid), created: false }); } };
+    });
+    define("WAWebSendMsgChatAction", function (g, r, d, n, module) {
+      module.exports = { addAndSendMsgToChat: addAndSendMsgToChat };
+    });
+  }
+
+  let receiving = null; // ids told to the server as received, until it stops listing them
+
+  // The server's pending messages into Msg (once each), the outbox's acks onto the sent messages.
+  function applyChats(view) {
+    if (view.me) meUser = createWid(view.me + "@c.us");
+    if (!view.chats) return;
+    const fresh = [];
+    view.chats.pending.forEach(function (m) {
+      if (Store.Msg.get(m.id)) return;
+      const chat = chatFor(createWid(m.chat));
+      const key = new MsgKey({ fromMe: false, remote: chat.id, id: m.id.split("_").pop() });
+      addMsg(chat, { id: key, body: m.text, t: m.t, from: createWid(m.from), to: meUser, author: undefined,
+        self: "in", notifyName: "", ack: 1 });
+      if (chat !== (heavy && heavy.open)) chat.set({ unreadCount: (chat.unreadCount || 0) + 1 });
+      fresh.push(m.id);
+    });
+    const listed = view.chats.pending.map(function (m) { return m.id; });
+    if (listed.length && (fresh.length || receiving === null || listed.some(function (id) { return !receiving.has(id); }))) {
+      receiving = new Set(listed);
+      call("received", { ids: listed }).catch(function () { receiving = null; });
+    }
+    Object.keys(view.chats.acks).forEach(function (id) {
+      const msg = Store.Msg.get(id);
+      const ack = view.chats.acks[id];
+      if (msg && msg.ack < ack) msg.set({ ack: ack });
+    });
   }
 
   // -- the view into the models, in the real page's order ----------------------------------
@@ -398,6 +510,7 @@
     }
     applyModels(view);
     render(view);
+    if (view.screen === "app") applyChats(view);
     if (view.hung) {
       // The renderer stops responding: evaluate calls time out, clicks go nowhere.
       for (;;) {}
@@ -447,9 +560,13 @@
 
     at(index) { return this.models[index]; }
 
+    getModelsArray() { return this.models.slice(); }
+
     add(model) {
       this.models.push(model);
       this._byId.set(model.id._serialized, model);
+      if (!model._collections) Object.defineProperty(model, "_collections", { value: new Set() });
+      model._collections.add(this);
       this.trigger("add", model, this);
       return model;
     }
@@ -458,6 +575,7 @@
       const index = this.models.indexOf(model);
       if (index !== -1) this.models.splice(index, 1);
       this._byId.delete(model.id._serialized);
+      if (model._collections) model._collections.delete(this);
       this.trigger("remove", model, this);
       return model;
     }
@@ -532,9 +650,10 @@
   function buildAccount() {
     const rand = seeded(HEAVY.seed);
     const now = Math.floor(Date.now() / 1000);
-    const Contact = new Collection();
-    const Chat = new Collection(function (a, b) { return (b.pin - a.pin) || (b.t - a.t); });
-    const Msg = new Collection();
+    const Contact = Store.Contact;
+    const Chat = Store.Chat;
+    Chat.comparator = function (a, b) { return (b.pin - a.pin) || (b.t - a.t); };
+    const Msg = Store.Msg;
     const me = wid("12025550100", "c.us");
     let msgSerial = 0;
     for (let i = 0; i < HEAVY.contacts; i++) {

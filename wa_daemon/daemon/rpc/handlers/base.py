@@ -20,7 +20,9 @@ from typing import Any, Generic, Protocol, TypeVar
 import msgspec
 import trio
 
+from ....errors import Unavailable
 from ....protocol import EndReason, Health, SessionStatus, WatchEvent
+from ...messages.service import Messaging
 from ...sessions.manager import SessionManager
 from ..access import Caller, PeerCredentials
 
@@ -33,6 +35,12 @@ class Services:
 
     manager: SessionManager
     health: Callable[[], Awaitable[Health]] | None = None  # None: no health monitor runs
+    messages: Messaging | None = None  # None: this daemon keeps no inbox (tests of other parts)
+
+    def messaging(self) -> Messaging:
+        if self.messages is None:
+            raise Unavailable("this daemon serves no messages")
+        return self.messages
 
 
 class Peer(Protocol):

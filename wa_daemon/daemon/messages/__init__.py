@@ -1,0 +1,1 @@
+"""Messages of connected sessions: the durable inbox, sending, retention (docs/messages.md)."""
