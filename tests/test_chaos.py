@@ -403,7 +403,7 @@ async def run_chaos(base: Path, sessions: int, duration: float, seed: int,
     if chromium_tmp(daemon):
         report.problems.append(f"temp dirs left: {chromium_tmp(daemon)}")
     leftovers = sorted(str(p.relative_to(state)) for p in state.iterdir()
-                       if p.name not in ("sessions", "registry.sqlite3", "registry.sqlite3-wal", "registry.sqlite3-shm"))
+                       if p.name.split("-")[0] not in ("sessions", "registry.sqlite3", "inbox.sqlite3"))
     if leftovers:
         report.problems.append(f"unexpected entries in the state dir: {leftovers}")
     return report

@@ -18,18 +18,8 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from . import message_types as mt
 from .errors import InvalidArgument, ProtocolError, WaDaemonError, error_from_wire
-from .message_types import (
-    ChatTarget,
-    Cursor,
-    IdempotencyKey,
-    MessageAck,
-    MessagePage,
-    MessageReceived,
-    MessageText,
-    PageSize,
-    SentMessage,
-)
 
 PROTOCOL_VERSION: Final = 1
 DEFAULT_MAX_FRAME: Final = 1 << 20
@@ -294,15 +284,15 @@ class SimulateParams(msgspec.Struct, forbid_unknown_fields=True):
 
 class SendTextParams(msgspec.Struct, forbid_unknown_fields=True):
     session: SessionId
-    to: ChatTarget  # a number (digits) or a chat id
-    text: MessageText
-    idempotency_key: IdempotencyKey | None = None  # a retry with the same key sends nothing new
+    to: mt.ChatTarget  # a number (digits) or a chat id
+    text: mt.MessageText
+    idempotency_key: mt.IdempotencyKey | None = None  # a retry with the same key sends nothing new
 
 
 class MessagesParams(msgspec.Struct, forbid_unknown_fields=True):
     session: SessionId
-    after: Cursor = 0
-    limit: PageSize = 100
+    after: mt.Cursor = 0
+    limit: mt.PageSize = 100
 
 
 # --------------------------------------------------------------------------- watch events
@@ -331,7 +321,7 @@ class SessionError(msgspec.Struct, tag="session_error", tag_field="type", frozen
     message: str
 
 
-WatchEvent = Snapshot | StateChanged | QrUpdated | PairingCodeUpdated | SessionError | MessageReceived | MessageAck
+WatchEvent = Snapshot | StateChanged | QrUpdated | PairingCodeUpdated | SessionError | mt.MessageReceived | mt.MessageAck
 
 
 # --------------------------------------------------------------------------- methods
@@ -359,8 +349,8 @@ METHODS: Final[dict[str, Method]] = {
     "ping": Method(NoParams, Pong),
     "version": Method(NoParams, VersionInfo),
     "simulate": Method(SimulateParams, SessionStatus),
-    "send_text": Method(SendTextParams, SentMessage),
-    "messages": Method(MessagesParams, MessagePage),
+    "send_text": Method(SendTextParams, mt.SentMessage),
+    "messages": Method(MessagesParams, mt.MessagePage),
 }
 
 # --------------------------------------------------------------------------- envelopes
