@@ -64,9 +64,11 @@ from .process import (
     chromium_version,
     clear_singletons,
     desktop_user_agent,
+    drain_stderr,
     group_members,
     kill_group,
     kill_orphans,
+    read_devtools_endpoint,
     set_parent_death_signal,
 )
 from .proxying import ProxyAuth, chromium_flags, launch_failure
@@ -74,7 +76,6 @@ from .sandbox import Confinement, Sandbox
 
 log = get_logger("chromium")
 
-_DEVTOOLS_RE = re.compile(rb"DevTools listening on (ws://\S+)")
 _EVENT_BUFFER = 1024
 
 # How long a logout through the page may take to be confirmed by WhatsApp's logout event.
@@ -204,28 +205,6 @@ class ChromiumBrowser:
         finally:
             self._lifelines.discard(scope)
 
-    async def _read_endpoint(self, stderr: trio.lowlevel.FdStream) -> str:
-        buf = b""
-        while True:
-            chunk = await stderr.receive_some(65536)
-            if not chunk:
-                tail = buf.decode(errors="replace").strip().splitlines()[-5:]
-                raise LaunchError("chromium exited before it was ready: " + " | ".join(tail))
-            buf += chunk
-            match = _DEVTOOLS_RE.search(buf)
-            if match:
-                return match.group(1).decode()
-            buf = buf[-8192:]
-
-    async def _drain(self, stderr: trio.lowlevel.FdStream) -> None:
-        # Chromium blocks once the pipe is full: keep reading and drop what it says.
-        try:
-            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError, OSError):
-                while await stderr.receive_some(65536):
-                    pass
-        finally:
-            await stderr.aclose()  # closes the descriptor even when cancelled
-
     # ------------------------------------------------------------------ launch
 
     async def launch(self, user_agent: str) -> None:
@@ -262,8 +241,8 @@ class ChromiumBrowser:
         nursery.start_soon(self._until_closed, self._watch_exit)
         try:
             with trio.fail_after(cfg.launch_timeout):
-                endpoint = await self._read_endpoint(stderr)
-            nursery.start_soon(self._until_closed, self._drain, stderr)
+                endpoint = await read_devtools_endpoint(stderr)
+            nursery.start_soon(self._until_closed, drain_stderr, stderr)
             with trio.fail_after(cfg.launch_timeout):
                 await self._attach(endpoint, user_agent)
             with trio.move_on_after(cfg.launch_timeout):

@@ -19,6 +19,7 @@ from pathlib import Path
 import trio
 
 from ..ops.log import get_logger
+from .base import LaunchError
 from .procfs import proc_files, stat_fields
 
 log = get_logger("chromium")
@@ -121,3 +122,33 @@ def kill_orphans(sessions_dir: Path) -> int:
     if pids:
         log.warning("orphans_killed", count=len(pids), pids=pids)
     return len(pids)
+
+
+_DEVTOOLS_RE = re.compile(rb"DevTools listening on (ws://\S+)")
+
+
+async def read_devtools_endpoint(stderr: trio.lowlevel.FdStream) -> str:
+    """The DevTools endpoint a starting Chromium prints on stderr; LaunchError, with
+    the last lines it printed, if it exits first."""
+    buf = b""
+    while True:
+        chunk = await stderr.receive_some(65536)
+        if not chunk:
+            tail = buf.decode(errors="replace").strip().splitlines()[-5:]
+            raise LaunchError("chromium exited before it was ready: " + " | ".join(tail))
+        buf += chunk
+        match = _DEVTOOLS_RE.search(buf)
+        if match:
+            return match.group(1).decode()
+        buf = buf[-8192:]
+
+
+async def drain_stderr(stderr: trio.lowlevel.FdStream) -> None:
+    """Read and drop what Chromium says, until it closes the pipe."""
+    # Chromium blocks once the pipe is full.
+    try:
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError, OSError):
+            while await stderr.receive_some(65536):
+                pass
+    finally:
+        await stderr.aclose()  # closes the descriptor even when cancelled
