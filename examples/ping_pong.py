@@ -67,7 +67,7 @@ class PingPong:
 
     async def run(self) -> None:
         while self.left != 0:
-            async with self.wa.watch(self.session, timeout=WATCH_TIMEOUT) as events:
+            async with self.wa.watch(self.session, timeout=WATCH_TIMEOUT, messages=True) as events:
                 await self.backlog()
                 if self.left == 0:
                     return

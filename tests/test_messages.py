@@ -17,9 +17,10 @@ from wa_daemon.daemon.browser.messaging import MAX_TEXT, parse_report
 from wa_daemon.daemon.messages.inbox import Inbox
 from wa_daemon.daemon.messages.pacing import Gate, Pacer, gate
 from wa_daemon.daemon.messages.service import Messaging
+from wa_daemon.daemon.sessions.hub import StreamEnd
 from wa_daemon.errors import InvalidArgument, NotFound, Unavailable
 from wa_daemon.message_types import MessageAck, MessageReceived, chat_id
-from wa_daemon.protocol import State
+from wa_daemon.protocol import State, StateChanged
 from wa_daemon.sim.chats import Chats
 from wa_daemon.sim.records import BadRequest
 
@@ -156,7 +157,8 @@ async def test_send_waits_for_the_session_paces_and_is_idempotent(autojump_clock
             await messaging.send_text("a", "12025550111", "x")
         driver.authed.add("a")  # a saved login: starting, authenticating, connected by itself
         await manager.connect("a")
-        sub, _ = manager.subscribe("a", [])
+        sub, _ = manager.subscribe("a", [], messages=True)
+        plain, _ = manager.subscribe("a", [])  # as every client older than messages watches
         # Sent while starting: waits, then goes out once the session is connected.
         await messaging.send_text("a", "12025550111", "early", "k1")
         assert [t.to_state for t in manager.history("a")] == [State.STARTING, State.AUTHENTICATING, State.CONNECTED]
@@ -180,6 +182,14 @@ async def test_send_waits_for_the_session_paces_and_is_idempotent(autojump_clock
                 events.append(item)
         assert [e.message.seq for e in events] == [1, 2]  # type: ignore[union-attr]
         manager.unsubscribe(sub)
+        # A watch that did not ask for messages got the session's events and none of the inbox's.
+        seen = []
+        with trio.move_on_after(1):
+            while not isinstance(item := await plain.next(), StreamEnd):
+                seen.append(item)
+        assert any(isinstance(e, StateChanged) for e in seen)
+        assert not any(isinstance(e, MessageReceived | MessageAck) for e in seen)
+        manager.unsubscribe(plain)
         browser.deliver(AckChanged(second.id, 3))
         assert messaging.messages("a", 1, 10).messages[0].ack == 3
 

@@ -33,7 +33,7 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "ping_pong.py"
 async def events_until(wa: AsyncClient, sid: str, done: Any, timeout: float = 20) -> list[Any]:
     """Watch ``sid`` until ``done(events)`` holds."""
     seen: list[Any] = []
-    async with wa.watch(sid, timeout=timeout) as events:
+    async with wa.watch(sid, timeout=timeout, messages=True) as events:
         async for ev in events:
             seen.append(ev)
             if done(seen):
@@ -99,7 +99,7 @@ async def test_incoming_message_reaches_the_watch_and_the_inbox(sock_dir: Path) 
         async with rig(sock_dir) as r:
             await link(r, "a")
             device = r.device_of("a")
-            async with r.wa.watch("a", timeout=20) as events:
+            async with r.wa.watch("a", timeout=20, messages=True) as events:
                 incoming = r.engine.incoming(device, PEER, "ping")
                 async for ev in events:
                     if isinstance(ev, MessageReceived):

@@ -87,8 +87,10 @@ def _typed(method: str, result: Any, result_type: type[_R]) -> _R:
     return result
 
 
-def _watch_params(session: str | None, until: Iterable[State | str], timeout: float) -> WatchParams:
-    return WatchParams(session=session, until=[State(u) for u in until], timeout=timeout)
+def _watch_params(
+    session: str | None, until: Iterable[State | str], timeout: float, messages: bool = False
+) -> WatchParams:
+    return WatchParams(session=session, until=[State(u) for u in until], timeout=timeout, messages=messages)
 
 
 def _unreachable(path: str, exc: OSError) -> DaemonUnreachable:
@@ -293,12 +295,14 @@ class Client:
         *,
         until: Iterable[State | str] = (),
         timeout: float = 300.0,
+        messages: bool = False,
     ) -> Watch:
-        """Stream the session's snapshot, then its events, until ``until``, timeout or close()."""
+        """Stream the session's snapshot, then its events, until ``until``, timeout or close().
+        ``messages``: also the inbox's MessageReceived and MessageAck events."""
         # The socket timeout must outlast quiet periods of the stream itself.
         conn = _SyncConnection(self.socket_path, None, self.client_name)
         try:
-            rid, data = conn.proto.request("watch", _watch_params(session, until, timeout))
+            rid, data = conn.proto.request("watch", _watch_params(session, until, timeout, messages))
             conn.send(data)
         except BaseException:
             conn.close()
@@ -519,9 +523,11 @@ class AsyncClient:
         *,
         until: Iterable[State | str] = (),
         timeout: float = 300.0,
+        messages: bool = False,
     ) -> AsyncWatch:
-        """A stream, opened by ``async with``: ``async with wa.watch("id") as events: async for ev in events``."""
-        return AsyncWatch(self, _watch_params(session, until, timeout))
+        """A stream, opened by ``async with``: ``async with wa.watch("id") as events: async for ev in events``.
+        ``messages``: also the inbox's MessageReceived and MessageAck events."""
+        return AsyncWatch(self, _watch_params(session, until, timeout, messages))
 
     async def _open_stream(self, params: WatchParams) -> tuple[int, MemoryObjectReceiveStream[Any]]:
         """Send a watch request; its messages go to the returned channel."""

@@ -255,6 +255,9 @@ class WatchParams(msgspec.Struct, forbid_unknown_fields=True):
     session: SessionId | None = None  # None: every session
     until: list[State] = []  # end the stream once the session reaches one of these
     timeout: Seconds = 300.0
+    # Also MessageReceived and MessageAck. Asked for, because a client older than
+    # messages cannot decode them: a watch it opens must not break on the first one.
+    messages: bool = False
 
 
 class MetricsParams(msgspec.Struct, forbid_unknown_fields=True):

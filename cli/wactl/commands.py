@@ -190,7 +190,7 @@ def cmd_messages(ctx: Ctx) -> int:
         backlog()
         return EXIT_OK
     while True:
-        with client.watch(args.session) as stream:
+        with client.watch(args.session, messages=True) as stream:
             backlog()
             for event in stream:
                 if isinstance(event, MessageReceived) and event.message.seq > cursor:
@@ -209,7 +209,7 @@ def end_doc(end: End) -> dict[str, Any]:
 
 def cmd_watch(ctx: Ctx) -> int:
     args, out = ctx.args, ctx.out
-    with ctx.client.watch(args.session, until=args.until, timeout=args.timeout) as stream:
+    with ctx.client.watch(args.session, until=args.until, timeout=args.timeout, messages=args.messages) as stream:
         for event in stream:
             if out.json:
                 out.doc(event)

@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"end the stream after this long (default and maximum {MAX_TIMEOUT:g})",
     )
+    q.add_argument(
+        "--messages", action="store_true", help="also a line per message received or sent and per ack (never the text)"
+    )
 
     session(add("disconnect", "stop a session's browser; its login is kept"))
     session(add("logout", "unlink a session from the phone and wipe its login"))

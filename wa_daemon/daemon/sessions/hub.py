@@ -57,8 +57,10 @@ class Subscriber:
         qr_interval: float,
         on_drop: Callable[[], None] = lambda: None,
         visible: Callable[[str], bool] | None = None,
+        messages: bool = False,
     ) -> None:
         self.session = session
+        self.messages = messages  # also the inbox's events (WatchParams.messages)
         # A watch of all sessions by a non-admin: which session ids it may see.
         self.visible = visible
         self.until = until
@@ -182,8 +184,9 @@ class Hub:
 
     def publish(self, event: WatchEvent) -> None:
         sid = _session_of(event)
+        inbox = isinstance(event, MessageReceived | MessageAck)
         for sub in list(self._subs):
-            if sub.wants(sid):
+            if sub.wants(sid) and (sub.messages or not inbox):
                 sub.offer(event)
 
     def finish_session(self, session: str, reason: EndReason, status: SessionStatus | None) -> None:

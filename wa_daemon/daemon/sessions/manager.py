@@ -387,11 +387,12 @@ class SessionManager:
     # ------------------------------------------------------------------ watch
 
     def subscribe(
-        self, session_id: str | None, until: Iterable[State], caller: Caller = ADMIN
+        self, session_id: str | None, until: Iterable[State], caller: Caller = ADMIN, *, messages: bool = False
     ) -> tuple[Subscriber, builtins.list[SessionStatus]]:
         """Register a watcher; returns it with the snapshot(s) to send first.
 
-        A non-admin ``caller``'s watch of all sessions sees only its own."""
+        A non-admin ``caller``'s watch of all sessions sees only its own;
+        ``messages``: it also gets the inbox's events."""
         self._check_open()
         until = frozenset(until)
         if until and session_id is None:
@@ -409,6 +410,7 @@ class SessionManager:
             self.config.watch_qr_interval,
             on_drop=self.metrics.watch_dropped.inc,
             visible=self.visible_to(caller) if session_id is None else None,
+            messages=messages,
         )
         self.hub.add(sub)
         if session_id is not None and snapshots[0].state in sub.until:

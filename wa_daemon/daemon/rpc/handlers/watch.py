@@ -15,7 +15,7 @@ async def watch(
     services: Services, params: WatchParams, peer: Peer, emit: Emit, scope: trio.CancelScope
 ) -> tuple[EndReason, SessionStatus | None]:
     manager = services.manager
-    sub, snapshots = manager.subscribe(params.session, params.until, peer.caller)
+    sub, snapshots = manager.subscribe(params.session, params.until, peer.caller, messages=params.messages)
     final: StreamEnd | None = None
     try:
         with scope:
