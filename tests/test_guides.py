@@ -46,6 +46,8 @@ DOCUMENTED_METRICS = {
     "wa_rpc_duration_seconds",
     "wa_protocol_errors_total",
     "wa_registry_errors_total",
+    "wa_messages_stored_total",
+    "wa_inbox_errors_total",
     "wa_watch_subscribers",
     "wa_watch_events_dropped_total",
     "wa_rpc_connections",

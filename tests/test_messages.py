@@ -9,12 +9,13 @@ import os
 from pathlib import Path
 
 import pytest
+import structlog
 import trio
 import trio.testing
 
 from wa_daemon.daemon.browser.base import AckChanged, PageMessage
 from wa_daemon.daemon.browser.messaging import MAX_TEXT, parse_report
-from wa_daemon.daemon.messages.inbox import Inbox
+from wa_daemon.daemon.messages.inbox import Inbox, InboxError
 from wa_daemon.daemon.messages.pacing import Gate, Pacer, gate
 from wa_daemon.daemon.messages.service import Messaging
 from wa_daemon.daemon.sessions.hub import StreamEnd
@@ -192,6 +193,32 @@ async def test_send_waits_for_the_session_paces_and_is_idempotent(autojump_clock
         manager.unsubscribe(plain)
         browser.deliver(AckChanged(second.id, 3))
         assert messaging.messages("a", 1, 10).messages[0].ack == 3
+        stored = sum(s.value for s in manager.metrics.samples() if s.name == "wa_messages_stored_total"
+                     and s.labels == {"direction": "out"})
+        assert stored == 2
+
+
+async def test_an_inbox_that_cannot_write_is_counted_and_announces_nothing(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with open_manager() as (manager, driver):
+        inbox = Inbox(None)
+        messaging = Messaging(manager.config, manager, inbox)
+        await manager.connect("a")
+        sub, _ = manager.subscribe("a", [], messages=True)
+
+        def full(*args: object) -> None:
+            raise InboxError("cannot write the inbox: database or disk is full")
+
+        monkeypatch.setattr(inbox, "add", full)
+        with structlog.testing.capture_logs() as logs:
+            messaging.record("a", msg("m1", text="a secret body"))
+        assert [e["event"] for e in logs] == ["inbox_write_failed"] and "a secret body" not in str(logs)
+        assert sum(s.value for s in manager.metrics.samples() if s.name == "wa_inbox_errors_total") == 1
+        with trio.move_on_after(1):
+            while not isinstance(item := await sub.next(), StreamEnd):
+                assert not isinstance(item, MessageReceived)
+        manager.unsubscribe(sub)
 
 
 async def test_send_wait_runs_out_and_stopped_sessions_refuse_at_once(autojump_clock: trio.testing.MockClock) -> None:

@@ -55,10 +55,12 @@ class Messaging:
                 return
             message = self.inbox.add(session, event, self.wall_clock())
         except InboxError as exc:
+            self.manager.metrics.inbox_errors.inc()
             log.error("inbox_write_failed", session=session, message_id=event.id, error=str(exc))
             return
         if message is None:
             return  # reported again (a reload, a sync): it is in the inbox already
+        self.manager.metrics.messages_stored.labels("out" if message.from_me else "in").inc()
         log.info("message_stored", session=session, seq=message.seq, message_id=message.id,
                  from_me=message.from_me, kind=message.type, length=len(message.text))
         self.manager.hub.publish(MessageReceived(session, message))

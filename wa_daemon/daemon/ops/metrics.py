@@ -175,6 +175,12 @@ class DaemonMetrics:
         self.registry_errors = Counter(
             "wa_registry_errors", "registry writes that failed (state directory read-only or full)", registry=r
         )
+        self.messages_stored = Counter(
+            "wa_messages_stored", "messages written to the inbox, by direction (in, out)", ["direction"], registry=r
+        )
+        self.inbox_errors = Counter(
+            "wa_inbox_errors", "inbox writes that failed (a message or ack the page reported was not stored)", registry=r
+        )
         self.watch_subscribers = Gauge("wa_watch_subscribers", "open watch streams", registry=r)
         self.watch_dropped = Counter(
             "wa_watch_events_dropped", "stale events dropped from slow watchers' queues", registry=r
