@@ -17,7 +17,7 @@ import msgspec
 
 from ..browser.contract import ContractError, load_contract
 from ..browser.sandbox import SandboxError, resolve_user
-from .config import Config
+from .config import Config, redact_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -206,6 +206,8 @@ def render(config: Config) -> str:
     import tomli_w
 
     data = msgspec.to_builtins(config)
+    if config.redis_url is not None:
+        data["redis_url"] = redact_url(config.redis_url)  # printed: never the password
     lines: list[str] = []
     tables: dict[str, dict[str, Any]] = {}
     for key, value in data.items():
