@@ -10,7 +10,10 @@ The sessions are the manager's own: the layers above get operations and reads
 from __future__ import annotations
 
 import builtins
+import os
 import random
+import signal
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, KeysView
 from contextlib import asynccontextmanager
@@ -23,6 +26,7 @@ import trio
 from ...errors import Busy, InvalidArgument, LimitExceeded, NotFound, PermissionDenied, RateLimited, Unavailable
 from ...protocol import (
     HealthCheck,
+    HostList,
     PairingCode,
     QrCode,
     Reason,
@@ -40,6 +44,7 @@ from .caller import ADMIN, Caller
 from .events import Disconnect, IdleTimeout, Inactive
 from .hub import Hub, Subscriber
 from .options import resolve
+from .placement import LocalPlacement, Placement, host_info
 from .registry import MemoryRegistry, Registry, RegistryError, SessionOptions, SessionRecord
 from .session import Session, SessionContext
 from .states import ACTIVE, RESTARTABLE
@@ -56,12 +61,14 @@ class SessionManager:
         *,
         metrics: DaemonMetrics | None = None,
         registry: Registry | None = None,
+        placement: Placement | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self.driver = driver
         self.metrics = metrics or DaemonMetrics()
         self.registry: Registry = registry or MemoryRegistry()
+        self.placement: Placement = placement or LocalPlacement()
         self.hub = Hub(on_count=self.metrics.watch_subscribers.set)
         self._sessions: dict[str, Session] = {}
         # Bumped when a field of any session's status changes or a session is created:
@@ -81,6 +88,7 @@ class SessionManager:
             on_settled=self._settled,
             on_linked=self._linked_changed,
             on_status_changed=self._status_changed,
+            host=self.placement.host,
         )
         self.metrics.track_sessions(self.counts_by_state)
         self.metrics.track_pages(self._pages)
@@ -339,6 +347,12 @@ class SessionManager:
                     {"limit": self.config.max_sessions},
                 )
             self._check_uid_limit(caller)
+            record = await self.placement.claim(session_id)  # several hosts: take its lease first
+            if session_id in self._sessions:  # another connect created it while we waited
+                return await self.connect(session_id, owner_uid, options, caller)
+            if record is not None:  # the fleet's session, now ours: as it was
+                self.adopt(record)
+                return await self.connect(session_id, owner_uid, options, caller)
             session = self._sessions[session_id] = Session(session_id, self._ctx, owner_uid)
             self._status_changed()
             # Deleting and re-creating a session must not reset its rate limit.
@@ -494,24 +508,48 @@ class SessionManager:
         Starts go through the launch slots like any other, so a restart of many
         sessions queues instead of stampeding. Returns how many were started.
         """
-        started = 0
-        for record in self.registry.load():
-            if record.session in self._sessions:
-                continue
-            session = Session(
-                record.session, self._ctx, record.owner_uid,
-                created_at=record.created_at, options=record.options, linked=record.linked,
-            )
-            session.should_run = record.should_run
-            self._sessions[record.session] = session
-            self._status_changed()
-            if record.should_run:
-                session.begin(Reason.RESTORED)
-                started += 1
+        started = sum(self.adopt(record) and record.should_run for record in self.registry.load())
         if len(self._sessions) > self.config.max_sessions:
             log.warning("restored_over_limit", sessions=len(self._sessions), limit=self.config.max_sessions)
         log.info("sessions_restored", sessions=len(self._sessions), started=started)
         return started
+
+    def adopt(self, record: SessionRecord) -> bool:
+        """Recreate a session from its record (a restart, or a takeover from another
+        host) and start it if it should run. False if it is here already."""
+        if record.session in self._sessions:
+            return False
+        session = Session(
+            record.session, self._ctx, record.owner_uid,
+            created_at=record.created_at, options=record.options, linked=record.linked,
+        )
+        session.should_run = record.should_run
+        self._sessions[record.session] = session
+        self._status_changed()
+        if record.should_run:
+            session.begin(Reason.RESTORED)
+        return True
+
+    async def evict(self, session_id: str, reason: str) -> None:
+        """This host lost the session's lease: its browser dies now (SIGKILL to the
+        process group, before any orderly close), then the session is forgotten
+        here without touching the registry, which is the new owner's."""
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return
+        self._status_changed()
+        kill_group(session.process_group)
+        log.warning("session_evicted", session=session_id, reason=reason)
+        with trio.CancelScope(shield=True):
+            await session.shutdown()
+        self.hub.finish_session(session_id, "moved", session.status())
+
+    async def hosts(self) -> HostList:
+        """The fleet's hosts; on a host of its own, itself."""
+        listed = await self.placement.hosts()
+        if listed.cluster:
+            return listed
+        return HostList([host_info(socket.gethostname(), self, self.config.max_sessions)], cluster=False)
 
     # ------------------------------------------------------------------ upkeep
 
@@ -609,3 +647,11 @@ class SessionManager:
             session.id, session.owner_uid, session.created_at, should_run, session.options, session.view.linked
         )
 
+
+def kill_group(group: int | None) -> None:
+    if group is None:
+        return
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # already gone (or not ours to signal: the ordinary close follows)

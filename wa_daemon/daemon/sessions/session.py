@@ -58,6 +58,7 @@ class SessionContext:
     on_linked: Callable[[Session], None] = lambda session: None
     # Told when a field of some session's status changed (the manager's list cache).
     on_status_changed: Callable[[], None] = lambda: None
+    host: str | None = None  # this host's id in a fleet (status.host); None on a host of its own
 
 
 StopEvent = ev.Disconnect | ev.IdleTimeout | ev.Inactive
@@ -154,6 +155,7 @@ class Session:
             web_version=view.web_version,
             web_state=view.web_state,
             linked=view.linked,
+            host=self.ctx.host,
         )
 
     def touch(self) -> None:

@@ -16,6 +16,7 @@ from . import (
     disconnect,
     health,
     history,
+    hosts,
     logout,
     metrics,
     pairing_code,
@@ -39,6 +40,7 @@ HANDLERS: Final[tuple[Handler, ...]] = (
     delete.HANDLER,
     simulate.HANDLER,
     health.HANDLER,
+    hosts.HANDLER,  # asks Redis
     # reads: answered from memory, in the read loop
     status.HANDLER,
     list_.HANDLER,
