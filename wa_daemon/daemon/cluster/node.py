@@ -142,16 +142,27 @@ class ClusterNode:
             nursery.start_soon(self._writer)
             nursery.start_soon(self._upkeep_loop)
             task_status.started()
+            self._nursery = nursery
             while True:
-                await self.tick(nursery)
+                self.tick()
                 await trio.sleep(self.timing.renew_every / 4)
 
-    async def tick(self, nursery: trio.Nursery) -> None:
-        fence, due = self.leases.tick(trio.current_time())
+    _nursery: trio.Nursery | None = None
+    _last_tick: float | None = None
+
+    def tick(self) -> None:
+        """Fence what is due (no Redis needed), then start a renewal if one is due."""
+        now = self._last_tick = trio.current_time()
+        fence, due = self.leases.tick(now)
         for session, reason in fence:
-            await self._fence(session, reason.value)
-        if due:
-            nursery.start_soon(self._renew, self.leases.renew_batch(trio.current_time()))
+            self._fence(session, reason.value)
+        if due and self._nursery is not None:
+            self._nursery.start_soon(self._renew, self.leases.renew_batch(now))
+
+    def guard(self) -> None:
+        last = self._last_tick
+        if last is not None and trio.current_time() - last > self.timing.pause_gap:
+            self.tick()  # resumed from a pause before the ticker's turn: fence first
 
     async def _renew(self, batch: Any) -> None:
         with trio.move_on_after(self.timing.renew_timeout):
@@ -162,12 +173,12 @@ class ClusterNode:
                 self.leases.renew_failed(batch)
                 return
             for session, reason in self.leases.renewed(batch, results):
-                await self._fence(session, reason.value)
+                self._fence(session, reason.value)
             return
         self._redis_failed("renew", ClusterError(f"no answer in {self.timing.renew_timeout:g} s"))
         self.leases.renew_failed(batch)
 
-    async def _fence(self, session: str, reason: str) -> None:
+    def _fence(self, session: str, reason: str) -> None:
         """Stop the session here; write nothing for it (the lease may be another's)."""
         self.leases.released(session)
         self.registry.pending.pop(session, None)
@@ -175,7 +186,7 @@ class ClusterNode:
         self.metrics.fenced.labels(reason).inc()
         log.warning("cluster_session_fenced", session=session, reason=reason)
         if self.fleet is not None:
-            await self.fleet.evict(session, reason)
+            self.fleet.evict(session, reason)
 
     async def _writer(self) -> None:
         while True:
@@ -209,7 +220,7 @@ class ClusterNode:
             return
         if not ok:
             log.warning("cluster_write_stale", session=session)
-            await self._fence(session, "stale")
+            self._fence(session, "stale")
 
     def _status_of(self, session: str) -> SessionStatus | None:
         return self.fleet.peek(session) if self.fleet is not None else None
@@ -252,7 +263,7 @@ class ClusterNode:
             self._written[session] = status
         else:
             log.warning("cluster_write_stale", session=session)
-            await self._fence(session, "stale")
+            self._fence(session, "stale")
 
     async def take_over(self, room: int) -> int:
         """Acquire sessions whose lease expired, up to ``room`` and at most one launch

@@ -110,6 +110,7 @@ class SessionManager:
 
     def get(self, session_id: str, caller: Caller = ADMIN) -> Session:
         validate_session_id(session_id)
+        self.placement.guard()
         session = self._sessions.get(session_id)
         if session is None:
             raise NotFound(f"no session {session_id!r}", {"session": session_id})
@@ -199,6 +200,7 @@ class SessionManager:
         return order[1]
 
     def _listed(self, states: Iterable[State] | None, caller: Caller = ADMIN) -> builtins.list[Session]:
+        self.placement.guard()
         wanted = set(states) if states else None
         if not caller.admin:
             mine = caller.may_use
@@ -225,6 +227,7 @@ class SessionManager:
         """
         if states:
             return to_raw({"sessions": [s.status_raw() for s in self._listed(states, caller)]})
+        self.placement.guard()
         generation, count = self._status_generation, len(self._sessions)
         caches = self._list_caches
         if caches is None:
@@ -332,6 +335,7 @@ class SessionManager:
         the next attempt, and are remembered for reconnects and restarts."""
         self._check_open()
         validate_session_id(session_id)
+        self.placement.guard()
         session = self._sessions.get(session_id)
         if session is not None and not caller.may_use(session.owner_uid):
             raise PermissionDenied(f"session {session_id!r} belongs to another user", {"session": session_id})
@@ -530,19 +534,22 @@ class SessionManager:
             session.begin(Reason.RESTORED)
         return True
 
-    async def evict(self, session_id: str, reason: str) -> None:
+    def evict(self, session_id: str, reason: str) -> None:
         """This host lost the session's lease: its browser dies now (SIGKILL to the
-        process group, before any orderly close), then the session is forgotten
-        here without touching the registry, which is the new owner's."""
+        process group, before any orderly close) and the session is forgotten here at
+        once, so no read shows it running; the registry is the new owner's."""
         session = self._sessions.pop(session_id, None)
         if session is None:
             return
         self._status_changed()
         kill_group(session.process_group)
         log.warning("session_evicted", session=session_id, reason=reason)
+        self._ctx.nursery.start_soon(self._evicted, session)
+
+    async def _evicted(self, session: Session) -> None:
         with trio.CancelScope(shield=True):
             await session.shutdown()
-        self.hub.finish_session(session_id, "moved", session.status())
+        self.hub.finish_session(session.id, "moved", session.status())
 
     async def hosts(self) -> HostList:
         """The fleet's hosts; on a host of its own, itself."""

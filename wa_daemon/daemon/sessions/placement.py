@@ -31,6 +31,10 @@ class Placement(Protocol):
 
     async def hosts(self) -> HostList: ...
 
+    def guard(self) -> None:
+        """Called before every read and operation, cheap: a host that was just paused
+        (SIGSTOP, a frozen VM) fences what it may no longer run before answering."""
+
 
 class Fleet(Protocol):
     """What the manager offers the fleet (cluster/node.py calls it)."""
@@ -38,8 +42,8 @@ class Fleet(Protocol):
     def adopt(self, record: SessionRecord) -> bool:
         """Run a session taken over from another host; False if it is here already."""
 
-    async def evict(self, session_id: str, reason: str) -> None:
-        """Stop the session's browser at once and forget it: this host lost its lease."""
+    def evict(self, session_id: str, reason: str) -> None:
+        """Kill the session's browser at once and forget it: this host lost its lease."""
 
     def peek(self, session_id: str) -> SessionStatus | None: ...
 
@@ -56,6 +60,9 @@ class LocalPlacement:
 
     async def hosts(self) -> HostList:
         return HostList([], cluster=False)  # the manager lists itself
+
+    def guard(self) -> None:
+        pass
 
 
 def host_info(host: str, fleet: Fleet, capacity: int, heartbeat_age: float = 0.0) -> HostInfo:
