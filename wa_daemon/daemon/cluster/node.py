@@ -111,8 +111,9 @@ class ClusterNode:
                 self._claims.pop(session_id, None)
 
     async def _record_of(self, session_id: str) -> SessionRecord | None:
+        """The fleet's row of a session this host just acquired, as this host can run it."""
         try:
-            return await self.store.record(session_id)
+            record = await self.store.record(session_id)
         except ClusterDataError:
             # A row nobody can read: give the lease back, the row stays for an operator.
             value = self.leases.value(session_id)
@@ -120,6 +121,12 @@ class ClusterNode:
             if value is not None:
                 await self.store.release(session_id, value)
             raise
+        if record is None or not record.linked:
+            return record
+        # Its login is in the profile on the host that ran it: auth snapshots, which
+        # would bring it along, are not built yet (docs/cluster.md). Here it needs a new
+        # link (a QR), not the `logged_out` a profile without its login would look like.
+        return msgspec.structs.replace(record, linked=False)
 
     async def hosts(self) -> HostList:
         try:
