@@ -125,3 +125,15 @@ async def test_without_redis_url_one_host_as_before(tmp_path: Path) -> None:
             listed = await wa.hosts()
             assert not listed.cluster and len(listed.hosts) == 1
             assert (listed.hosts[0].capacity, listed.hosts[0].sessions) == (50, 1)
+
+
+async def test_a_daemon_in_a_fleet_exposes_the_cluster_metrics(redis: RedisServer) -> None:
+    import re
+
+    from .test_guides import CLUSTER_METRICS, DOCUMENTED_METRICS
+
+    with trio.fail_after(30):
+        async with fleet(redis, "a") as daemons, AsyncClient(daemons["a"].socket_path) as wa:
+            text = (await wa.metrics(prometheus=True)).prometheus or ""
+            exposed = {n for n in re.findall(r"^# TYPE (wa_\w+) ", text, re.M) if not n.endswith("_created")}
+            assert exposed - DOCUMENTED_METRICS == CLUSTER_METRICS
