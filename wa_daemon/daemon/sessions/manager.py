@@ -10,10 +10,7 @@ The sessions are the manager's own: the layers above get operations and reads
 from __future__ import annotations
 
 import builtins
-import os
 import random
-import signal
-import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, KeysView
 from contextlib import asynccontextmanager
@@ -26,7 +23,6 @@ import trio
 from ...errors import Busy, InvalidArgument, LimitExceeded, NotFound, PermissionDenied, RateLimited, Unavailable
 from ...protocol import (
     HealthCheck,
-    HostList,
     PairingCode,
     QrCode,
     Reason,
@@ -40,11 +36,12 @@ from ..browser.base import Driver, Simulator
 from ..ops.config import Config
 from ..ops.log import get_logger
 from ..ops.metrics import DaemonMetrics
+from .adoption import Adoption
 from .caller import ADMIN, Caller
 from .events import Disconnect, IdleTimeout, Inactive
 from .hub import Hub, Subscriber
 from .options import resolve
-from .placement import LocalPlacement, Placement, host_info
+from .placement import LocalPlacement, Placement
 from .registry import MemoryRegistry, Registry, RegistryError, SessionOptions, SessionRecord
 from .session import Session, SessionContext
 from .states import ACTIVE, RESTARTABLE
@@ -52,7 +49,7 @@ from .states import ACTIVE, RESTARTABLE
 log = get_logger("manager")
 
 
-class SessionManager:
+class SessionManager(Adoption):
     def __init__(
         self,
         config: Config,
@@ -352,10 +349,8 @@ class SessionManager:
                 )
             self._check_uid_limit(caller)
             record = await self.placement.claim(session_id)  # several hosts: take its lease first
-            if session_id in self._sessions:  # another connect created it while we waited
-                return await self.connect(session_id, owner_uid, options, caller)
-            if record is not None:  # the fleet's session, now ours: as it was
-                self.adopt(record)
+            if session_id in self._sessions or (record is not None and self.adopt(record)):
+                # another connect created it meanwhile, or the fleet's session, now ours as it was
                 return await self.connect(session_id, owner_uid, options, caller)
             session = self._sessions[session_id] = Session(session_id, self._ctx, owner_uid)
             self._status_changed()
@@ -506,58 +501,6 @@ class SessionManager:
             return None
         return session.status()
 
-    def restore(self) -> int:
-        """Recreate the registry's sessions; those that should run start again.
-
-        Starts go through the launch slots like any other, so a restart of many
-        sessions queues instead of stampeding. Returns how many were started.
-        """
-        started = sum(self.adopt(record) and record.should_run for record in self.registry.load())
-        if len(self._sessions) > self.config.max_sessions:
-            log.warning("restored_over_limit", sessions=len(self._sessions), limit=self.config.max_sessions)
-        log.info("sessions_restored", sessions=len(self._sessions), started=started)
-        return started
-
-    def adopt(self, record: SessionRecord) -> bool:
-        """Recreate a session from its record (a restart, or a takeover from another
-        host) and start it if it should run. False if it is here already."""
-        if record.session in self._sessions:
-            return False
-        session = Session(
-            record.session, self._ctx, record.owner_uid,
-            created_at=record.created_at, options=record.options, linked=record.linked,
-        )
-        session.should_run = record.should_run
-        self._sessions[record.session] = session
-        self._status_changed()
-        if record.should_run:
-            session.begin(Reason.RESTORED)
-        return True
-
-    def evict(self, session_id: str, reason: str) -> None:
-        """This host lost the session's lease: its browser dies now (SIGKILL to the
-        process group, before any orderly close) and the session is forgotten here at
-        once, so no read shows it running; the registry is the new owner's."""
-        session = self._sessions.pop(session_id, None)
-        if session is None:
-            return
-        self._status_changed()
-        kill_group(session.process_group)
-        log.warning("session_evicted", session=session_id, reason=reason)
-        self._ctx.nursery.start_soon(self._evicted, session)
-
-    async def _evicted(self, session: Session) -> None:
-        with trio.CancelScope(shield=True):
-            await session.shutdown()
-        self.hub.finish_session(session.id, "moved", session.status())
-
-    async def hosts(self) -> HostList:
-        """The fleet's hosts; on a host of its own, itself."""
-        listed = await self.placement.hosts()
-        if listed.cluster:
-            return listed
-        return HostList([host_info(socket.gethostname(), self, self.config.max_sessions)], cluster=False)
-
     # ------------------------------------------------------------------ upkeep
 
     async def cleanup_loop(self) -> None:
@@ -654,11 +597,3 @@ class SessionManager:
             session.id, session.owner_uid, session.created_at, should_run, session.options, session.view.linked
         )
 
-
-def kill_group(group: int | None) -> None:
-    if group is None:
-        return
-    try:
-        os.killpg(group, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass  # already gone (or not ours to signal: the ordinary close follows)
