@@ -229,3 +229,43 @@ def test_every_daemon_logger_is_a_log_levels_component() -> None:
     for p in root.rglob("*.py"):
         used |= set(re.findall(r'get_logger\("([a-z]+)"\)', p.read_text()))
     assert used and used <= set(LOG_COMPONENTS)
+
+
+# ------------------------------------------------------------------ several hosts (docs/cluster.md)
+
+
+def test_cluster_keys_default_to_one_host() -> None:
+    cfg = Config()
+    assert cfg.redis_url is None and cfg.host_id is None and cfg.lease_ttl == 15.0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('redis_url = "http://h:6379"', "key 'redis_url': expected redis://, rediss:// or unix://, got http scheme"),
+        ('redis_url = "redis://h:99999"', "key 'redis_url': the port is not a number from 0 to 65535"),
+        ('redis_url = "redis://"', "key 'redis_url': no host"),
+        ('redis_url = "unix://run/r.sock"', "key 'redis_url': unix:// needs an absolute socket path"),
+        ('redis_url = "redis://:pw@h"\nredis_password_file = "/etc/pw"', "redis_url carries a password too"),
+        ('redis_url = "redis://h"\nredis_password_file = "pw"', "key 'redis_password_file': expected an absolute path"),
+        ('redis_password_file = "/etc/pw"', "key 'redis_password_file': set without redis_url"),
+        ('host_id = "a b"', "key 'host_id': expected `str` matching regex"),
+        ("lease_ttl = 1", "key 'lease_ttl': expected `float` >= 2.0"),
+    ],
+)
+def test_cluster_keys_refuse_bad_values(tmp_path: Path, text: str, expected: str) -> None:
+    assert expected in error(tmp_path, text)
+
+
+def test_cluster_keys_accepted(tmp_path: Path) -> None:
+    for url in ("redis://h", "rediss://u:pw@redis.example:6380/2", "unix:///run/redis/redis.sock?db=1"):
+        assert load(tmp_path, f'redis_url = "{url}"\nhost_id = "web-1.a_b"\nlease_ttl = 5').redis_url == url
+
+
+def test_check_config_never_prints_the_redis_password(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('redis_url = "rediss://fleet:s3cret-pw@redis.example:6380/0"\n')
+    result = _wa_daemon("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "s3cret-pw" not in result.stdout + result.stderr
+    assert 'redis_url = "rediss://fleet:***@redis.example:6380/0"' in result.stdout

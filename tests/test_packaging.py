@@ -13,7 +13,7 @@ import pytest
 from wa_daemon.paths import default_socket_path, default_state_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-DAEMON_ONLY = {"trio", "trio_asyncio", "pyppeteer", "structlog", "prometheus_client", "h11", "urllib3", "websockets"}
+DAEMON_ONLY = {"trio", "trio_asyncio", "pyppeteer", "structlog", "prometheus_client", "h11", "urllib3", "websockets", "coredis"}
 
 
 def test_install_requires_has_no_daemon_dependencies() -> None:
@@ -28,6 +28,8 @@ def test_install_requires_has_no_daemon_dependencies() -> None:
     extra = cfg["options.extras_require"]["daemon"]
     for name in ("trio", "trio-asyncio", "pyppeteer", "structlog", "prometheus_client", "h11"):
         assert name in extra
+    # Redis is for several hosts only: its client is an extra of its own.
+    assert "coredis" not in extra and "coredis" in cfg["options.extras_require"]["cluster"]
 
 
 def test_clients_import_without_the_daemon_stack() -> None:

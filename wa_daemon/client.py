@@ -50,6 +50,7 @@ from .protocol import (
     Health,
     History,
     HistoryParams,
+    HostList,
     ListParams,
     MessagesParams,
     Metrics,
@@ -276,6 +277,10 @@ class Client:
 
     def version(self) -> VersionInfo:
         return self._call("version", NoParams(), VersionInfo)
+
+    def hosts(self) -> HostList:
+        """The fleet's hosts (several hosts on Redis); a daemon on its own lists itself."""
+        return self._call("hosts", NoParams(), HostList)
 
     def simulate(self, session: str, action: SimulateAction) -> SessionStatus:
         return self._call("simulate", SimulateParams(session, action), SessionStatus)
@@ -504,6 +509,10 @@ class AsyncClient:
 
     async def version(self) -> VersionInfo:
         return await self._call("version", NoParams(), VersionInfo)
+
+    async def hosts(self) -> HostList:
+        """The fleet's hosts (several hosts on Redis); a daemon on its own lists itself."""
+        return await self._call("hosts", NoParams(), HostList)
 
     async def simulate(self, session: str, action: SimulateAction) -> SessionStatus:
         return await self._call("simulate", SimulateParams(session, action), SessionStatus)

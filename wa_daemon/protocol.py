@@ -159,6 +159,7 @@ class SessionStatus(msgspec.Struct, frozen=True, gc=False):
     web_state: str | None = None  # WhatsApp's own socket state, as last seen (also one we do not know)
     linked: bool = False  # the profile holds a login (survives restarts)
     proxy: str | None = None  # the proxy the browser uses, password masked (wa_daemon.proxy); None: direct
+    host: str | None = None  # the host whose daemon runs it (several hosts on Redis); None: one host
 
 
 class SessionList(msgspec.Struct, frozen=True):
@@ -205,6 +206,20 @@ class VersionInfo(msgspec.Struct, frozen=True):
     server: str
     protocol: int
     driver: str
+
+
+class HostInfo(msgspec.Struct, frozen=True):
+    host: str
+    heartbeat_age: float  # seconds since its last heartbeat reached Redis
+    capacity: int  # its max_sessions
+    sessions: int  # sessions it holds, any state
+    running: int  # of those, with a browser on its way or up
+    version: str
+
+
+class HostList(msgspec.Struct, frozen=True):
+    hosts: list[HostInfo]
+    cluster: bool  # false: this daemon is one host on its own (no redis_url), listed alone
 
 
 # --------------------------------------------------------------------------- params
@@ -338,6 +353,7 @@ METHODS: Final[dict[str, Method]] = {
     "health": Method(NoParams, Health),
     "ping": Method(NoParams, Pong),
     "version": Method(NoParams, VersionInfo),
+    "hosts": Method(NoParams, HostList),
     "simulate": Method(SimulateParams, SessionStatus),
     "send_text": Method(SendTextParams, mt.SentMessage),
     "messages": Method(MessagesParams, mt.MessagePage),
@@ -408,7 +424,7 @@ class OutEvent(msgspec.Struct, tag="event", tag_field="type"):
     event: Any
 
 
-EndReason = Literal["cancelled", "until", "timeout", "deleted", "shutdown"]
+EndReason = Literal["cancelled", "until", "timeout", "deleted", "shutdown", "moved"]
 
 
 class End(msgspec.Struct, tag="end", tag_field="type"):

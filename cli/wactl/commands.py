@@ -86,6 +86,15 @@ def cmd_metrics(ctx: Ctx) -> int:
     return EXIT_OK
 
 
+def cmd_hosts(ctx: Ctx) -> int:
+    listed = ctx.client.hosts()
+    if ctx.out.json:
+        ctx.out.doc(listed)
+    else:
+        ctx.out.line(render.hosts_table(listed))
+    return EXIT_OK
+
+
 def cmd_health(ctx: Ctx) -> int:
     report = ctx.client.health()
     if ctx.out.json:
@@ -311,6 +320,7 @@ COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "pairing-code": cmd_pairing_code,
     "metrics": cmd_metrics,
     "health": cmd_health,
+    "hosts": cmd_hosts,
     "ping": cmd_ping,
     "version": cmd_version,
     "simulate": cmd_simulate,

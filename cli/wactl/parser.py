@@ -197,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"check the daemon's health: exit 0 when healthy, {EXIT_UNHEALTHY} with the failing "
         f"checks when not, {EXIT_UNREACHABLE} when it does not answer",
     )
+    add("hosts", "list the fleet's hosts: heartbeat age, capacity, sessions (several hosts on Redis)")
     add("ping", "check that the daemon answers")
     add("version", "show the versions of wactl and of the daemon")
 

@@ -20,6 +20,7 @@ import segno
 from wa_daemon.message_types import Message, MessageAck, MessageReceived
 from wa_daemon.protocol import (
     End,
+    HostList,
     PairingCode,
     PairingCodeUpdated,
     QrCode,
@@ -135,6 +136,15 @@ def metrics_table(samples: Sequence[Sample]) -> str:
         for s in samples
     ]
     return table(["NAME", "LABELS", "VALUE"], rows)
+
+
+def hosts_table(listed: HostList) -> str:
+    rows = [
+        [cell(h.host), number(h.heartbeat_age), str(h.capacity), str(h.sessions), str(h.running), cell(h.version)]
+        for h in listed.hosts
+    ]
+    text = table(["HOST", "HEARTBEAT_AGE", "CAPACITY", "SESSIONS", "RUNNING", "VERSION"], rows)
+    return text if listed.cluster else text + "\n(one host on its own: no redis_url)"
 
 
 # ---------------------------------------------------------------------------- events

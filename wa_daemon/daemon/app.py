@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import random
+import socket
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
@@ -27,6 +29,9 @@ from .rpc.listener import BoundSocket, bind_unix_socket
 from .rpc.server import Server
 from .sessions.manager import SessionManager
 from .sessions.registry import MemoryRegistry, Registry, SqliteRegistry
+
+if TYPE_CHECKING:
+    from .cluster.node import ClusterNode
 
 log = get_logger("daemon")
 
@@ -71,6 +76,20 @@ def make_registry(config: Config) -> Registry:
     return SqliteRegistry(state_dir_of(config) / "registry.sqlite3")
 
 
+@contextlib.asynccontextmanager
+async def open_fleet(config: Config) -> AsyncIterator[ClusterNode | None]:
+    """This host's part of the fleet with ``redis_url``; None on a host of its own."""
+    if config.redis_url is None:
+        yield None
+        return
+    from .cluster.node import ClusterNode
+    from .cluster.store import open_store
+
+    async with open_store(config) as store:
+        log.info("cluster_joining", host=config.host_id or socket.gethostname(), lease_ttl=config.lease_ttl)
+        yield ClusterNode(config, store)
+
+
 class Daemon:
     def __init__(
         self,
@@ -90,6 +109,7 @@ class Daemon:
         self.server: Server | None = None
         self.driver: Driver | None = None
         self.monitor: DaemonMonitor | None = None
+        self.node: ClusterNode | None = None  # with redis_url: this host's part of the fleet
         self.metrics_addresses: list[str] = []  # where metrics_listen is bound (HOST:PORT)
         self.messaging: Messaging | None = None
         self._reload_lock = trio.Lock()
@@ -111,12 +131,17 @@ class Daemon:
         cfg = self.config
         bound = bound or bind_unix_socket(self.socket_path, group=cfg.socket_group)
         try:
-            async with self._browser_loop(), trio.open_nursery() as sessions:
+            async with self._browser_loop(), open_fleet(cfg) as node, trio.open_nursery() as sessions:
                 self.driver = make_driver(cfg)
-                registry = make_registry(cfg)
+                registry = node.registry if node is not None else make_registry(cfg)
                 manager = self.manager = SessionManager(
-                    cfg, self.driver, sessions, registry=registry, rng=self._rng
+                    cfg, self.driver, sessions, registry=registry, placement=node, rng=self._rng
                 )
+                if node is not None:
+                    # In the sessions' nursery: it renews and fences until the last browser is closed.
+                    self.node = node
+                    node.attach(manager, manager.metrics.registry)
+                    await sessions.start(node.run)
                 manager.metrics.build_info(__version__, self.driver.name)
                 sandbox = self.driver.sandbox
                 manager.metrics.browser_sandbox(sandbox.mode if sandbox is not None else None)
@@ -243,6 +268,8 @@ class Daemon:
             self.server.reconfigure(new)
         if self.messaging is not None:
             self.messaging.reconfigure(new)
+        if self.node is not None:
+            self.node.reconfigure(new)
         configure(new.log_level, new.log_levels)
         if metrics is not None:
             metrics.config_reloads.labels("ok").inc()

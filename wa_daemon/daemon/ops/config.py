@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -16,10 +17,11 @@ NonNegSeconds = Annotated[float, msgspec.Meta(ge=0, le=7 * 86400)]
 Count = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
 Fraction = Annotated[float, msgspec.Meta(ge=0, lt=1)]
 Level = Literal["debug", "info", "warning", "error"]
+HostId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")]
 
 # The daemon's loggers, one per component: ``log_levels`` sets a level for each,
 # and every module gets its logger by naming one (``ops.log.get_logger``).
-Component = Literal["daemon", "server", "manager", "session", "chromium", "http", "messages"]
+Component = Literal["daemon", "server", "manager", "session", "chromium", "http", "messages", "cluster"]
 LOG_COMPONENTS: tuple[Component, ...] = get_args(Component)
 
 
@@ -48,6 +50,10 @@ RESTART_KEYS = (
     "socket_group",
     "metrics_listen",
     "metrics_socket",
+    "redis_url",
+    "redis_password_file",
+    "host_id",
+    "lease_ttl",
 )
 
 
@@ -192,6 +198,12 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     health_min_free_bytes: Annotated[int, msgspec.Meta(ge=0)] = 512 << 20
     health_max_failing_fraction: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
 
+    # several hosts, one fleet (docs/cluster.md): None keeps one host with its own registry
+    redis_url: str | None = None  # redis://, rediss:// or unix://; a password may be in it
+    redis_password_file: str | None = None  # the password in a file (read at start, never logged)
+    host_id: HostId | None = None  # unique in the fleet; None: the hostname
+    lease_ttl: Annotated[float, msgspec.Meta(ge=2, le=3600)] = 15.0  # the same on every host
+
     log_level: Level = "info"
     log_levels: dict[str, Level] = {}  # per component, e.g. {chromium = "debug"}
 
@@ -217,6 +229,10 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("browser_user: empty user name")
         if self.proxy:
             parse_proxy(self.proxy)  # its message names the key and never quotes the value
+        if self.redis_url is not None:
+            check_redis_url(self.redis_url, self.redis_password_file)
+        elif self.redis_password_file is not None:
+            raise ValueError("redis_password_file: set without redis_url")
 
     def level_of(self, component: str) -> str:
         return self.log_levels.get(component, self.log_level)
@@ -250,6 +266,41 @@ def parse_listen(value: str) -> tuple[str, int]:
         if not loopback:
             raise ValueError(f"metrics_listen: {host!r} is not a loopback address (127.0.0.0/8, ::1)")
     return host, int(port_text)
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def check_redis_url(url: str, password_file: str | None) -> None:
+    """A URL coredis can connect to, with the password in one place at most."""
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ValueError(f"redis_url: expected redis://, rediss:// or unix://, got {parts.scheme or 'no'} scheme")
+    if parts.scheme == "unix":
+        if parts.netloc.rpartition("@")[2] or not parts.path.startswith("/"):
+            raise ValueError("redis_url: unix:// needs an absolute socket path (unix:///run/redis/redis.sock)")
+    elif not parts.hostname:
+        raise ValueError("redis_url: no host")
+    else:
+        try:
+            parts.port  # noqa: B018 -- raises on a port that is not a number in range
+        except ValueError:
+            raise ValueError("redis_url: the port is not a number from 0 to 65535") from None
+    if password_file is not None:
+        if parts.password:
+            raise ValueError("redis_password_file: redis_url carries a password too; keep one")
+        if not os.path.isabs(password_file):
+            raise ValueError(f"redis_password_file: expected an absolute path, got {password_file!r}")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced, for anything printed or logged."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
 # sun_path holds 108 bytes, the terminating NUL included.

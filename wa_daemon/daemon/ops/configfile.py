@@ -18,7 +18,7 @@ import msgspec
 from ...proxy import masked
 from ..browser.contract import ContractError, load_contract
 from ..browser.sandbox import SandboxError, resolve_user
-from .config import Config
+from .config import Config, redact_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -208,6 +208,8 @@ def render(config: Config) -> str:
 
     data = msgspec.to_builtins(config)
     data["proxy"] = masked(config.proxy) or config.proxy  # a password is not for a terminal
+    if config.redis_url is not None:
+        data["redis_url"] = redact_url(config.redis_url)  # printed: never the password
     lines: list[str] = []
     tables: dict[str, dict[str, Any]] = {}
     for key, value in data.items():

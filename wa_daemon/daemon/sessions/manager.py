@@ -35,11 +35,13 @@ from ..browser.base import Driver, MessageEvent, Simulator
 from ..ops.config import Config
 from ..ops.log import get_logger
 from ..ops.metrics import DaemonMetrics
+from .adoption import Adoption
 from .caller import ADMIN, Caller
 from .events import Disconnect, IdleTimeout, Inactive
 from .hub import Hub, Subscriber
 from .listing import Listing
 from .options import resolve
+from .placement import LocalPlacement, Placement
 from .registry import MemoryRegistry, Registry, RegistryError, SessionOptions, SessionRecord
 from .session import Session, SessionContext
 from .states import ACTIVE, RESTARTABLE
@@ -47,7 +49,7 @@ from .states import ACTIVE, RESTARTABLE
 log = get_logger("manager")
 
 
-class SessionManager:
+class SessionManager(Adoption):
     def __init__(
         self,
         config: Config,
@@ -56,12 +58,14 @@ class SessionManager:
         *,
         metrics: DaemonMetrics | None = None,
         registry: Registry | None = None,
+        placement: Placement | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self.driver = driver
         self.metrics = metrics or DaemonMetrics()
         self.registry: Registry = registry or MemoryRegistry()
+        self.placement: Placement = placement or LocalPlacement()
         self.hub = Hub(on_count=self.metrics.watch_subscribers.set)
         self._sessions: dict[str, Session] = {}
         # Bumped when a field of any session's status changes or a session is created:
@@ -82,6 +86,7 @@ class SessionManager:
             on_settled=self._settled,
             on_linked=self._linked_changed,
             on_status_changed=self._status_changed,
+            host=self.placement.host,
         )
         self.metrics.track_sessions(self.counts_by_state)
         self.metrics.track_pages(self._pages)
@@ -108,6 +113,7 @@ class SessionManager:
 
     def get(self, session_id: str, caller: Caller = ADMIN) -> Session:
         validate_session_id(session_id)
+        self.placement.guard()
         session = self._sessions.get(session_id)
         if session is None:
             raise NotFound(f"no session {session_id!r}", {"session": session_id})
@@ -181,11 +187,13 @@ class SessionManager:
         return session.status_raw()
 
     def list(self, states: Iterable[State] | None = None, caller: Caller = ADMIN) -> builtins.list[SessionStatus]:
+        self.placement.guard()
         return [s.status() for s in self._listing.listed(states, caller)]
 
     def list_raw(self, states: Iterable[State] | None = None, caller: Caller = ADMIN) -> msgspec.Raw:
         """The ``list`` result, encoded (a SessionList on the wire); whole replies
         are kept between calls while the status generation stays put (listing.py)."""
+        self.placement.guard()
         return self._listing.raw(states, caller, self._status_generation)
 
     def qr(self, session_id: str, caller: Caller = ADMIN) -> QrCode:
@@ -278,6 +286,7 @@ class SessionManager:
         the next attempt, and are remembered for reconnects and restarts."""
         self._check_open()
         validate_session_id(session_id)
+        self.placement.guard()
         session = self._sessions.get(session_id)
         if session is not None and not caller.may_use(session.owner_uid):
             raise PermissionDenied(f"session {session_id!r} belongs to another user", {"session": session_id})
@@ -293,6 +302,10 @@ class SessionManager:
                     {"limit": self.config.max_sessions},
                 )
             self._check_uid_limit(caller)
+            record = await self.placement.claim(session_id)  # several hosts: take its lease first
+            if session_id in self._sessions or (record is not None and self.adopt(record)):
+                # another connect created it meanwhile, or the fleet's session, now ours as it was
+                return await self.connect(session_id, owner_uid, options, caller)
             session = self._sessions[session_id] = Session(session_id, self._ctx, owner_uid)
             self._status_changed()
             # Deleting and re-creating a session must not reset its rate limit.
@@ -443,31 +456,6 @@ class SessionManager:
         if session is None or not caller.may_use(session.owner_uid):
             return None
         return session.status()
-
-    def restore(self) -> int:
-        """Recreate the registry's sessions; those that should run start again.
-
-        Starts go through the launch slots like any other, so a restart of many
-        sessions queues instead of stampeding. Returns how many were started.
-        """
-        started = 0
-        for record in self.registry.load():
-            if record.session in self._sessions:
-                continue
-            session = Session(
-                record.session, self._ctx, record.owner_uid,
-                created_at=record.created_at, options=record.options, linked=record.linked,
-            )
-            session.should_run = record.should_run
-            self._sessions[record.session] = session
-            self._status_changed()
-            if record.should_run:
-                session.begin(Reason.RESTORED)
-                started += 1
-        if len(self._sessions) > self.config.max_sessions:
-            log.warning("restored_over_limit", sessions=len(self._sessions), limit=self.config.max_sessions)
-        log.info("sessions_restored", sessions=len(self._sessions), started=started)
-        return started
 
     # ------------------------------------------------------------------ upkeep
 

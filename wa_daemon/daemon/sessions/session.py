@@ -70,6 +70,7 @@ class SessionContext:
     on_status_changed: Callable[[], None] = lambda: None
     # Told of every message and ack a session's page reports (the inbox, daemon/messages/).
     on_message: Callable[[Session, MessageEvent], None] = lambda session, event: None
+    host: str | None = None  # this host's id in a fleet (status.host); None on a host of its own
 
 
 StopEvent = ev.Disconnect | ev.IdleTimeout | ev.Inactive
@@ -169,6 +170,7 @@ class Session:
             web_state=view.web_state,
             linked=view.linked,
             proxy=proxy.masked if proxy is not None else None,  # never the password
+            host=self.ctx.host,
         )
 
     def touch(self) -> None:

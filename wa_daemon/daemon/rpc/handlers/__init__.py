@@ -16,6 +16,7 @@ from . import (
     disconnect,
     health,
     history,
+    hosts,
     logout,
     messages,
     metrics,
@@ -42,6 +43,7 @@ HANDLERS: Final[tuple[Handler, ...]] = (
     simulate.HANDLER,
     health.HANDLER,
     send_text.HANDLER,
+    hosts.HANDLER,  # asks Redis
     # reads: answered from memory, in the read loop
     status.HANDLER,
     list_.HANDLER,

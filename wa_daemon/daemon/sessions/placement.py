@@ -1,0 +1,71 @@
+"""Where sessions live: the manager's one view of the fleet.
+
+One host on its own (:class:`LocalPlacement`, the default) owns every session it
+creates. With several hosts on Redis, ``cluster/node.py`` implements this
+interface: a new session first takes its lease here, and the fleet calls back
+through :class:`Fleet` to hand this host a session (takeover) or take one away
+(self-fencing).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..._version import __version__
+from ...protocol import HostInfo, HostList, SessionStatus, State
+from .registry import SessionRecord
+from .states import ACTIVE
+
+__all__ = ["Fleet", "LocalPlacement", "Placement", "host_info"]
+
+
+class Placement(Protocol):
+    @property
+    def host(self) -> str | None:
+        """This host's id in the fleet (``status.host``); None on a host of its own."""
+
+    async def claim(self, session_id: str) -> SessionRecord | None:
+        """Make this host the session's owner before the manager creates it here.
+        Returns the fleet's record when the session already exists (adopt it);
+        raises ``unavailable`` when another host owns it or the fleet cannot be asked."""
+
+    async def hosts(self) -> HostList: ...
+
+    def guard(self) -> None:
+        """Called before every read and operation, cheap: a host that was just paused
+        (SIGSTOP, a frozen VM) fences what it may no longer run before answering."""
+
+
+class Fleet(Protocol):
+    """What the manager offers the fleet (cluster/node.py calls it)."""
+
+    def adopt(self, record: SessionRecord) -> bool:
+        """Run a session taken over from another host; False if it is here already."""
+
+    def evict(self, session_id: str, reason: str) -> None:
+        """Kill the session's browser at once and forget it: this host lost its lease."""
+
+    def peek(self, session_id: str) -> SessionStatus | None: ...
+
+    def counts_by_state(self) -> dict[State, int]: ...
+
+
+class LocalPlacement:
+    """A host on its own: every session it creates is its own."""
+
+    host = None
+
+    async def claim(self, session_id: str) -> SessionRecord | None:
+        return None
+
+    async def hosts(self) -> HostList:
+        return HostList([], cluster=False)  # the manager lists itself
+
+    def guard(self) -> None:
+        pass
+
+
+def host_info(host: str, fleet: Fleet, capacity: int, heartbeat_age: float = 0.0) -> HostInfo:
+    counts = fleet.counts_by_state()
+    running = sum(n for state, n in counts.items() if state in ACTIVE)
+    return HostInfo(host, heartbeat_age, capacity, sum(counts.values()), running, __version__)
