@@ -85,3 +85,13 @@ def test_clients_fall_back_to_the_system_socket(tmp_path: Path) -> None:
     assert resolve_socket_path(None, user, root=False, system=system) == tmp_path / "user/wa-daemon/wa-daemon.sock"
     assert resolve_socket_path(None, {**user, "WA_DAEMON_SOCKET": "/x"}, root=False, system=system) == Path("/x")
     assert resolve_socket_path("/given", user, root=False, system=system) == Path("/given")
+
+
+def test_socket_candidates_are_the_paths_a_client_tries() -> None:
+    from wa_daemon.paths import SYSTEM_SOCKET, socket_candidates
+
+    per_user = Path("/r/wa-daemon/wa-daemon.sock")
+    assert socket_candidates(None, {"XDG_RUNTIME_DIR": "/r"}, root=False) == (per_user, SYSTEM_SOCKET)
+    assert socket_candidates(None, {}, root=True) == (SYSTEM_SOCKET,)
+    assert socket_candidates(None, {"WA_DAEMON_SOCKET": "/x"}, root=False) == (Path("/x"),)
+    assert socket_candidates("/given", {"XDG_RUNTIME_DIR": "/r"}, root=False) == (Path("/given"),)
