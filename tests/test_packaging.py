@@ -30,6 +30,22 @@ def test_install_requires_has_no_daemon_dependencies() -> None:
         assert name in extra
 
 
+def test_every_package_of_the_tree_is_packaged() -> None:
+    """A regular install (systemd/install.sh, .ci/setup) ships only the packages
+    setup.cfg lists: one left out installs fine and fails at import (it happened:
+    wa_daemon.daemon.rpc.handlers). An editable install would not notice."""
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    listed = {line.strip() for line in cfg["options"]["packages"].splitlines() if line.strip()}
+    mapped = {line.split("=")[0].strip(): line.split("=")[1].strip()
+              for line in cfg["options"]["package_dir"].splitlines() if "=" in line}
+    found = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "wa_daemon").rglob("__init__.py")}
+    for name, where in mapped.items():
+        found |= {".".join((name, *init.parent.relative_to(ROOT / where).parts))
+                  for init in (ROOT / where).rglob("__init__.py")}
+    assert found == listed
+
+
 def test_clients_import_without_the_daemon_stack() -> None:
     code = (
         "import sys, wa_daemon, wa_daemon.client, wa_daemon.protocol, wactl.main\n"
