@@ -51,8 +51,10 @@ ROOTFS=$WORK/root
 OUT=$WORK/out
 mkdir -p "$WORK/upper" "$WORK/work" "$ROOTFS" "$OUT"
 nspawn_pid=
+tail_pid=
 cleanup() {
     local rc=$?
+    [ -z "$tail_pid" ] || kill "$tail_pid" 2>/dev/null || true
     if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
         # The container's init is nspawn's child; killing it ends the whole PID namespace.
         init=$(pgrep -P "$nspawn_pid" || true)
@@ -119,6 +121,7 @@ nspawn_pid=
 sleep 0.5
 kill "$tail_pid" 2>/dev/null || true
 wait "$tail_pid" 2>/dev/null || true
+tail_pid=
 if [ ! -s "$OUT/checks.log" ]; then
     say "the checks never ran; the container's console:"
     tail -n 50 "$OUT/console.log" >&2
