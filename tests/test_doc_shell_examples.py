@@ -103,13 +103,16 @@ class Phone:
         self.thread.start()
 
     def run(self) -> None:
+        seen: dict[str, float] = {}  # ref -> when the phone first saw it
         while not self.stopped.wait(0.3):
             if not self.scanning.is_set():
                 continue
             try:
                 for page in _get(self.sim + "/__sim__/pages"):
                     if page["open"] and page["screen"] == "qr" and page["ref"]:
-                        _post(self.sim + "/__sim__/scan", page["ref"].encode())
+                        # A person takes a moment to point the phone: wactl shows the QR first.
+                        if time.monotonic() - seen.setdefault(page["ref"], time.monotonic()) >= 2:
+                            _post(self.sim + "/__sim__/scan", page["ref"].encode())
                     elif page["open"] and page["screen"] == "code":  # its owner types the code
                         pairing = _get(f"{self.sim}/__sim__/pages/{page['id']}")["pairing"]
                         _post(self.sim + "/__sim__/pair", json.dumps(pairing).encode())
