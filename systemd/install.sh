@@ -86,15 +86,26 @@ put() {
     say "installed $dest"
 }
 
+# The Debian packages installed (status ii), one per line, sorted.
+installed_packages() { dpkg-query -W -f '${db:Status-Abbrev} ${Package}\n' | awk '$1 == "ii" {print $2}' | sort; }
+
 # ---- Debian packages: Chromium (the browser the daemon drives) and venv ----
+# Without Recommends: a headless daemon needs none of them (avahi-daemon, a
+# network-facing mDNS responder, polkitd, upower, a notification daemon...), and
+# headless Chromium renders with the font its Depends bring (fonts-dejavu-core).
 if [ -z "$ROOT" ]; then
     need=()
     [ -x /usr/bin/chromium ] || need+=(chromium)
     [ "$PYTHON" != /usr/bin/python3 ] || "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
     if [ ${#need[@]} -gt 0 ]; then
-        say "apt-get install ${need[*]}"
+        say "apt-get install --no-install-recommends ${need[*]}"
+        before=$(installed_packages)
+        started=$(date +%s)
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+        added=$(comm -13 <(printf '%s\n' "$before") <(installed_packages))
+        say "installed $(printf '%s\n' "$added" | grep -c .) Debian packages in $(( $(date +%s) - started )) s:"
+        printf '%s\n' "$added" | paste -sd ' ' | fold -s -w 96 | sed 's/^/install.sh:   /'
     fi
 fi
 

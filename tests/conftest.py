@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -7,6 +8,14 @@ from typing import Any
 import pytest
 
 from .helpers import CHROMIUM, REPLAY, require_chromium, short_tmpdir
+
+# Every process a test starts (daemon, wactl, simulator) runs the working tree's
+# code, as the test process does (pytest's `pythonpath`): the venv holds a regular
+# install (.ci/setup), which is older than the tree whenever the code was edited since.
+_TREE = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent.parent / "cli")]
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    _TREE + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in _TREE]
+)
 
 
 @pytest.fixture

@@ -52,6 +52,8 @@ from wa_daemon.protocol import (
 from wactl import exits, render
 from wactl.parser import build_parser
 
+from .helpers import require, require_tool
+
 pytestmark = pytest.mark.slow
 
 WACTL = [sys.executable, "-m", "wactl"]
@@ -736,6 +738,42 @@ def test_daemon_unreachable_exits_5_with_one_line(args: list[str], tmp_path: Pat
     error = json.loads(assert_one_error_line(result.stderr))["error"]
     assert error["code"] == "unavailable"
     assert error["details"] == {"socket": str(missing)}
+
+
+def test_with_no_socket_anywhere_the_error_names_every_path_tried(tmp_path: Path) -> None:
+    """issue 16: a non-root client (a wa-clients member) looks for a per-user daemon,
+    then for the system service's socket. With neither there, the error names both
+    and says which one the system service uses, so nobody looks in the wrong place.
+    As root the test runs wactl in a user namespace of its own, where its uid is
+    65534: a real non-root process, reading the checkout with root's access."""
+    from wa_daemon.paths import SYSTEM_SOCKET
+
+    require(not SYSTEM_SOCKET.exists(), f"a system wa-daemon socket exists at {SYSTEM_SOCKET}")
+    user = tmp_path / "user" / "wa-daemon" / "wa-daemon.sock"
+    env = {k: v for k, v in os.environ.items() if k != "WA_DAEMON_SOCKET"}
+    env["XDG_RUNTIME_DIR"] = str(tmp_path / "user")
+    as_user = [require_tool("unshare", "util-linux"), "--user"] if os.geteuid() == 0 else []
+
+    def wactl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*as_user, *WACTL, *args], env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                              encoding="utf-8", timeout=RUN_TIMEOUT, check=False)
+
+    result = wactl("ping")
+    assert result.returncode == exits.EXIT_UNREACHABLE, result
+    assert assert_one_error_line(result.stderr) == (
+        f"wactl: cannot reach wa-daemon: no socket at {user} (a per-user daemon's socket), nor at {SYSTEM_SOCKET}"
+        " (the system service's socket, wa-daemon.socket: see systemctl status wa-daemon.socket):"
+        " No such file or directory"
+    )
+    error = json.loads(assert_one_error_line(wactl("--json", "ping").stderr))["error"]
+    assert error["details"] == {"socket": str(user), "tried": [str(user), str(SYSTEM_SOCKET)]}
+
+    # Root (and anyone pointed at it) has one candidate, named as the service's.
+    result = run_wactl("--socket", str(SYSTEM_SOCKET), "ping")
+    assert assert_one_error_line(result.stderr) == (
+        f"wactl: cannot reach wa-daemon at {SYSTEM_SOCKET} (the system service's socket, wa-daemon.socket:"
+        " see systemctl status wa-daemon.socket): No such file or directory"
+    )
 
 
 def test_stale_socket_is_unreachable(tmp_path: Path) -> None:

@@ -32,6 +32,22 @@ def test_install_requires_has_no_daemon_dependencies() -> None:
     assert "coredis" not in extra and "coredis" in cfg["options.extras_require"]["cluster"]
 
 
+def test_every_package_of_the_tree_is_packaged() -> None:
+    """A regular install (systemd/install.sh, .ci/setup) ships only the packages
+    setup.cfg lists: one left out installs fine and fails at import (it happened:
+    wa_daemon.daemon.rpc.handlers). An editable install would not notice."""
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    listed = {line.strip() for line in cfg["options"]["packages"].splitlines() if line.strip()}
+    mapped = {line.split("=")[0].strip(): line.split("=")[1].strip()
+              for line in cfg["options"]["package_dir"].splitlines() if "=" in line}
+    found = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "wa_daemon").rglob("__init__.py")}
+    for name, where in mapped.items():
+        found |= {".".join((name, *init.parent.relative_to(ROOT / where).parts))
+                  for init in (ROOT / where).rglob("__init__.py")}
+    assert found == listed
+
+
 def test_clients_import_without_the_daemon_stack() -> None:
     code = (
         "import sys, wa_daemon, wa_daemon.client, wa_daemon.protocol, wactl.main\n"
@@ -89,13 +105,11 @@ def test_clients_fall_back_to_the_system_socket(tmp_path: Path) -> None:
     assert resolve_socket_path("/given", user, root=False, system=system) == Path("/given")
 
 
-def test_every_package_is_listed_for_the_wheel() -> None:
-    # setup.cfg names its packages one by one: a subpackage missing there works in
-    # the editable install every test uses, and is absent from a real wheel.
-    cfg = configparser.ConfigParser()
-    cfg.read(ROOT / "setup.cfg")
-    listed = set(cfg["options"]["packages"].split())
-    found = {
-        ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "wa_daemon").rglob("__init__.py")
-    } | {"wactl"}
-    assert listed == found
+def test_socket_candidates_are_the_paths_a_client_tries() -> None:
+    from wa_daemon.paths import SYSTEM_SOCKET, socket_candidates
+
+    per_user = Path("/r/wa-daemon/wa-daemon.sock")
+    assert socket_candidates(None, {"XDG_RUNTIME_DIR": "/r"}, root=False) == (per_user, SYSTEM_SOCKET)
+    assert socket_candidates(None, {}, root=True) == (SYSTEM_SOCKET,)
+    assert socket_candidates(None, {"WA_DAEMON_SOCKET": "/x"}, root=False) == (Path("/x"),)
+    assert socket_candidates("/given", {"XDG_RUNTIME_DIR": "/r"}, root=False) == (Path("/given"),)

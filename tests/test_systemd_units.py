@@ -220,6 +220,32 @@ def test_service_speaks_the_daemons_contract(service: dict[str, dict[str, list[s
     assert "StartLimitIntervalSec" in service["Unit"] and "StartLimitBurst" in service["Unit"]
 
 
+def test_a_clean_stop_resets_the_start_limit_and_a_failure_does_not(
+        service: dict[str, dict[str, list[str]]], tmp_path: Path) -> None:
+    """docs/systemd.md, "Restarts and the start limit": ExecStopPost= runs
+    `systemctl reset-failed` for this unit after a clean stop only. Its command line
+    is run here as systemd runs it ($$ -> $, %n -> the unit's name, SERVICE_RESULT in
+    the environment), with systemctl replaced by a recorder; the container test
+    (systemd/test-in-container.sh) runs it under a real systemd."""
+    (line,) = [v for v in service["Service"]["ExecStopPost"] if "reset-failed" in v]
+    assert line.startswith("+"), "systemctl needs root, outside the sandbox"
+    assert "StartLimitBurst" in service["Unit"]
+    record = tmp_path / "calls"
+    stub = tmp_path / "systemctl"
+    stub.write_text(f'#!/bin/sh\necho "$*" >>{record}\n')
+    stub.chmod(0o755)
+    command = line[1:].replace("$$", "$").replace("%n", "wa-daemon.service").replace("/usr/bin/systemctl", str(stub))
+    argv = command.split(" ", 2)
+    assert argv[:2] == ["/bin/sh", "-c"]
+    script = argv[2].strip("'")
+    for result, calls in [("success", "reset-failed wa-daemon.service\n"), ("exit-code", ""),
+                          ("signal", ""), ("watchdog", ""), ("timeout", "")]:
+        record.write_text("")
+        subprocess.run(["/bin/sh", "-c", script], env={"SERVICE_RESULT": result, "PATH": "/usr/bin:/bin"},
+                       check=True, timeout=10)
+        assert record.read_text() == calls, result
+
+
 def test_deliberate_omissions_stay_omitted(service: dict[str, dict[str, list[str]]]) -> None:
     """docs/systemd.md, "Not used, on purpose". Each of these broke something real."""
     s = service["Service"]

@@ -28,6 +28,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -39,7 +40,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._watch import AsyncWatch, Watch
 from .errors import ConnectionLost, DaemonUnreachable, Unavailable, WaDaemonError
 from .message_types import MessagePage, SentMessage
-from .paths import resolve_socket_path
+from .paths import SYSTEM_SOCKET, pick_socket, socket_candidates
 from .protocol import (
     ClientProtocol,
     ConnectParams,
@@ -94,24 +95,43 @@ def _watch_params(
     return WatchParams(session=session, until=[State(u) for u in until], timeout=timeout, messages=messages)
 
 
-def _unreachable(path: str, exc: OSError) -> DaemonUnreachable:
+def _unreachable(path: str, exc: OSError, tried: tuple[Path, ...] = ()) -> DaemonUnreachable:
+    """The error for a failed connect. Every message ends with the system's reason.
+    With no socket at all it names each path the client looked at (``tried``) and
+    which one the system service uses, so that nobody looks in the wrong place."""
     if exc.errno in (errno.EACCES, errno.EPERM):
-        # Ends with the system's reason like the others; says what grants access.
+        # Says what grants access.
         return DaemonUnreachable(
             f"cannot reach wa-daemon at {path} (connecting needs write access to the socket: be its owner or"
             f" in its group, e.g. wa-clients; see docs/security.md): {exc.strerror or exc}",
             {"socket": path, "errno": "EACCES"},
+        )
+    if exc.errno == errno.ENOENT and len(tried) > 1:
+        names = ", nor at ".join(f"{p} ({_whose(p)})" for p in tried)
+        return DaemonUnreachable(
+            f"cannot reach wa-daemon: no socket at {names}: {exc.strerror or exc}",
+            {"socket": path, "tried": [str(p) for p in tried]},
+        )
+    if exc.errno == errno.ENOENT and Path(path) == SYSTEM_SOCKET:
+        return DaemonUnreachable(
+            f"cannot reach wa-daemon at {path} ({_whose(SYSTEM_SOCKET)}): {exc.strerror or exc}", {"socket": path}
         )
     return DaemonUnreachable(
         f"cannot reach wa-daemon at {path}: {exc.strerror or exc}", {"socket": path}
     )
 
 
+def _whose(path: Path) -> str:
+    if path == SYSTEM_SOCKET:
+        return "the system service's socket, wa-daemon.socket: see systemctl status wa-daemon.socket"
+    return "a per-user daemon's socket"
+
+
 # ============================================================================ blocking
 
 
 class _SyncConnection:
-    def __init__(self, path: str, timeout: float | None, name: str) -> None:
+    def __init__(self, path: str, timeout: float | None, name: str, tried: tuple[Path, ...] = ()) -> None:
         self.proto = ClientProtocol(name)
         self.timeout = timeout
         self.closed = False
@@ -122,7 +142,7 @@ class _SyncConnection:
             self.sock.connect(path)
         except OSError as exc:  # missing, refused, path too long, timed out...: all "not there"
             self.sock.close()
-            raise _unreachable(path, exc) from None
+            raise _unreachable(path, exc, tried) from None
         try:
             self.send(self.proto.hello())
             self.proto.check_welcome(self.receive())
@@ -187,7 +207,8 @@ class Client:
         timeout: float | None = DEFAULT_TIMEOUT,
         client_name: str = "wa_daemon.Client",
     ) -> None:
-        self.socket_path = str(resolve_socket_path(socket_path))
+        self._tried = socket_candidates(socket_path)
+        self.socket_path = str(pick_socket(self._tried))
         self.timeout = timeout
         self.client_name = client_name
         self._conn: _SyncConnection | None = None
@@ -199,7 +220,7 @@ class Client:
                 self._conn.close()
                 self._conn = None
             if self._conn is None:
-                self._conn = _SyncConnection(self.socket_path, self.timeout, self.client_name)
+                self._conn = _SyncConnection(self.socket_path, self.timeout, self.client_name, self._tried)
             conn = self._conn
             conn.last_used = time.monotonic()
             try:
@@ -305,7 +326,7 @@ class Client:
         """Stream the session's snapshot, then its events, until ``until``, timeout or close().
         ``messages``: also the inbox's MessageReceived and MessageAck events."""
         # The socket timeout must outlast quiet periods of the stream itself.
-        conn = _SyncConnection(self.socket_path, None, self.client_name)
+        conn = _SyncConnection(self.socket_path, None, self.client_name, self._tried)
         try:
             rid, data = conn.proto.request("watch", _watch_params(session, until, timeout, messages))
             conn.send(data)
@@ -345,7 +366,8 @@ class AsyncClient:
         timeout: float | None = DEFAULT_TIMEOUT,
         client_name: str = "wa_daemon.AsyncClient",
     ) -> None:
-        self.socket_path = str(resolve_socket_path(socket_path))
+        self._tried = socket_candidates(socket_path)
+        self.socket_path = str(pick_socket(self._tried))
         self.timeout = timeout
         self._proto = ClientProtocol(client_name)
         self._stream: anyio.abc.SocketStream | None = None
@@ -359,7 +381,7 @@ class AsyncClient:
         try:
             self._stream = await anyio.connect_unix(self.socket_path)
         except OSError as exc:
-            raise _unreachable(self.socket_path, exc) from None
+            raise _unreachable(self.socket_path, exc, self._tried) from None
         try:
             await self._stream.send(bytes(self._proto.hello()))
             with anyio.fail_after(self.timeout):

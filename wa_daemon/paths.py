@@ -35,6 +35,31 @@ def default_state_dir(env: Mapping[str, str] | None = None, *, root: bool | None
     return Path(state) / "wa-daemon"
 
 
+def socket_candidates(
+    explicit: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    root: bool | None = None,
+    system: Path = SYSTEM_SOCKET,
+) -> tuple[Path, ...]:
+    """Where a client looks for the daemon, in order: ``explicit`` or
+    ``$WA_DAEMON_SOCKET`` alone; else the default path, then, for a non-root
+    client, the system service's socket."""
+    if explicit:
+        return (Path(explicit),)
+    env = os.environ if env is None else env
+    path = default_socket_path(env, root=root)
+    if env.get(SOCKET_ENV) or path == system:
+        return (path,)
+    return (path, system)
+
+
+def pick_socket(candidates: tuple[Path, ...]) -> Path:
+    """The first candidate that exists; the first one when none does (its error
+    then names them all: see ``wa_daemon.client``)."""
+    return next((path for path in candidates if path.exists()), candidates[0])
+
+
 def resolve_socket_path(
     explicit: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
@@ -46,10 +71,4 @@ def resolve_socket_path(
     non-root client with no per-user daemon falls back to the system daemon's
     socket when that exists (a service user in the ``wa-clients`` group needs
     no ``WA_DAEMON_SOCKET`` then)."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ if env is None else env
-    path = default_socket_path(env, root=root)
-    if not env.get(SOCKET_ENV) and path != system and not path.exists() and system.exists():
-        return system
-    return path
+    return pick_socket(socket_candidates(explicit, env, root=root, system=system))
