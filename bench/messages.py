@@ -107,7 +107,7 @@ async def latency(wa: AsyncClient, engine: SimEngine, sid: str, device: str, k: 
     engine.received = timed  # type: ignore[method-assign]
     ends, floors = [], []
     try:
-        async with wa.watch(sid, timeout=600) as events:
+        async with wa.watch(sid, timeout=600, messages=True) as events:
             for i in range(k):
                 t0 = time.perf_counter()
                 msg = engine.incoming(device, PEER, f"latency {i}")

@@ -32,6 +32,7 @@ from wa_daemon.protocol import (
     SessionStatus,
     Snapshot,
     State,
+    WatchParams,
     Welcome,
     encode_frame,
     to_raw,
@@ -110,3 +111,12 @@ def test_incoming_frames_split_anywhere_and_capped() -> None:
     assert [type(m) for m in got] == [Reply, Error] and got[0].id == 7
     with pytest.raises(FrameTooLarge):
         proto.decoder.receive_data((DEFAULT_MAX_FRAME + 1).to_bytes(4, "big"))
+
+
+def test_a_watch_that_does_not_ask_for_messages_sends_no_such_field() -> None:
+    # A daemon from before `messages` refuses unknown fields: leave it out when false.
+    proto = ClientProtocol()
+    _, plain = proto.request("watch", WatchParams("a"))
+    _, asked = proto.request("watch", WatchParams("a", messages=True))
+    assert msgspec.msgpack.decode(sent(plain).params) == {"session": "a"}  # type: ignore[attr-defined]
+    assert msgspec.msgpack.decode(sent(asked).params) == {"session": "a", "messages": True}  # type: ignore[attr-defined]

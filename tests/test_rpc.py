@@ -18,6 +18,7 @@ from wa_daemon.protocol import (
     ClientProtocol,
     End,
     Error,
+    NoParams,
     QrUpdated,
     Reply,
     SessionParams,
@@ -369,3 +370,31 @@ async def test_an_answer_over_max_frame_is_one_internal_error(sock_dir: Path, mo
     rpc = {e["method"]: e["result"] for e in logs if e["event"] == "rpc" and e.get("session") == "big"}
     assert rpc == {"connect": "ok", "watch": "internal", "status": "internal"}
     assert sum(1 for e in logs if e["event"] == "reply_too_large") == 2
+
+
+async def test_an_error_the_client_made_huge_is_answered_shortened(sock_dir: Path) -> None:
+    # An unknown method named with 600 kB: its error quotes the name twice (message and
+    # details), over the frame limit. It is still the request's one answer, shortened,
+    # and the connection goes on.
+    from wa_daemon.protocol import Request, encode_frame
+
+    with trio.fail_after(20):
+        async with running_daemon(sock_dir) as d:
+            s = await trio.open_unix_socket(str(d.socket_path))
+            proto = ClientProtocol("raw")
+            await s.send_all(proto.hello())
+            await s.send_all(encode_frame(Request(7, "x" * 600_000)))
+            await s.send_all(proto.request("ping", NoParams())[1])
+            got: list[object] = []
+            while len(got) < 3:
+                msg = proto.decoder.next_message()
+                if msg is None:
+                    proto.decoder.receive_data(await s.receive_some(65536))
+                    continue
+                got.append(msg)
+            by_id = {m.id: m for m in got[1:]}  # type: ignore[attr-defined]  # the ping may answer first
+            error, pong = by_id[7], by_id[1]
+            assert isinstance(error, Error) and error.code == "invalid_argument"
+            assert "shortened" in error.message and len(error.message) < 1000
+            assert isinstance(pong, Reply)
+            await s.aclose()

@@ -400,3 +400,13 @@ def test_who_a_caller_may_use() -> None:
 
 def _replaced(**changes: Any) -> Limits:
     return dataclasses.replace(LIMITS, **changes)
+
+
+def test_an_error_over_the_frame_limit_is_sent_shortened() -> None:
+    # Errors quote what the client sent: a client can make one as large as it likes.
+    huge = faults.unknown_method("x" * 5000)
+    frame = faults.encode_answer(Error(9, huge.code, huge.message, huge.details), 1024)
+    decoded = msgspec.msgpack.decode(bytes(frame[4:]), type=Error)
+    assert decoded.id == 9 and decoded.code == "invalid_argument" and decoded.details == {}
+    assert decoded.message.startswith("unknown method 'xxx") and "shortened" in decoded.message
+    assert len(frame) < 1024

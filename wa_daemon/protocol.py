@@ -266,7 +266,9 @@ class HistoryParams(msgspec.Struct, forbid_unknown_fields=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
 
 
-class WatchParams(msgspec.Struct, forbid_unknown_fields=True):
+# omit_defaults: a daemon from before `messages` forbids unknown fields; a watch that
+# does not ask for messages must still reach it.
+class WatchParams(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     session: SessionId | None = None  # None: every session
     until: list[State] = []  # end the stream once the session reaches one of these
     timeout: Seconds = 300.0

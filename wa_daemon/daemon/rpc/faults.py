@@ -66,8 +66,25 @@ def fault(exc: Exception, request_id: int, method: str, log: FilteringBoundLogge
 
 
 def encode_answer(message: Any, max_frame: int) -> bytearray:
-    """``message`` as a frame; :class:`ReplyTooLarge` if it is over ``max_frame``."""
+    """``message`` as a frame; :class:`ReplyTooLarge` if it is over ``max_frame``.
+
+    An error frame never raises: errors quote what the client sent (an unknown
+    method's name, msgspec's text about a bad field), so a client could make one
+    too large; it is sent shortened instead, still the request's final message."""
     try:
         return encode_frame(message, max_frame)
     except LocalProtocolError as exc:
+        if isinstance(message, Error):
+            return encode_frame(shortened(message), max_frame)
         raise ReplyTooLarge(exc.message) from None
+
+
+_SHORT_MESSAGE = 200  # characters; far below the smallest max_frame (1024)
+
+
+def shortened(error: Error) -> Error:
+    """``error`` small enough for any frame limit: its message cut, its details dropped."""
+    text = error.message
+    if len(text) > _SHORT_MESSAGE:
+        text = text[:_SHORT_MESSAGE] + "… (shortened: the error was larger than the frame limit)"
+    return Error(error.id, error.code, text, {})
