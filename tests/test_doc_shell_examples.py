@@ -230,6 +230,13 @@ def test_every_shell_example_runs_as_written(rig: dict[str, Any]) -> None:
         out = _run_block(rig, block_of("README.md", "wactl connect alice            # QR in the terminal, redrawn on refresh; exit 0 once connected"))
     finally:
         rig["phone"].scanning.clear()
+    # messages.md and simulator.md: alice is connected; a message out, one in from the phone.
+    out = _run_block(rig, block_of("messages.md", 'wactl send alice 12025550108 "hello" --idempotency-key order-4711'))
+    assert "hello" in out, out
+    devices = json.loads(_run_block(rig, block_of("simulator.md", "curl -s $SIM/__sim__/devices")))
+    alice = [d for d in devices if d["page"]][-1]["id"]
+    out = _run_block(rig, block_of("simulator.md", "# D: a linked device (GET /__sim__/devices)"), D=alice)
+    assert '"ping"' in out and '"read"' in out, out
     _run_block(rig, block_of("cli.md", 'if ! err=$(wactl --json connect "$id" --no-wait 2>&1 >/dev/null); then'))
     assert _wactl(rig, "disconnect", "doc-scan").returncode == 0
     assert _wactl(rig, "watch", "doc-scan", "--until", "stopped", "--timeout", "60").returncode == 0
