@@ -273,6 +273,18 @@ async def test_shutdown_ends_streams_and_answers_inflight(sock_dir: Path) -> Non
         assert d.driver.live == {}  # type: ignore[union-attr]
 
 
+async def _messages(stream: trio.abc.ReceiveStream, proto: ClientProtocol, n: int) -> list[object]:
+    """The next ``n`` messages the daemon sends on a raw connection."""
+    got: list[object] = []
+    while len(got) < n:
+        msg = proto.decoder.next_message()
+        if msg is None:
+            proto.decoder.receive_data(await stream.receive_some(65536))
+            continue
+        got.append(msg)
+    return got
+
+
 async def test_error_frame_for_unknown_method_keeps_connection(sock_dir: Path) -> None:
     with trio.fail_after(20):
         async with running_daemon(sock_dir) as d:
@@ -283,13 +295,7 @@ async def test_error_frame_for_unknown_method_keeps_connection(sock_dir: Path) -
 
             await s.send_all(encode_frame(Request(7, "frobnicate")))
             await s.send_all(proto.request("ping", SessionParams("z"))[1])  # wrong params type
-            got = []
-            while len(got) < 3:
-                msg = proto.decoder.next_message()
-                if msg is None:
-                    proto.decoder.receive_data(await s.receive_some(65536))
-                    continue
-                got.append(msg)
+            got = await _messages(s, proto, 3)  # welcome, then one answer per request
             by_id = {m.id: m for m in got[1:] if isinstance(m, Error)}  # replies may come out of order
             assert by_id[7].code == "invalid_argument" and "frobnicate" in by_id[7].message
             assert by_id[1].code == "invalid_argument" and "session" in by_id[1].message
@@ -352,13 +358,7 @@ async def test_an_answer_over_max_frame_is_one_internal_error(sock_dir: Path, mo
                 await s.send_all(proto.hello())
                 await s.send_all(proto.request("watch", WatchParams("big"))[1])
                 await s.send_all(proto.request("status", SessionParams("big"))[1])
-                got: list[object] = []
-                while len(got) < 3:  # welcome, then one answer per request
-                    msg = proto.decoder.next_message()
-                    if msg is None:
-                        proto.decoder.receive_data(await s.receive_some(65536))
-                        continue
-                    got.append(msg)
+                got = await _messages(s, proto, 3)  # welcome, then one answer per request
                 answers = got[1:]
                 assert all(isinstance(m, Error) and m.code == "internal" for m in answers)
                 assert sorted(m.id for m in answers) == [1, 2]  # type: ignore[attr-defined]
@@ -385,13 +385,7 @@ async def test_an_error_the_client_made_huge_is_answered_shortened(sock_dir: Pat
             await s.send_all(proto.hello())
             await s.send_all(encode_frame(Request(7, "x" * 600_000)))
             await s.send_all(proto.request("ping", NoParams())[1])
-            got: list[object] = []
-            while len(got) < 3:
-                msg = proto.decoder.next_message()
-                if msg is None:
-                    proto.decoder.receive_data(await s.receive_some(65536))
-                    continue
-                got.append(msg)
+            got = await _messages(s, proto, 3)  # welcome, then one answer per request
             by_id = {m.id: m for m in got[1:]}  # type: ignore[attr-defined]  # the ping may answer first
             error, pong = by_id[7], by_id[1]
             assert isinstance(error, Error) and error.code == "invalid_argument"

@@ -430,16 +430,7 @@ def test_chromium_runs_with_no_privileges_as_an_unprivileged_user() -> None:
             "env", f"HOME={home}", f"TMPDIR={home}",
             "/usr/bin/chromium", *CHROMIUM_FLAGS, f"--user-data-dir={home}/profile", "--dump-dom", page,
         ]
-        # With --remote-debugging-port (a daemon flag), Chromium prints the DOM but
-        # stays up serving DevTools: read until the document is out, then kill.
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-        try:
-            stdout, stderr = _read_until(proc, b"</html>", timeout=60)
-            renderers = _renderers(proc.pid)
-        finally:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # the browser and its helpers (zygote, crashpad)
-            proc.wait(timeout=30)
+        stdout, stderr, renderers = _dump_dom(argv)
     assert '<p id="x">js-42</p>' in stdout, f"{stdout[-2000:]}\n{stderr[-3000:]}"
     # Chromium's own sandbox is on: its renderers are under seccomp-bpf.
     assert renderers and all(r["Seccomp"] == "2" for r in renderers), renderers
@@ -506,6 +497,21 @@ def _expand(entry: str, tool: str) -> set[str]:
     return names
 
 
+def _dump_dom(argv: list[str]) -> tuple[str, str, list[dict[str, str]]]:
+    """Run a ``--dump-dom`` Chromium (``argv``, in a session of its own): its stdout and
+    stderr once the document is out, and its renderers as they were then. With
+    --remote-debugging-port (a daemon flag) Chromium prints the DOM but stays up
+    serving DevTools, so it is killed, with its helpers (zygote, crashpad), after."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        stdout, stderr = _read_until(proc, b"</html>", timeout=60)
+        return stdout, stderr, _renderers(proc.pid)
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
 def _renderers(pgid: int) -> list[dict[str, str]]:
     """Status fields of the renderers of process group ``pgid``."""
     from wa_daemon.daemon.browser.process import group_members
@@ -554,14 +560,7 @@ def test_chromium_s_sandbox_needs_what_the_unit_allows(service: dict[str, dict[s
             "/usr/bin/env", f"HOME={home}", f"TMPDIR={home}",
             "/usr/bin/chromium", *CHROMIUM_FLAGS, f"--user-data-dir={home}/profile", "--dump-dom", page,
         ]
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-        try:
-            stdout, stderr = _read_until(proc, b"</html>", timeout=60)
-            renderers = _renderers(proc.pid)
-        finally:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        stdout, stderr, renderers = _dump_dom(argv)
     if without in (None, "seccomp"):
         assert '<p id="x">js-42</p>' in stdout, f"{stdout[-2000:]}\n{stderr[-3000:]}"
         assert renderers, stderr[-3000:]
