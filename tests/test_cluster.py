@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trio
 
-from wa_daemon import AsyncClient, Unavailable
+from wa_daemon import AsyncClient, RateLimited, Unavailable
 from wa_daemon.daemon.app import Daemon
 from wa_daemon.daemon.cluster.store import open_store
 from wa_daemon.protocol import State
@@ -85,7 +85,12 @@ async def test_a_session_runs_on_the_host_that_created_it_and_nowhere_else(redis
                     while await store.record("s1") is not None or await store.holder("s1") is not None:
                         await trio.sleep(0.05)
                     assert await store.session_ids() == []
-                # Deleted and gone from the fleet: b may create it now.
+                # Deleted and gone from the fleet: b may create it now, once the rate limit
+                # of the attempt made on a has passed (it holds across hosts and a delete).
+                with pytest.raises(RateLimited) as limited:
+                    await b.connect("s1")
+                assert 0 < limited.value.details["retry_after"] <= 5.0
+                await trio.sleep(limited.value.details["retry_after"])
                 assert (await b.connect("s1")).host == "b"
 
 

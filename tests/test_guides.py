@@ -79,6 +79,9 @@ CLUSTER_METRICS = {
     "wa_cluster_takeovers_total",
     "wa_cluster_redis_errors_total",
     "wa_cluster_pending_writes",
+    "wa_cluster_limit_refusals_total",
+    "wa_cluster_drained_sessions_total",
+    "wa_cluster_draining",
 }
 # prometheus_client's process collector (the daemon process), and Prometheus' own `up`.
 PROCESS_METRICS = {

@@ -45,6 +45,8 @@ from .protocol import (
     ClientProtocol,
     ConnectParams,
     Deleted,
+    DrainParams,
+    DrainResult,
     End,
     Error,
     Event,
@@ -303,6 +305,11 @@ class Client:
         """The fleet's hosts (several hosts on Redis); a daemon on its own lists itself."""
         return self._call("hosts", NoParams(), HostList)
 
+    def drain(self, host: str, cancel: bool = False) -> DrainResult:
+        """Ask ``host`` to hand its sessions to the fleet's other hosts (admins only);
+        ``cancel``: it takes sessions again."""
+        return self._call("drain", DrainParams(host, cancel), DrainResult)
+
     def simulate(self, session: str, action: SimulateAction) -> SessionStatus:
         return self._call("simulate", SimulateParams(session, action), SessionStatus)
 
@@ -535,6 +542,11 @@ class AsyncClient:
     async def hosts(self) -> HostList:
         """The fleet's hosts (several hosts on Redis); a daemon on its own lists itself."""
         return await self._call("hosts", NoParams(), HostList)
+
+    async def drain(self, host: str, cancel: bool = False) -> DrainResult:
+        """Ask ``host`` to hand its sessions to the fleet's other hosts (admins only);
+        ``cancel``: it takes sessions again."""
+        return await self._call("drain", DrainParams(host, cancel), DrainResult)
 
     async def simulate(self, session: str, action: SimulateAction) -> SessionStatus:
         return await self._call("simulate", SimulateParams(session, action), SessionStatus)

@@ -40,6 +40,7 @@ _SESSION_ID_RE: Final = re.compile(SESSION_ID_RULE)
 
 # msgspec searches with re.search, where "$" also matches before a final newline.
 SessionId = Annotated[str, msgspec.Meta(pattern=SESSION_ID_RULE[:-1] + r"\Z")]
+HostName = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]  # a fleet host's id (`hosts`)
 
 
 def validate_session_id(value: object) -> str:
@@ -215,11 +216,17 @@ class HostInfo(msgspec.Struct, frozen=True):
     sessions: int  # sessions it holds, any state
     running: int  # of those, with a browser on its way or up
     version: str
+    draining: bool = False  # handing its sessions to the others (`drain`); takes no new ones
 
 
 class HostList(msgspec.Struct, frozen=True):
     hosts: list[HostInfo]
     cluster: bool  # false: this daemon is one host on its own (no redis_url), listed alone
+
+
+class DrainResult(msgspec.Struct, frozen=True):
+    host: str
+    draining: bool  # what was asked: true (drain) or false (--cancel)
 
 
 # --------------------------------------------------------------------------- params
@@ -287,6 +294,11 @@ SimulateAction = Literal["scan", "logout", "crash", "disconnect", "conflict", "r
 class SimulateParams(msgspec.Struct, forbid_unknown_fields=True):
     session: SessionId
     action: SimulateAction
+
+
+class DrainParams(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    host: HostName
+    cancel: bool = False  # true: the host takes sessions again
 
 
 class SendTextParams(msgspec.Struct, forbid_unknown_fields=True):
@@ -359,6 +371,7 @@ METHODS: Final[dict[str, Method]] = {
     "simulate": Method(SimulateParams, SessionStatus),
     "send_text": Method(SendTextParams, mt.SentMessage),
     "messages": Method(MessagesParams, mt.MessagePage),
+    "drain": Method(DrainParams, DrainResult),
 }
 
 # --------------------------------------------------------------------------- envelopes

@@ -95,6 +95,38 @@ def cmd_hosts(ctx: Ctx) -> int:
     return EXIT_OK
 
 
+def cmd_drain(ctx: Ctx) -> int:
+    args = ctx.args
+    result = ctx.client.drain(args.host, cancel=args.cancel)
+    if not args.wait or args.cancel:
+        if ctx.out.json:
+            ctx.out.doc(result)
+        else:
+            ctx.out.line(f"{result.host}: {'draining' if result.draining else 'takes sessions again'}")
+        return EXIT_OK
+    deadline = time.monotonic() + args.timeout
+    last = None
+    while True:
+        listed = ctx.client.hosts()
+        info = next((h for h in listed.hosts if h.host == args.host), None)
+        held = 0 if info is None else info.sessions
+        if info is not None and info.draining and held != last and not ctx.out.json:
+            ctx.out.line(f"{args.host}: draining, {held} session{'s' if held != 1 else ''} left")
+            last = held
+        if info is None or (info.draining and held == 0):
+            if ctx.out.json:
+                ctx.out.doc(info if info is not None else result)
+            else:
+                ctx.out.line(f"{args.host}: drained" if info is not None else f"{args.host}: gone from the fleet")
+            return EXIT_OK
+        if time.monotonic() >= deadline:
+            raise CliError(
+                "timeout", f"{args.host} still holds {held} sessions after {args.timeout:g} s",
+                EXIT_SESSION_FAILED, {"host": args.host, "sessions": held},
+            )
+        time.sleep(0.5)
+
+
 def cmd_health(ctx: Ctx) -> int:
     report = ctx.client.health()
     if ctx.out.json:
@@ -321,6 +353,7 @@ COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "metrics": cmd_metrics,
     "health": cmd_health,
     "hosts": cmd_hosts,
+    "drain": cmd_drain,
     "ping": cmd_ping,
     "version": cmd_version,
     "simulate": cmd_simulate,

@@ -198,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"checks when not, {EXIT_UNREACHABLE} when it does not answer",
     )
     add("hosts", "list the fleet's hosts: heartbeat age, capacity, sessions (several hosts on Redis)")
+    q = add("drain", "hand a host's sessions to the fleet's other hosts (admins; several hosts on Redis)")
+    q.add_argument("host", metavar="HOST", help="the host's id, as `wactl hosts` lists it")
+    q.add_argument("--cancel", action="store_true", help="the host takes sessions again")
+    q.add_argument("--wait", action="store_true", help="follow until the host holds no sessions")
+    q.add_argument(
+        "--timeout", type=float, default=600.0, metavar="SECONDS", help="with --wait: give up after this (default 600)"
+    )
     add("ping", "check that the daemon answers")
     add("version", "show the versions of wactl and of the daemon")
 

@@ -140,10 +140,13 @@ def metrics_table(samples: Sequence[Sample]) -> str:
 
 def hosts_table(listed: HostList) -> str:
     rows = [
-        [cell(h.host), number(h.heartbeat_age), str(h.capacity), str(h.sessions), str(h.running), cell(h.version)]
+        [
+            cell(h.host), number(h.heartbeat_age), str(h.capacity), str(h.sessions), str(h.running), cell(h.version),
+            "yes" if h.draining else "no",
+        ]
         for h in listed.hosts
     ]
-    text = table(["HOST", "HEARTBEAT_AGE", "CAPACITY", "SESSIONS", "RUNNING", "VERSION"], rows)
+    text = table(["HOST", "HEARTBEAT_AGE", "CAPACITY", "SESSIONS", "RUNNING", "VERSION", "DRAINING"], rows)
     return text if listed.cluster else text + "\n(one host on its own: no redis_url)"
 
 

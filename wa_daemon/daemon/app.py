@@ -182,7 +182,10 @@ class Daemon:
                     log.info("daemon_stopping", sessions=len(manager.session_ids()))
                     bound.close()  # nobody new can connect from here on
                     server.draining = True
-                    with trio.move_on_after(cfg.shutdown_timeout) as cs:
+                    stop_by = trio.current_time() + cfg.shutdown_timeout
+                    if node is not None and self.config.drain_on_stop:
+                        await self._drain_on_stop(node, cfg.shutdown_timeout / 2)
+                    with trio.move_on_at(stop_by) as cs:
                         await manager.shutdown()
                         while server.inflight:
                             await trio.sleep(0.01)
@@ -197,6 +200,13 @@ class Daemon:
             if self.messaging is not None:
                 self.messaging.inbox.close()
         log.info("daemon_stopped")
+
+    async def _drain_on_stop(self, node: ClusterNode, budget: float) -> None:
+        """Hand the sessions to the other hosts first (drain_on_stop), within ``budget``:
+        half the stop deadline, the other half closes what is left."""
+        with trio.move_on_after(budget) as cs:
+            await node.drain_on_stop()
+        log.info("drained_on_stop", complete=not cs.cancelled_caught, left=len(node.leases.held))
 
     # ------------------------------------------------------------------ systemd
 

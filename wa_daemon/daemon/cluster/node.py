@@ -23,13 +23,16 @@ import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ..._version import __version__
-from ...errors import Unavailable
-from ...protocol import HostInfo, HostList, SessionStatus
+from ...errors import Unavailable, WaDaemonError
+from ...protocol import DrainResult, HostInfo, HostList, SessionStatus
 from ..ops.config import Config
 from ..ops.log import get_logger
+from ..sessions.caller import ADMIN, Caller
 from ..sessions.placement import Fleet, host_info
 from ..sessions.registry import SessionRecord
+from .drain import Drain, hand_over_all
 from .lease import FenceReason, LeaseTable, LeaseTiming, parse_token
+from .limits import LimitMetrics, SharedLimits
 from .registry import RedisRegistry, encode_record
 from .store import ClusterDataError, ClusterError, HostBeat, RedisStore
 
@@ -67,6 +70,8 @@ class ClusterNode:
         self.fleet: Fleet | None = None
         self._written: dict[str, SessionStatus] = {}  # the status last sent per session
         self._claims: dict[str, trio.Lock] = {}
+        self.limits = SharedLimits(store)  # the fleet-wide limits (cluster/limits.py)
+        self.drainer = Drain(store, self.host)  # drain (cluster/drain.py)
 
     def attach(self, fleet: Fleet, metrics: CollectorRegistry) -> None:
         """Serve ``fleet`` (the manager), counting into the daemon's ``metrics``."""
@@ -74,13 +79,20 @@ class ClusterNode:
         self.metrics = ClusterMetrics(metrics)
         self.metrics.leases.set_function(lambda: len(self.leases.held))
         self.metrics.pending_writes.set_function(lambda: len(self.registry.pending))
+        self.limits.metrics = LimitMetrics(metrics)
+        self.drainer.attach(metrics)
 
     def reconfigure(self, config: Config) -> None:
         self.config = config  # lease_ttl and host_id need a restart; max_sessions applies now
 
     # ------------------------------------------------------------------ Placement
 
-    async def claim(self, session_id: str) -> SessionRecord | None:
+    async def claim(self, session_id: str, owner_uid: int | None = None, caller: Caller = ADMIN) -> SessionRecord | None:
+        if self.drainer.draining:
+            raise Unavailable(
+                f"host {self.host!r} is draining: it takes no new session; call another host",
+                {"session": session_id, "host": self.host},
+            )
         lock = self._claims.setdefault(session_id, trio.Lock())
         try:
             async with lock:
@@ -92,7 +104,9 @@ class ClusterNode:
                     if got.outcome == "ok":
                         assert got.value is not None
                         self.leases.acquired(session_id, got.value, sent)
-                        return await self._record_of(session_id)
+                        record = await self._record_of(session_id)
+                        await self._admit(session_id, got.value, owner_uid, caller)
+                        return record
                 except ClusterError as exc:
                     self._redis_failed("acquire", exc)
                     raise Unavailable(f"the fleet's Redis cannot be asked: {exc}", {"session": session_id}) from None
@@ -136,7 +150,10 @@ class ClusterNode:
             raise Unavailable(f"the fleet's Redis cannot be asked: {exc}") from None
         return HostList(
             [
-                HostInfo(b.host, round(max(0.0, (now - b.at_us) / 1e6), 3), b.capacity, b.sessions, b.running, b.version)
+                HostInfo(
+                    b.host, round(max(0.0, (now - b.at_us) / 1e6), 3), b.capacity, b.sessions, b.running, b.version,
+                    b.draining,
+                )
                 for b in beats
             ],
             cluster=True,
@@ -145,6 +162,10 @@ class ClusterNode:
     # ------------------------------------------------------------------ the tasks
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self.drainer.clear_own()  # a host that starts takes sessions again
+        except ClusterError as exc:
+            self._redis_failed("drain", exc)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writer)
             nursery.start_soon(self._upkeep_loop)
@@ -248,6 +269,8 @@ class ClusterNode:
             running=info.running, lease_ttl=self.timing.ttl, pid=os.getpid(),
         )
         try:
+            if await self.drainer.poll():
+                beat = msgspec.structs.replace(beat, draining=True)
             await self.store.heartbeat(beat, self.timing.ttl)
         except ClusterError as exc:
             self._redis_failed("heartbeat", exc)
@@ -258,7 +281,10 @@ class ClusterNode:
                 value = self.leases.value(session)
                 if value is not None and self.leases.may_write(session, trio.current_time()):
                     await self._write_status(session, value, status)
-        await self.take_over(info.capacity - info.sessions)
+        if self.drainer.draining:
+            self._start_drain_round()
+        else:
+            await self.take_over(info.capacity - info.sessions)
 
     async def _write_status(self, session: str, value: str, status: SessionStatus) -> None:
         try:
@@ -305,9 +331,75 @@ class ClusterNode:
                 taken += 1
                 self.metrics.takeovers.inc()
                 log.info("cluster_session_taken_over", session=session, should_run=record.should_run)
+                if record.should_run:
+                    await self._noted_attempt(session)
         return taken
 
     def _redis_failed(self, op: str, exc: ClusterError) -> None:
         self.metrics.redis_errors.labels(op).inc()
         log.warning("cluster_redis_error", op=op, error=str(exc))
 
+    # ------------------------------------------------------------------ limits and drain (parts C, D)
+
+    async def _admit(self, session_id: str, value: str, owner_uid: int | None, caller: Caller) -> None:
+        """The fleet's limits for the session just acquired; on refusal the lease goes back."""
+        try:
+            await self.limits.admit(
+                session_id, value, owner_uid, caller, self.host, self.config.max_sessions,
+                self.config.max_sessions_per_uid,
+            )
+        except (ClusterError, WaDaemonError):
+            self.leases.released(session_id)
+            with trio.move_on_after(self.timing.renew_timeout):
+                try:
+                    await self.store.release(session_id, value)
+                except ClusterError as exc:
+                    self._redis_failed("release", exc)  # it expires after lease_ttl instead
+            raise
+
+    async def attempt(self, session_id: str) -> None:
+        await self.limits.attempt(session_id, self.config.connect_min_interval)
+
+    async def _noted_attempt(self, session_id: str) -> None:
+        """A taken-over session starts an attempt here: a connect elsewhere waits for it too."""
+        try:
+            await self.limits.attempt(session_id, self.config.connect_min_interval, check=False)
+        except Unavailable:
+            pass  # counted by the next failing call; the rate limit is not worth a lost takeover
+
+    async def drain(self, host: str, cancel: bool) -> DrainResult:
+        return await self.drainer.request(host, cancel)
+
+    def _start_drain_round(self) -> None:
+        """Hand over, in the background (the heartbeat goes on), what this host holds."""
+        if self._drain_round is None and self._nursery is not None and self.leases.held:
+            done = self._drain_round = trio.Event()
+            self._nursery.start_soon(self._drain_round_task, done)
+
+    _drain_round: trio.Event | None = None
+
+    async def _drain_round_task(self, done: trio.Event) -> None:
+        try:
+            handed = await hand_over_all(self)
+            log.info("cluster_drain_round", handed_over=handed, left=len(self.leases.held))
+        finally:
+            self._drain_round = None
+            done.set()
+
+    async def drain_on_stop(self) -> None:
+        """SIGTERM with drain_on_stop: hand every session over before the daemon exits.
+        The caller bounds it (the stop deadline); what is left stops as usual and is
+        taken over once its lease expires."""
+        self.drainer.on_stop = True
+        log.info("cluster_draining", host=self.host, on_stop=True)
+        await self.upkeep()  # the heartbeat says draining before the first lease goes
+        while self.leases.held:
+            if self._drain_round is not None:
+                await self._drain_round.wait()
+            else:
+                await hand_over_all(self)
+                await trio.sleep(0.05)
+
+    async def before_release(self, session_id: str) -> None:
+        # the auth snapshot is saved here (part A)
+        pass

@@ -53,6 +53,7 @@ class HostBeat(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     lease_ttl: float
     pid: int
     at_us: int = 0  # Redis's clock when written (set by the script)
+    draining: bool = False  # handing its sessions over (cluster/drain.py): place nothing here
 
 
 def _text(value: Any) -> str:

@@ -203,6 +203,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     redis_password_file: str | None = None  # the password in a file (read at start, never logged)
     host_id: HostId | None = None  # unique in the fleet; None: the hostname
     lease_ttl: Annotated[float, msgspec.Meta(ge=2, le=3600)] = 15.0  # the same on every host
+    # on SIGTERM, hand this host's sessions to the others before exiting (docs/cluster.md)
+    drain_on_stop: bool = False
 
     log_level: Level = "info"
     log_levels: dict[str, Level] = {}  # per component, e.g. {chromium = "debug"}
@@ -233,6 +235,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             check_redis_url(self.redis_url, self.redis_password_file)
         elif self.redis_password_file is not None:
             raise ValueError("redis_password_file: set without redis_url")
+        if self.drain_on_stop and self.redis_url is None:
+            raise ValueError("drain_on_stop: set without redis_url (a host on its own has nobody to drain to)")
 
     def level_of(self, component: str) -> str:
         return self.log_levels.get(component, self.log_level)

@@ -33,6 +33,7 @@ class Adoption:
     _sessions: dict[str, Session]
     _ctx: SessionContext
     _status_changed: Callable[[], None]
+    _record: Callable[[Session, bool], SessionRecord]
 
     def restore(self) -> int:
         """Recreate the registry's sessions; those that should run start again.
@@ -78,6 +79,31 @@ class Adoption:
         with trio.CancelScope(shield=True):
             await session.shutdown()
         self.hub.finish_session(session.id, "moved", session.status())
+
+    async def hand_over(self, session_id: str) -> SessionRecord | None:
+        """Drain: close the session's browser (through a launch slot, so a drain paces
+        like a restart) and forget it here, keeping ``should_run`` for the next owner.
+        None if it is gone, or an operation holds it past ``operation_timeout``."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            return None
+        async with self._ctx.launch_slots:
+            with trio.move_on_after(self.config.operation_timeout):
+                await session.lock.acquire()
+            if not session.lock.locked() or session.lock.statistics().owner is not trio.lowlevel.current_task():
+                return None  # an operation holds it: the next drain round tries again
+            try:
+                if session.deleted or self._sessions.get(session_id) is not session:
+                    return None
+                await session.shutdown()
+                del self._sessions[session_id]
+                self._status_changed()
+                record = self._record(session, session.should_run)
+            finally:
+                session.lock.release()
+        self.hub.finish_session(session_id, "moved", session.status())
+        log.info("session_handed_over", session=session_id, should_run=record.should_run)
+        return record
 
     async def hosts(self) -> HostList:
         """The fleet's hosts; on a host of its own, itself."""

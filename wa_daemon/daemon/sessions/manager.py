@@ -302,7 +302,7 @@ class SessionManager(Adoption):
                     {"limit": self.config.max_sessions},
                 )
             self._check_uid_limit(caller)
-            record = await self.placement.claim(session_id)  # several hosts: take its lease first
+            record = await self.placement.claim(session_id, owner_uid, caller)  # several hosts: its lease, the fleet's limits
             if session_id in self._sessions or (record is not None and self.adopt(record)):
                 # another connect created it meanwhile, or the fleet's session, now ours as it was
                 return await self.connect(session_id, owner_uid, options, caller)
@@ -335,6 +335,7 @@ class SessionManager(Adoption):
                         f"{self.config.connect_min_interval:g} s ago; retry in {wait:.1f} s",
                         {"retry_after": round(wait, 3), "session": session_id},
                     )
+            await self.placement.attempt(session_id)  # several hosts: the rate limit across the fleet
             self.metrics.connect_attempts.labels("started").inc()
             if options is not None:
                 session.options = session.options.merged(options)

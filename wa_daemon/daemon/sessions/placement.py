@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Protocol
 
 from ..._version import __version__
-from ...protocol import HostInfo, HostList, SessionStatus, State
+from ...errors import Unavailable
+from ...protocol import DrainResult, HostInfo, HostList, SessionStatus, State
+from .caller import ADMIN, Caller
 from .registry import SessionRecord
 from .states import ACTIVE
 
@@ -24,16 +26,26 @@ class Placement(Protocol):
     def host(self) -> str | None:
         """This host's id in the fleet (``status.host``); None on a host of its own."""
 
-    async def claim(self, session_id: str) -> SessionRecord | None:
+    async def claim(self, session_id: str, owner_uid: int | None = None, caller: Caller = ADMIN) -> SessionRecord | None:
         """Make this host the session's owner before the manager creates it here.
         Returns the fleet's record when the session already exists (adopt it);
-        raises ``unavailable`` when another host owns it or the fleet cannot be asked."""
+        raises ``unavailable`` when another host owns it or the fleet cannot be asked.
+        Several hosts: also the fleet's limits for a session ``owner_uid`` creates
+        (cluster/limits.py): ``limit_exceeded``, ``permission_denied``."""
 
     async def hosts(self) -> HostList: ...
 
     def guard(self) -> None:
         """Called before every read and operation, cheap: a host that was just paused
         (SIGSTOP, a frozen VM) fences what it may no longer run before answering."""
+
+    async def attempt(self, session_id: str) -> None:
+        """A client's connect is about to start an attempt: ``rate_limited`` if one
+        started less than ``connect_min_interval`` ago on another host (one host on
+        its own checks its own sessions, in the manager)."""
+
+    async def drain(self, host: str, cancel: bool) -> DrainResult:
+        """Ask ``host`` of the fleet to hand its sessions to the others (or not)."""
 
 
 class Fleet(Protocol):
@@ -49,13 +61,17 @@ class Fleet(Protocol):
 
     def counts_by_state(self) -> dict[State, int]: ...
 
+    async def hand_over(self, session_id: str) -> SessionRecord | None:
+        """Close the session's browser through a launch slot and forget it here,
+        keeping ``should_run``; its record, or None if it is gone or busy (drain)."""
+
 
 class LocalPlacement:
     """A host on its own: every session it creates is its own."""
 
     host = None
 
-    async def claim(self, session_id: str) -> SessionRecord | None:
+    async def claim(self, session_id: str, owner_uid: int | None = None, caller: Caller = ADMIN) -> SessionRecord | None:
         return None
 
     async def hosts(self) -> HostList:
@@ -63,6 +79,12 @@ class LocalPlacement:
 
     def guard(self) -> None:
         pass
+
+    async def attempt(self, session_id: str) -> None:
+        pass
+
+    async def drain(self, host: str, cancel: bool) -> DrainResult:
+        raise Unavailable("this daemon is a host on its own (no redis_url): there is nothing to drain to", {"host": host})
 
 
 def host_info(host: str, fleet: Fleet, capacity: int, heartbeat_age: float = 0.0) -> HostInfo:

@@ -14,6 +14,7 @@ from . import (
     connect,
     delete,
     disconnect,
+    drain,
     health,
     history,
     hosts,
@@ -44,6 +45,7 @@ HANDLERS: Final[tuple[Handler, ...]] = (
     health.HANDLER,
     send_text.HANDLER,
     hosts.HANDLER,  # asks Redis
+    drain.HANDLER,  # asks Redis
     # reads: answered from memory, in the read loop
     status.HANDLER,
     list_.HANDLER,
