@@ -19,7 +19,17 @@ from wa_daemon import Client, NotFound, RateLimited, Unavailable
 from wa_daemon.errors import LimitExceeded, PermissionDenied
 
 from .test_auth import ClientEnv, User, Users, as_user, client_env, users  # noqa: F401  (fixtures)
-from .test_cluster_failover import SESSIONS, TTL, Host, Sampler, connect_all, fleet, metric, wait_for
+from .test_cluster_failover import (
+    SESSIONS,
+    TTL,
+    Host,
+    Sampler,
+    a_holds_every_session,
+    connect_all,
+    fleet,
+    metric,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -41,11 +51,7 @@ def draining(host: Host, of: str) -> tuple[bool, int] | None:
 
 def test_drain_moves_every_session_to_the_others_and_cancel_takes_them_again() -> None:
     with fleet() as (redis, root, hosts):
-        hosts["a"] = Host(root, redis, "a", capacity=6)
-        hosts["b"] = Host(root, redis, "b", capacity=4)
-        hosts["c"] = Host(root, redis, "c", capacity=4)
-        connect_all(hosts["a"])
-        wait_for("a runs every session", lambda: hosts["a"].connected() == set(SESSIONS), 30)
+        a_holds_every_session(root, redis, hosts)
 
         with Client(hosts["b"].sock, timeout=5) as wa:
             with pytest.raises(NotFound, match="no live host 'nowhere'") as info:
@@ -89,11 +95,7 @@ def test_drain_moves_every_session_to_the_others_and_cancel_takes_them_again() -
 def test_drain_on_stop_hands_the_sessions_over_before_the_lease_would_expire() -> None:
     ttl = 8.0  # a failover by expiry would take longer than this; a hand-over does not
     with fleet() as (redis, root, hosts):
-        hosts["a"] = Host(root, redis, "a", 6, "--set", "drain_on_stop=true", "--set", "shutdown_timeout=20", ttl=ttl)
-        hosts["b"] = Host(root, redis, "b", 4, ttl=ttl)
-        hosts["c"] = Host(root, redis, "c", 4, ttl=ttl)
-        connect_all(hosts["a"])
-        wait_for("a runs every session", lambda: hosts["a"].connected() == set(SESSIONS), 30)
+        a_holds_every_session(root, redis, hosts, "--set", "drain_on_stop=true", "--set", "shutdown_timeout=20", ttl=ttl)
         with Sampler(hosts) as sampler:
             started = time.monotonic()
             hosts["a"].signal(signal.SIGTERM)

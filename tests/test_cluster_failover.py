@@ -145,13 +145,18 @@ def connect_all(host: Host) -> None:
                     time.sleep(exc.details["retry_after"])
 
 
+def a_holds_every_session(root: Path, redis: RedisServer, hosts: dict[str, Host], *a_extra: str, ttl: float = TTL) -> None:
+    """Hosts a (room for 6), b and c (4 each); a runs every session, connected."""
+    hosts["a"] = Host(root, redis, "a", 6, *a_extra, ttl=ttl)
+    hosts["b"] = Host(root, redis, "b", 4, ttl=ttl)
+    hosts["c"] = Host(root, redis, "c", 4, ttl=ttl)
+    connect_all(hosts["a"])
+    wait_for("a runs every session", lambda: hosts["a"].connected() == set(SESSIONS), 30)
+
+
 def test_kill_and_pause_move_sessions_with_never_two_owners() -> None:
     with fleet() as (redis, root, hosts):
-        hosts["a"] = Host(root, redis, "a", capacity=6)
-        hosts["b"] = Host(root, redis, "b", capacity=4)
-        hosts["c"] = Host(root, redis, "c", capacity=4)
-        connect_all(hosts["a"])
-        wait_for("a runs every session", lambda: hosts["a"].connected() == set(SESSIONS), 30)
+        a_holds_every_session(root, redis, hosts)
 
         with Sampler(hosts) as sampler:
             # kill -9 of the host that holds everything
