@@ -152,6 +152,8 @@ def test_the_rate_limit_per_uid_limit_and_ownership_hold_across_hosts(
         assert res[0]["error"] == LimitExceeded.code and res[0]["details"] == {"limit": 2, "uid": ua.uid}, res
         res = trio.run(as_, ub, c, connect("ub-1"))  # another uid is not counted with it
         assert res[0].get("error") is None, res
+        res = trio.run(as_, ub, c, ["call", "drain", {"host": "a"}])  # draining is for admins
+        assert res[0]["error"] == PermissionDenied.code and res[0]["details"] == {"host": "a"}, res
 
         # ownership: ua-1 is ua's on every host; with its host gone, ub cannot take it on b
         wait_for("ua-1's row", lambda: metric(a, "wa_cluster_pending_writes") == 0, 10)

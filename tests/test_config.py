@@ -251,6 +251,8 @@ def test_cluster_keys_default_to_one_host() -> None:
         ('redis_password_file = "/etc/pw"', "key 'redis_password_file': set without redis_url"),
         ('host_id = "a b"', "key 'host_id': expected `str` matching regex"),
         ("lease_ttl = 1", "key 'lease_ttl': expected `float` >= 2.0"),
+        ("drain_on_stop = true", "key 'drain_on_stop': set without redis_url"),
+        ('redis_url = "redis://h"\ndrain_on_stop = 1', "key 'drain_on_stop': expected `bool`"),
     ],
 )
 def test_cluster_keys_refuse_bad_values(tmp_path: Path, text: str, expected: str) -> None:
@@ -260,6 +262,7 @@ def test_cluster_keys_refuse_bad_values(tmp_path: Path, text: str, expected: str
 def test_cluster_keys_accepted(tmp_path: Path) -> None:
     for url in ("redis://h", "rediss://u:pw@redis.example:6380/2", "unix:///run/redis/redis.sock?db=1"):
         assert load(tmp_path, f'redis_url = "{url}"\nhost_id = "web-1.a_b"\nlease_ttl = 5').redis_url == url
+    assert load(tmp_path, 'redis_url = "redis://h"\ndrain_on_stop = true').drain_on_stop
 
 
 def test_check_config_never_prints_the_redis_password(tmp_path: Path) -> None:
