@@ -88,9 +88,9 @@ class Adoption:
         if session is None:
             return None
         async with self._ctx.launch_slots:
-            with trio.move_on_after(self.config.operation_timeout):
+            with trio.move_on_after(self.config.operation_timeout) as waited:
                 await session.lock.acquire()
-            if not session.lock.locked() or session.lock.statistics().owner is not trio.lowlevel.current_task():
+            if waited.cancelled_caught:
                 return None  # an operation holds it: the next drain round tries again
             try:
                 if session.deleted or self._sessions.get(session_id) is not session:
