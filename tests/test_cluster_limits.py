@@ -168,6 +168,9 @@ async def test_a_session_with_a_row_belongs_to_its_owner_on_every_host(stores: t
         with pytest.raises(PermissionDenied):
             await l2.admit("s1", theirs, 2000, B, "h2", 5, None)
         assert l2.metrics.refusals.labels("owner")._value.get() == 1
+        # given back at once, and an orphan now (not one TTL later): any host may take it over
+        assert await two.holder("s1") is None and await two.orphans(10) == ["s1"]
+        theirs = await lease(two, "s1", "h2")
         await l2.admit("s1", theirs, 1000, A, "h2", 5, None)  # its owner may
         await l2.admit("s1", theirs, 0, ADMIN, "h2", 5, None)  # and an admin
         assert await two.client.scard("wa:uid:2000") == 0  # the refused uid counts nothing

@@ -51,7 +51,13 @@ local uid = ARGV[3]
 local existing = owner_of(ARGV[2])
 if existing then
   -- the session exists (its row is written): only its owner (or an admin) may take it
-  if ARGV[8] ~= '1' and existing ~= uid then return {'denied', existing} end
+  if ARGV[8] ~= '1' and existing ~= uid then
+    -- given back here, as an orphan due now: a caller who may not take it cannot delay
+    -- the takeover of a dead host's session by pushing its expiry forward
+    redis.call('DEL', KEYS[1])
+    redis.call('ZADD', prefix .. 'expiry', 0, ARGV[2])
+    return {'denied', existing}
+  end
   return {'ok'}
 end
 if redis.call('TYPE', KEYS[4]).ok ~= 'hash' and redis.call('EXISTS', KEYS[4]) == 1 then
