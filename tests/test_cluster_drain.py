@@ -91,6 +91,13 @@ def test_drain_moves_every_session_to_the_others_and_cancel_takes_them_again() -
         with Client(hosts["a"].sock, timeout=5) as wa:
             assert wa.connect("new-on-a").host == "a"
 
+        # the rolling upgrade: drained again, then restarted, a takes sessions again by itself
+        assert wactl(hosts["b"], "drain", "a", "--wait", "--timeout", "30").returncode == 0
+        hosts["a"].proc.stop()
+        del hosts["a"]
+        hosts["a"] = Host(root, redis, "a", capacity=6)
+        wait_for("the restarted a is not draining", lambda: draining(hosts["b"], "a") == (False, 0), 15)
+
 
 def test_drain_on_stop_hands_the_sessions_over_before_the_lease_would_expire() -> None:
     ttl = 8.0  # a failover by expiry would take longer than this; a hand-over does not
