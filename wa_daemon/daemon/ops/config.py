@@ -203,6 +203,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     redis_password_file: str | None = None  # the password in a file (read at start, never logged)
     host_id: HostId | None = None  # unique in the fleet; None: the hostname
     lease_ttl: Annotated[float, msgspec.Meta(ge=2, le=3600)] = 15.0  # the same on every host
+    route_timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0  # a routed mutation's bound (cluster.md)
 
     log_level: Level = "info"
     log_levels: dict[str, Level] = {}  # per component, e.g. {chromium = "debug"}
