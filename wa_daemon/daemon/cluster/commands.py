@@ -84,8 +84,8 @@ class Command(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Answer(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """The owner's answer: ``result`` (msgpack, as its own client would get it), or an error."""
 
-    result: msgspec.Raw | None = None
-    code: str | None = None
+    result: msgspec.Raw = msgspec.Raw(b"\xc0")  # msgpack nil (delete's result)
+    code: str | None = None  # set: an error, and result means nothing
     message: str = ""
     details: dict[str, Any] = {}
 
@@ -195,6 +195,4 @@ def decode_answer(data: bytes) -> msgspec.Raw | WaDaemonError:
         return error_from_wire("internal", f"the owner's answer is not valid: {str(exc)[:200]}")
     if answer.code is not None:
         return error_from_wire(answer.code, answer.message, answer.details)
-    if answer.result is None:
-        return error_from_wire("internal", "the owner's answer has neither a result nor an error")
     return answer.result
