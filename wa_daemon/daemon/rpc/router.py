@@ -144,6 +144,13 @@ class Router:
             self.node._redis_failed("route", exc)
             raise Unavailable(f"the fleet's Redis cannot be asked: {exc}", {"session": session}) from None
         target = where.holder
+        if target is None and method != "connect" and where.known:
+            self.metrics.routed.labels(method, "dead").inc()
+            raise Unavailable(
+                f"session {session!r} has no owner at the moment (its host's lease expired); "
+                "a host with room takes it over within lease_ttl",
+                {"session": session, "retry_after": self.node.timing.ttl},
+            )
         if target is None and method == "connect" and not where.known:
             target = await self._place(session)
         elif target is not None and target != self.host:
