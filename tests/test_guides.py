@@ -79,6 +79,10 @@ CLUSTER_METRICS = {
     "wa_cluster_takeovers_total",
     "wa_cluster_redis_errors_total",
     "wa_cluster_pending_writes",
+    "wa_cluster_routed_total",
+    "wa_cluster_route_seconds",
+    "wa_cluster_commands_total",
+    "wa_cluster_placed_total",
 }
 # prometheus_client's process collector (the daemon process), and Prometheus' own `up`.
 PROCESS_METRICS = {
