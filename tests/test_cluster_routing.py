@@ -157,6 +157,34 @@ async def test_placement_and_every_mutation_through_a_non_owner() -> None:
             assert isinstance(bad, InvalidArgument), bad  # params are checked by the owner too
 
 
+async def test_two_connects_of_one_new_session_on_two_hosts_end_with_one_owner() -> None:
+    """a and c have the same room (b less): each places a new session on itself, the
+    lease decides, and the loser routes its call to the winner."""
+    with fleet() as (redis, root, hosts), trio.fail_after(90):
+        for name, capacity in (("a", 8), ("b", 1), ("c", 8)):
+            hosts[name] = start(root, redis, name, capacity)
+        async with clients(hosts) as wa:
+            await until_every_heartbeat(wa["a"], 3)
+            sessions = [f"r{i}" for i in range(5)]
+            answers: dict[tuple[str, str], SessionStatus] = {}
+
+            async def connect(host: str, session: str) -> None:
+                answers[host, session] = await connect_when_granted(wa[host], session)
+
+            async with trio.open_nursery() as nursery:
+                for session in sessions:
+                    nursery.start_soon(connect, "a", session)
+                    nursery.start_soon(connect, "c", session)
+            held = {name: await local_ids(wa[name]) for name in hosts}
+            for session in sessions:
+                owners = [name for name, ids in held.items() if session in ids]
+                assert len(owners) == 1, (session, held)
+                assert answers["a", session].host == answers["c", session].host == owners[0]
+            assert held["b"] == set()  # the least room: never chosen
+            losers = sum(metric(hosts[h], "wa_cluster_routed_total", method="connect", outcome="ok") for h in "ac")
+            assert losers == len(sessions)  # each session: one call ran on its owner, the other was routed there
+
+
 async def test_hostile_entries_are_refused_and_the_owner_keeps_serving() -> None:
     with three_hosts() as (redis, hosts), trio.fail_after(90):
         async with clients(hosts) as wa, open_store(make_config(redis_url=redis.url)) as store:

@@ -163,6 +163,7 @@ class Router:
                 if method != "connect" or not isinstance(winner, str) or winner in ("", self.host):
                     raise
                 target = winner  # another host took the lease first: ask it
+                log.info("cluster_connect_race_lost", session=session, host=winner)
         return await self.forward(target, method, session, params, peer)
 
     def _check_alive(self, method: str, session: str, host: str, age: float | None) -> None:
