@@ -207,6 +207,11 @@ async def test_hostile_entries_are_refused_and_the_owner_keeps_serving() -> None
             assert (stopped.host, stopped.state) == ("b", State.STOPPED)
             assert metric(hosts["b"], "wa_cluster_commands_total", outcome="refused") == len(hostile)
             assert "cluster_command_refused" in hosts["b"].proc.output()
+            # what the owner read is deleted (params may hold a message body), and the
+            # stream of a host nobody sends to expires
+            while await store.client.xlen(stream_key("b")) > 0:
+                await trio.sleep(0.05)
+            assert 0 < await store.client.pttl(stream_key("b")) <= 600_000
 
 
 async def test_a_paused_owner_skips_expired_commands_and_a_killed_one_is_unavailable_in_bounded_time() -> None:

@@ -13,9 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from coredis.tokens import PureToken
-
-from .commands import Command, encode_command, reply_key, stream_key
+from .commands import FIELD, Command, encode_command, reply_key, stream_key
 from .least_loaded import Load, parse_load
 from .store import PREFIX, ClusterDataError, RedisStore, _text
 
@@ -23,6 +21,15 @@ __all__ = ["CommandChannel", "Where"]
 
 STREAM_MAXLEN: Final = 1000  # entries kept per host stream (approximately): far more than in flight
 REPLY_TTL_MS: Final = 30_000  # an answer nobody took expires
+STREAM_TTL_MS: Final = 600_000  # a host's stream nobody sent to for this long expires
+
+# Append a command; the stream expires when nobody sends for a while, so the
+# params of commands to a host that died do not stay in Redis.
+SEND = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'c', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return id
+"""
 
 # LPUSH and its TTL in one step: an answer never outlives its TTL.
 ANSWER = """
@@ -59,16 +66,18 @@ class CommandChannel:
         self.block = max(0.05, stream_timeout / 2)  # one blocking wait, below coredis's timeout
         self._answer = self.client.register_script(ANSWER)
         self._where = self.client.register_script(WHERE)
+        self._send = self.client.register_script(SEND)
 
     async def send(self, host: str, command: Command) -> None:
-        fields: Any = encode_command(command)
+        data = encode_command(command)[FIELD]
         await self.store._call(
-            "route",
-            self.client.xadd(
-                stream_key(host), fields,
-                trim_strategy=PureToken.MAXLEN, trim_operator=PureToken.APPROXIMATELY, threshold=STREAM_MAXLEN,
-            ),
+            "route", self._send(keys=[stream_key(host)], args=[STREAM_MAXLEN, data, STREAM_TTL_MS])
         )
+
+    async def forget(self, host: str, ids: list[bytes]) -> None:
+        """Delete entries the owner has read: their params (a message body, a proxy
+        URL with its password) stay in Redis no longer than needed."""
+        await self.store._call("commands", self.client.xdel(stream_key(host), ids))
 
     async def wait_answer(self, request_id: str, seconds: float) -> bytes | None:
         """One wait of at most ``seconds`` (shorter than :attr:`block`) for the answer."""

@@ -272,6 +272,7 @@ class Router:
                     await trio.sleep(self.channel.block)
                     continue
                 fetched = trio.current_time()
+                nursery.start_soon(self._forget, [ident for ident, _ in entries])
                 for ident, fields in entries:
                     entry = self._decode(ident, fields, nursery)
                     if entry is None:
@@ -324,6 +325,12 @@ class Router:
         self.metrics.commands.labels("done").inc()
         log.info("cluster_command", id=command.id, method=command.method, origin=command.origin)
         await self._answer(command.id, data)
+
+    async def _forget(self, ids: list[bytes]) -> None:
+        try:
+            await self.channel.forget(self.host, ids)
+        except ClusterError as exc:
+            self.node._redis_failed("commands", exc)
 
     async def _answer(self, request_id: str, data: bytes) -> None:
         try:
