@@ -82,6 +82,10 @@ CLUSTER_METRICS = {
     "wa_cluster_limit_refusals_total",
     "wa_cluster_drained_sessions_total",
     "wa_cluster_draining",
+    "wa_cluster_routed_total",
+    "wa_cluster_route_seconds",
+    "wa_cluster_commands_total",
+    "wa_cluster_placed_total",
 }
 # prometheus_client's process collector (the daemon process), and Prometheus' own `up`.
 PROCESS_METRICS = {

@@ -32,6 +32,7 @@ from .sessions.registry import MemoryRegistry, Registry, SqliteRegistry
 
 if TYPE_CHECKING:
     from .cluster.node import ClusterNode
+    from .rpc.router import Router
 
 log = get_logger("daemon")
 
@@ -134,6 +135,7 @@ class Daemon:
             async with self._browser_loop(), open_fleet(cfg) as node, trio.open_nursery() as sessions:
                 self.driver = make_driver(cfg)
                 registry = node.registry if node is not None else make_registry(cfg)
+                router: Router | None = None  # several hosts: mutations reach the session's owner
                 manager = self.manager = SessionManager(
                     cfg, self.driver, sessions, registry=registry, placement=node, rng=self._rng
                 )
@@ -141,6 +143,9 @@ class Daemon:
                     # In the sessions' nursery: it renews and fences until the last browser is closed.
                     self.node = node
                     node.attach(manager, manager.metrics.registry)
+                    from .rpc.router import open_router
+
+                    router = await open_router(node, cfg, manager.metrics.registry)
                     await sessions.start(node.run)
                 manager.metrics.build_info(__version__, self.driver.name)
                 sandbox = self.driver.sandbox
@@ -150,10 +155,15 @@ class Daemon:
                 inbox = Inbox(state_dir_of(cfg) / "inbox.sqlite3" if isinstance(registry, SqliteRegistry) else None)
                 messaging = self.messaging = Messaging(cfg, manager, inbox)
                 server = self.server = Server(manager, health=self.monitor.health, messages=messaging)
+                if router is not None:
+                    server.router = router
+                    router.services = server.services
                 async with trio.open_nursery() as connections:
                     async with trio.open_nursery() as front:
                         front.start_soon(server.accept_loop, bound, connections)
                         front.start_soon(manager.cleanup_loop)
+                        if router is not None:
+                            front.start_soon(router.serve)
                         front.start_soon(messaging.retention_loop)
                         front.start_soon(self.monitor.run)
                         # Started, not just spawned: bound before daemon_ready says so.

@@ -205,6 +205,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     lease_ttl: Annotated[float, msgspec.Meta(ge=2, le=3600)] = 15.0  # the same on every host
     # on SIGTERM, hand this host's sessions to the others before exiting (docs/cluster.md)
     drain_on_stop: bool = False
+    route_timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0  # a routed mutation's bound (cluster.md)
 
     log_level: Level = "info"
     log_levels: dict[str, Level] = {}  # per component, e.g. {chromium = "debug"}

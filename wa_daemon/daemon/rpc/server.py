@@ -16,7 +16,8 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
@@ -58,6 +59,9 @@ from .protocol import (
     StartTask,
     fatal_error,
 )
+
+if TYPE_CHECKING:
+    from .router import Router
 
 log = get_logger("server")
 
@@ -362,7 +366,7 @@ class _Connection:
                 outcome = "stream_end"
             else:
                 with scope:
-                    result = await handler.fn(self.server.services, params, self)
+                    result = await self._operate(req, handler, params, session)
                     await self.send(OutReply(req.id, result))
                 if scope.cancelled_caught:
                     outcome = "cancelled"
@@ -374,6 +378,13 @@ class _Connection:
             self.scopes.pop(req.id, None)
             self.proto.task_done(req.id, trio.current_time())
             self._done(req, session, outcome, started, task.histogram if task is not None else None)
+
+    def _operate(self, req: Request, handler: Operation[Any], params: Any, session: str | None) -> Awaitable[Any]:
+        """The operation here, or (several hosts) on the session's owner (router.py)."""
+        router = self.server.router
+        if router is None or session is None:
+            return handler.fn(self.server.services, params, self)
+        return router.run(req.method, session, bytes(req.params), self, partial(handler.fn, self.server.services, params, self))
 
     async def _stream(self, req: Request, handler: Stream[Any], params: Any, scope: trio.CancelScope) -> None:
         refusal = self.proto.open_watch(req.id, req.method)
@@ -411,6 +422,7 @@ class Server:
         self._accept_failing = 0  # consecutive failed accepts
         self._refusing = 0  # connections refused by max_connections, still being closed
         self._draining = False
+        self.router: Router | None = None  # several hosts: mutations reach the session's owner
         histograms = {m: self.metrics.rpc_duration.labels(m) for m in METHODS}
         # Reads answer from memory without waiting: served in the read loop, without
         # a task of their own, which halves their cost. The rest get a task each.
