@@ -29,8 +29,10 @@ from ..ops.config import Config
 from ..ops.log import get_logger
 from ..sessions.placement import Fleet, host_info
 from ..sessions.registry import SessionRecord
+from .fanout import EventFanout
 from .lease import FenceReason, LeaseTable, LeaseTiming, parse_token
 from .registry import RedisRegistry, encode_record
+from .remote import RemoteCache
 from .store import ClusterDataError, ClusterError, HostBeat, RedisStore
 
 log = get_logger("cluster")
@@ -67,6 +69,7 @@ class ClusterNode:
         self.fleet: Fleet | None = None
         self._written: dict[str, SessionStatus] = {}  # the status last sent per session
         self._claims: dict[str, trio.Lock] = {}
+        self.fanout = EventFanout(self.host, store, self.timing.renew_every, config.history_size)
 
     def attach(self, fleet: Fleet, metrics: CollectorRegistry) -> None:
         """Serve ``fleet`` (the manager), counting into the daemon's ``metrics``."""
@@ -74,6 +77,7 @@ class ClusterNode:
         self.metrics = ClusterMetrics(metrics)
         self.metrics.leases.set_function(lambda: len(self.leases.held))
         self.metrics.pending_writes.set_function(lambda: len(self.registry.pending))
+        self.fanout.attach(fleet.hub, fleet.peek, lambda: list(self.leases.held), metrics)
 
     def reconfigure(self, config: Config) -> None:
         self.config = config  # lease_ttl and host_id need a restart; max_sessions applies now
@@ -148,6 +152,7 @@ class ClusterNode:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writer)
             nursery.start_soon(self._upkeep_loop)
+            nursery.start_soon(self.fanout.run)
             task_status.started()
             self._nursery = nursery
             while True:
@@ -311,3 +316,7 @@ class ClusterNode:
         self.metrics.redis_errors.labels(op).inc()
         log.warning("cluster_redis_error", op=op, error=str(exc))
 
+    @property
+    def remote(self) -> RemoteCache:
+        """Other hosts' sessions, from the fleet's event stream (cluster/fanout.py)."""
+        return self.fanout.cache

@@ -9,14 +9,47 @@ through :class:`Fleet` to hand this host a session (takeover) or take one away
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 from ..._version import __version__
-from ...protocol import HostInfo, HostList, SessionStatus, State
+from ...protocol import HostInfo, HostList, SessionStatus, State, Transition
+from .hub import Hub
 from .registry import SessionRecord
 from .states import ACTIVE
 
-__all__ = ["Fleet", "LocalPlacement", "Placement", "host_info"]
+__all__ = ["NO_REMOTE", "Fleet", "LocalPlacement", "Placement", "RemoteSessions", "host_info"]
+
+
+class RemoteSessions(Protocol):
+    """The sessions other hosts run, as last heard from the fleet (cluster/remote.py):
+    statuses carry ``host`` (the owner) and ``stale`` (not confirmed by the fleet now)."""
+
+    def status(self, session_id: str) -> SessionStatus | None: ...
+
+    def statuses(self) -> Iterator[SessionStatus]:
+        """Every remote session's status, by id."""
+
+    def history(self, session_id: str) -> list[Transition] | None: ...
+
+    def owner_uid(self, session_id: str) -> int | None: ...
+
+
+class _NoRemote:
+    def status(self, session_id: str) -> SessionStatus | None:
+        return None
+
+    def statuses(self) -> Iterator[SessionStatus]:
+        return iter(())
+
+    def history(self, session_id: str) -> list[Transition] | None:
+        return None
+
+    def owner_uid(self, session_id: str) -> int | None:
+        return None
+
+
+NO_REMOTE: RemoteSessions = _NoRemote()
 
 
 class Placement(Protocol):
@@ -35,6 +68,10 @@ class Placement(Protocol):
         """Called before every read and operation, cheap: a host that was just paused
         (SIGSTOP, a frozen VM) fences what it may no longer run before answering."""
 
+    @property
+    def remote(self) -> RemoteSessions:
+        """Other hosts' sessions, for reads; a host of its own has none."""
+
 
 class Fleet(Protocol):
     """What the manager offers the fleet (cluster/node.py calls it)."""
@@ -48,6 +85,8 @@ class Fleet(Protocol):
     def peek(self, session_id: str) -> SessionStatus | None: ...
 
     def counts_by_state(self) -> dict[State, int]: ...
+
+    hub: Hub  # where the fleet's events for this host's watchers go (cluster/fanout.py)
 
 
 class LocalPlacement:
@@ -63,6 +102,8 @@ class LocalPlacement:
 
     def guard(self) -> None:
         pass
+
+    remote = NO_REMOTE
 
 
 def host_info(host: str, fleet: Fleet, capacity: int, heartbeat_age: float = 0.0) -> HostInfo:
