@@ -268,11 +268,11 @@ class EventFanout:
 
     async def _check_hosts(self) -> None:
         owners = {s.host for s in self.cache.sessions.values() if s.host is not None}
-        alive = set()
+        gone = set()
         for host in owners:
-            if await self.store._call("hosts", self.store.client.exists([f"{PREFIX}host:{host}"])):
-                alive.add(host)
-        self.cache.live_hosts = alive
+            if not await self.store._call("hosts", self.store.client.exists([f"{PREFIX}host:{host}"])):
+                gone.add(host)
+        self.cache.gone_hosts = gone
 
     async def _upkeep(self) -> None:
         while True:

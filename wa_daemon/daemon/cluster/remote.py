@@ -51,15 +51,13 @@ class RemoteCache:
         self.history_size = history_size
         self.sessions: dict[str, RemoteSession] = {}
         self.behind = True  # the stream is not being read (yet, or any more): everything is stale
-        self.live_hosts: set[str] | None = None  # hosts with a heartbeat; None: not known yet
+        self.gone_hosts: set[str] = set()  # owners whose heartbeat was missing at the last check
         self.generation = 0  # bumped on every change, for callers that keep encoded replies
 
     # ------------------------------------------------------------------ reads
 
     def stale(self, session: RemoteSession) -> bool:
-        return self.behind or (
-            self.live_hosts is not None and session.host is not None and session.host not in self.live_hosts
-        )
+        return self.behind or session.host in self.gone_hosts
 
     def status(self, session_id: str) -> SessionStatus | None:
         session = self.sessions.get(session_id)
