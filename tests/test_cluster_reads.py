@@ -20,9 +20,10 @@ import pytest
 import trio
 
 from wa_daemon import AsyncClient, Unavailable
+from wa_daemon.daemon.cluster.store import open_store
 from wa_daemon.protocol import QrUpdated, Snapshot, State, StateChanged
 
-from .helpers import DaemonProcess, short_tmpdir
+from .helpers import DaemonProcess, make_config, short_tmpdir
 from .redis_server import RedisServer, redis_server
 
 pytestmark = pytest.mark.slow
@@ -149,6 +150,16 @@ async def _reads_and_watch(redis: RedisServer, hosts: dict[str, Host]) -> None:
             print(f"\nQRs made by h1's page: {qr_on_owner.seq}; seen by the watch on h3: {len(qrs)}")
             await _figures(hosts)
 
+            # Hostile entries in the stream: refused, counted, and the hosts go on
+            async with open_store(make_config(redis_url=redis.url)) as store:
+                await store.client.xadd("wa:events", {"garbage": "\xff" * 100})
+                await store.client.xadd("wa:events", {"v": "1", "host": "h9", "src": "h9#1", "seq": "1",
+                                                      "kind": "event", "session": "s2", "uid": "",
+                                                      "data": '{"type": "state", "status": 7}'})
+            for wa in (h1, h3):
+                await until("both refused", lambda wa=wa: _refused(wa, 2))
+                assert (await wa.status("s2")).host == "h2"
+
             # Redis killed: the reads still answer, from the last known state, marked stale
             redis.stop()
             await until("h3 marks s2 stale", lambda: _stale(h3, "s2", True))
@@ -160,6 +171,11 @@ async def _reads_and_watch(redis: RedisServer, hosts: dict[str, Host]) -> None:
             redis.restart(keep_data=True)
             for wa in (h1, h3):
                 await until("stale is false again", lambda wa=wa: _stale(wa, "s2", False), TTL * 4 + 10)
+
+
+async def _refused(wa: AsyncClient, count: int) -> bool:
+    samples = (await wa.metrics()).samples
+    return sum(s.value for s in samples if s.name == "wa_cluster_events_refused_total") == count
 
 
 async def _true(value: bool) -> bool:
@@ -216,3 +232,43 @@ async def _figures(hosts: dict[str, Host]) -> None:
         same_ms, across_ms = (statistics.median(lat[k]) * 1e3 for k in ("same", "across"))
         print(f"watch event latency p50: same host {same_ms:.2f} ms, across hosts {across_ms:.2f} ms "
               f"(max {max(lat['across']) * 1e3:.2f} ms)")
+
+
+async def test_another_uid_sees_nothing_of_a_remote_session() -> None:
+    """Ownership holds across hosts: host b knows a's session's owner uid from the
+    stream, so another uid's watch of every session, list and status on b leave it
+    out (daemons in this trio run, so the callers can be any uid)."""
+    from wa_daemon.daemon.sessions.caller import Caller
+    from wa_daemon.errors import PermissionDenied
+
+    from .test_cluster import fleet as inproc_fleet
+
+    owner, other = Caller.user(40001), Caller.user(40002)
+    with redis_server() as redis, trio.fail_after(30):
+        async with inproc_fleet(redis, "a", "b") as daemons:
+            a, b = daemons["a"].manager, daemons["b"].manager
+            assert a is not None and b is not None
+            mine, _ = b.subscribe(None, (), owner)
+            theirs, _ = b.subscribe(None, (), other)
+            while True:
+                try:
+                    await a.connect("p1", owner_uid=40001, caller=owner)
+                    break
+                except Unavailable as exc:
+                    await trio.sleep(exc.details["retry_after"])
+            with trio.fail_after(10):
+                event = await mine.next()
+            assert isinstance(event, StateChanged) and event.status.session == "p1" and event.status.host == "a"
+            assert b.status("p1", owner).owner_uid == 40001
+            assert [s.session for s in b.list(caller=owner)] == ["p1"]
+            assert b.list(caller=other) == []
+            with pytest.raises(PermissionDenied):
+                b.status("p1", other)
+            with pytest.raises(PermissionDenied):
+                b.subscribe("p1", (), other)
+            await trio.sleep(0.5)  # more of p1's events reach b meanwhile
+            with trio.move_on_after(0.2):
+                await theirs.next()
+                raise AssertionError("another uid's watch saw p1")
+            b.unsubscribe(mine)
+            b.unsubscribe(theirs)
