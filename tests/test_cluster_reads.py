@@ -272,3 +272,38 @@ async def test_another_uid_sees_nothing_of_a_remote_session() -> None:
                 raise AssertionError("another uid's watch saw p1")
             b.unsubscribe(mine)
             b.unsubscribe(theirs)
+
+
+async def test_a_host_that_missed_entries_resyncs() -> None:
+    """Entries of a publisher with a jump in its seq (trimmed before this host read
+    them): the host counts a gap, re-reads the rows and the stream, and goes on."""
+    from wa_daemon.daemon.cluster.events import Entry, encode_entry
+    from wa_daemon.protocol import SessionStatus, Transition
+
+    from .test_cluster import fleet as inproc_fleet
+
+    def entry(seq: int, state: State) -> dict[str, bytes]:
+        status = SessionStatus("x1", state, datetime.now(timezone.utc), 0, owner_uid=7, host="h9")
+        change = StateChanged(Transition(status.since, State.STOPPED, state, "test", 0), status)
+        return encode_entry(Entry("h9", "h9#run", seq, "event", "x1", 7, event=change))
+
+    with redis_server() as redis, trio.fail_after(30):
+        async with inproc_fleet(redis, "a") as daemons, open_store(make_config(redis_url=redis.url)) as store:
+            node = daemons["a"].node
+            assert node is not None
+            resyncs = node.fanout.metrics.resyncs
+            while node.fanout.cache.behind:
+                await trio.sleep(0.02)
+            await store.client.xadd("wa:events", entry(1, State.STARTING))
+            await store.client.xadd("wa:events", entry(2, State.WAITING_QR))
+            while node.remote.status("x1") is None or node.remote.status("x1").state != State.WAITING_QR:  # type: ignore[union-attr]
+                await trio.sleep(0.02)
+            assert resyncs.labels("gap")._value.get() == 0
+            await store.client.xadd("wa:events", entry(9, State.CONNECTED))  # 3 to 8 never seen
+            while resyncs.labels("gap")._value.get() < 1 or node.fanout.cache.behind:
+                await trio.sleep(0.02)
+            status = node.remote.status("x1")
+            assert status is not None and status.state == State.CONNECTED and not status.stale
+            assert [t.to_state for t in node.remote.history("x1") or []] == [
+                State.STARTING, State.WAITING_QR, State.CONNECTED
+            ]

@@ -146,11 +146,14 @@ class EventFanout:
 
     def sync_statuses(self) -> None:
         """Queue the statuses of this host's sessions that changed since last published."""
-        for session in list(self._local()):
+        local = set(self._local())
+        for session in local:
             status = self._peek(session)
             if status is not None and status != self._sent.get(session):
                 self._sent[session] = status
                 self._enqueue("status", session, status, status=status)
+        for session in self._sent.keys() - local:
+            del self._sent[session]  # moved to another host (fenced): its new owner publishes it
 
     async def _writer(self) -> None:
         while True:
@@ -183,13 +186,15 @@ class EventFanout:
 
     async def _tail(self) -> None:
         reason = "start"
+        failing = False  # one log line per streak of failures, not one per retry
         while True:
             self.cache.behind = True
             try:
                 await self._resync(reason)
                 self.cache.behind = False
                 if reason != "start":
-                    log.info("cluster_events_caught_up", sessions=len(self.cache.sessions))
+                    log.info("cluster_events_caught_up", sessions=len(self.cache.sessions), after=reason)
+                failing = False
                 while True:
                     await self._read_more()
             except _Gap:
@@ -197,7 +202,9 @@ class EventFanout:
                 log.warning("cluster_events_gap", last_id=self._last_id.decode())
             except ClusterError as exc:
                 reason = "redis"
-                log.warning("cluster_events_unreadable", error=str(exc))
+                if not failing:
+                    log.warning("cluster_events_unreadable", error=str(exc))
+                failing = True
                 await trio.sleep(self.period / 2)
 
     async def _resync(self, reason: str) -> None:
@@ -205,14 +212,18 @@ class EventFanout:
         store = self.store
         statuses = []
         for session in await store.session_ids():
-            data = await store._call("read", store.client.hget(store.session_key(session), "status"))
-            if data is None:
-                continue
+            key = store.session_key(session)
             try:
+                data = await store._call("read", store.client.hget(key, "status"))
+                if data is None:
+                    continue
                 statuses.append(msgspec.json.decode(data, type=SessionStatus))
             except msgspec.DecodeError as exc:
-                self.metrics.refused.inc()
-                log.warning("cluster_event_refused", key=store.session_key(session), error=str(exc)[:200])
+                self._refused(key, f"its status is not valid: {str(exc)[:200]}")
+            except ClusterError as exc:
+                if "Redis refused" not in str(exc):
+                    raise  # Redis itself is in trouble: retry the whole resync
+                self._refused(key, str(exc))  # a key of another type: skip that session
         self.cache.seed(statuses)
         self._gaps.reset()
         # Replay what the stream still holds: recent history, and whatever happened
@@ -241,8 +252,7 @@ class EventFanout:
         try:
             entry = decode_entry(raw.field_values)
         except EventFormatError as exc:
-            self.metrics.refused.inc()
-            log.warning("cluster_event_refused", key=STREAM, id=ident.decode(errors="replace")[:40], error=str(exc))
+            self._refused(f"{STREAM} {ident.decode(errors='replace')[:40]}", str(exc))
             return
         if not self._gaps.saw(entry.src, entry.seq) and live:
             raise _Gap
@@ -263,6 +273,10 @@ class EventFanout:
             hub.finish_remote(entry.session, "deleted", entry.status)
         elif entry.event is not None:
             hub.publish_remote(entry.event)
+
+    def _refused(self, where: str, error: str) -> None:
+        self.metrics.refused.inc()
+        log.warning("cluster_event_refused", key=where, error=error)
 
     # ------------------------------------------------------------------ upkeep
 

@@ -123,8 +123,8 @@ class RemoteCache:
             )
         else:
             current.status = _clean(status)
-        if isinstance(entry.event, StateChanged):
-            current.history.append(entry.event.transition)
+        if isinstance(entry.event, StateChanged) and entry.event.transition not in current.history:
+            current.history.append(entry.event.transition)  # (a resync replays what it holds)
         return True
 
 
