@@ -74,6 +74,9 @@ def test_every_kind_round_trips() -> None:
         (lambda f: f.update({b"data": b'{"type": "state", "transition": 3}'}), "'data' is not a valid event"),
         (lambda f: f.update({b"data": b"x" * (MAX_DATA + 1)}), "over the cap"),
         (lambda f: f.update({b"session": b"s2"}), "about another session"),
+        (lambda f: f.update({b"data": b'{"type": "qr", "qr": {"session": "s1", "data": "2@secret-payload-x", '
+                                      b'"generated_at": "2@secret-payload-y", "expires_at": 1, "seq": 1}}'}),
+         "'data' is not a valid event"),
     ],
 )
 def test_hostile_entries_are_refused_with_a_clear_error(change: Any, error: str) -> None:

@@ -22,6 +22,7 @@ in ``data``. Nothing here logs; errors name fields, never their values.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -166,12 +167,17 @@ def decode_entry(raw: Mapping[bytes | str, bytes | str]) -> Entry:
         elif data or kind == "status":
             status = _STATUS_DECODER.decode(data)
     except msgspec.DecodeError as exc:
-        # msgspec names the path ($.status.state), not the value
-        raise EventFormatError(f"field 'data' is not a valid {kind}: {str(exc)[:200]}") from None
+        raise EventFormatError(f"field 'data' is not a valid {kind}: {decode_error(exc)}") from None
     named = session_of(event) if event is not None else status.session if status is not None else session
     if named != session:
         raise EventFormatError("field 'data' is about another session than 'session'")
     return Entry(host, src, seq, kind, session, uid, event, status)  # type: ignore[arg-type]
+
+
+def decode_error(exc: msgspec.DecodeError) -> str:
+    """msgspec's message with any quoted value blanked: it names the path
+    (``$.status.state``), and the value could be a credential in the wrong place."""
+    return re.sub(r"'[^']*'", "'…'", str(exc))[:200]
 
 
 class GapTracker:

@@ -43,6 +43,7 @@ from .events import (
     FleetEvent,
     GapTracker,
     decode_entry,
+    decode_error,
     encode_entry,
     session_of,
 )
@@ -219,7 +220,7 @@ class EventFanout:
                     continue
                 statuses.append(msgspec.json.decode(data, type=SessionStatus))
             except msgspec.DecodeError as exc:
-                self._refused(key, f"its status is not valid: {str(exc)[:200]}")
+                self._refused(key, f"its status is not valid: {decode_error(exc)}")
             except ClusterError as exc:
                 if "Redis refused" not in str(exc):
                     raise  # Redis itself is in trouble: retry the whole resync
