@@ -158,3 +158,10 @@ def test_seeding_starts_over_but_keeps_histories() -> None:
     cache.seed([seeded])  # a stored status never keeps a stale mark: it is decided when read
     cache.behind = False
     assert (s := cache.status("s1")) is not None and not s.stale
+
+
+def test_wactl_marks_a_stale_status() -> None:
+    from wactl import render
+
+    assert render.state_cell(msgspec.structs.replace(status(busy=True), stale=True)) == "starting [busy, stale]"
+    assert render.state_cell(status()) == "starting"
