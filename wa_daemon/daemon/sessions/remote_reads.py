@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ...errors import NotFound, PermissionDenied
-from ...protocol import SessionStatus, State, Transition, validate_session_id
+from ...protocol import SessionStatus, State, Transition
 from .caller import Caller
 from .placement import Placement
 from .session import Session
@@ -30,7 +30,8 @@ class RemoteReads:
     def _remote(self, session_id: str, caller: Caller) -> SessionStatus | None:
         """Another host's session's status, if ``session_id`` is one (``permission_denied``
         if ``caller`` may not see it); None: this host's session, or no session at all."""
-        validate_session_id(session_id)
+        # No id check here: a hot path (status), and the cache holds only valid ids
+        # (cluster/events.py checks them); the local path that follows checks it.
         if session_id in self._sessions:
             return None
         status = self.placement.remote.status(session_id)
