@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from wa_daemon import AsyncClient, Unavailable
+from wa_daemon import AsyncClient, NotFound, Unavailable, WaDaemonError
 from wa_daemon.daemon.cluster.store import open_store
 from wa_daemon.protocol import QrUpdated, Snapshot, State, StateChanged
 
@@ -145,7 +145,7 @@ async def _reads_and_watch(redis: RedisServer, hosts: dict[str, Host]) -> None:
                 listed = {s.session: s for s in await wa.list()}
                 assert set(listed) == {"w1", "s2"} and listed["s2"].host == "h2" and listed["w1"].host == "h1"
                 assert [(t.from_state, t.to_state, t.reason) for t in await wa.history("s2")] == expected
-                with pytest.raises(Exception, match="has no QR code"):
+                with pytest.raises(NotFound, match="has no QR code"):
                     await wa.qr("s2")
             print(f"\nQRs made by h1's page: {qr_on_owner.seq}; seen by the watch on h3: {len(qrs)}")
             await _figures(hosts)
@@ -185,21 +185,21 @@ async def _true(value: bool) -> bool:
 async def _state(wa: AsyncClient, session: str, state: State) -> bool:
     try:
         return (await wa.status(session)).state == state
-    except Exception:
+    except WaDaemonError:
         return False
 
 
 async def _stale(wa: AsyncClient, session: str, stale: bool) -> bool:
     try:
         return (await wa.status(session)).stale == stale
-    except Exception:
+    except WaDaemonError:
         return False
 
 
 async def _same_qr(wa: AsyncClient, owner: AsyncClient, session: str) -> bool:
     try:
         return await wa.qr(session) == await owner.qr(session)
-    except Exception:
+    except WaDaemonError:
         return False
 
 
