@@ -103,6 +103,12 @@ def test_garbage_of_any_shape_never_escapes_as_another_exception() -> None:
             pass
 
 
+def test_an_entry_that_is_no_map_of_strings_is_refused() -> None:
+    for raw in (None, [b"v", b"1"], {b"v": 1}, {1: b"1"}):
+        with pytest.raises(EventFormatError, match="not a map of strings"):
+            decode_entry(raw)  # type: ignore[arg-type]
+
+
 def test_an_oversized_event_is_not_encoded() -> None:
     huge = entry(event=SessionError("s1", "x", "m" * MAX_DATA))
     with pytest.raises(EventFormatError, match="over the cap"):

@@ -134,6 +134,8 @@ def _int(text: str, name: str, *, low: int) -> int:
 
 def decode_entry(raw: Mapping[bytes | str, bytes | str]) -> Entry:
     """One stream entry, checked field by field; :class:`EventFormatError` for anything else."""
+    if not isinstance(raw, Mapping) or not all(isinstance(x, bytes | str) for kv in raw.items() for x in kv):
+        raise EventFormatError("the entry is not a map of strings")
     fields = {(k.encode() if isinstance(k, str) else k): (v.encode() if isinstance(v, str) else v)
               for k, v in raw.items()}
     unknown = set(fields) - _FIELDS
