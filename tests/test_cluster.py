@@ -62,7 +62,10 @@ async def test_a_session_runs_on_the_host_that_created_it_and_nowhere_else(redis
                 # b does not own it: its connect reaches a, and a answers (routing)
                 routed = await b.connect("s1")
                 assert routed.host == "a" and routed.session == "s1"
-                assert [s.session for s in (await b.list())] == []
+                # b lists a's session (the fleet's event stream), owned by a, not run by b
+                while not (seen := await b.list()):
+                    await trio.sleep(0.02)
+                assert [(s.session, s.host) for s in seen] == [("s1", "a")]
 
                 # The row reached Redis under a's lease, with its status.
                 async with open_store(make_config(redis_url=redis.url)) as store:

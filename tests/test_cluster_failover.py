@@ -55,8 +55,9 @@ class Host:
         return self.proc.proc.poll() is None and not self.frozen
 
     def running(self) -> dict[str, State]:
+        """The sessions this host runs (its `list` also shows the others', with their `host`)."""
         with Client(self.sock, timeout=2) as wa:
-            return {s.session: s.state for s in wa.list() if s.state in RUNNING}
+            return {s.session: s.state for s in wa.list() if s.state in RUNNING and s.host == self.id}
 
     def connected(self) -> set[str]:
         return {s for s, state in self.running().items() if state == State.CONNECTED}

@@ -86,6 +86,14 @@ CLUSTER_METRICS = {
     "wa_cluster_route_seconds",
     "wa_cluster_commands_total",
     "wa_cluster_placed_total",
+    "wa_cluster_events_published_total",
+    "wa_cluster_events_received_total",
+    "wa_cluster_events_dropped_total",
+    "wa_cluster_events_refused_total",
+    "wa_cluster_events_resyncs_total",
+    "wa_cluster_events_lag_seconds",
+    "wa_cluster_events_stale",
+    "wa_cluster_remote_sessions",
 }
 # prometheus_client's process collector (the daemon process), and Prometheus' own `up`.
 PROCESS_METRICS = {

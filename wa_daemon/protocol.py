@@ -161,6 +161,7 @@ class SessionStatus(msgspec.Struct, frozen=True, gc=False):
     linked: bool = False  # the profile holds a login (survives restarts)
     proxy: str | None = None  # the proxy the browser uses, password masked (wa_daemon.proxy); None: direct
     host: str | None = None  # the host whose daemon runs it (several hosts on Redis); None: one host
+    stale: bool = False  # another host's session, from the last known state (Redis unreachable, its host gone)
 
 
 class SessionList(msgspec.Struct, frozen=True):

@@ -80,6 +80,8 @@ def state_cell(status: SessionStatus) -> str:
     flags = [
         name for name, on in (("phone offline", status.phone_offline), ("busy", status.busy)) if on
     ]
+    if status.stale:
+        flags.append("stale")  # another host's session, its last known state (docs/cluster.md)
     return status.state.value + (f" [{', '.join(flags)}]" if flags else "")
 
 

@@ -31,9 +31,11 @@ from ..sessions.caller import ADMIN, Caller
 from ..sessions.placement import Fleet, host_info
 from ..sessions.registry import SessionRecord
 from .drain import Drain, hand_over_all
+from .fanout import EventFanout
 from .lease import FenceReason, LeaseTable, LeaseTiming, parse_token
 from .limits import LimitMetrics, SharedLimits
 from .registry import RedisRegistry, encode_record
+from .remote import RemoteCache
 from .store import ClusterDataError, ClusterError, HostBeat, RedisStore
 
 log = get_logger("cluster")
@@ -72,6 +74,7 @@ class ClusterNode:
         self._claims: dict[str, trio.Lock] = {}
         self.limits = SharedLimits(store)  # the fleet-wide limits (cluster/limits.py)
         self.drainer = Drain(store, self.host)  # drain (cluster/drain.py)
+        self.fanout = EventFanout(self.host, store, self.timing.renew_every, config.history_size)
 
     def attach(self, fleet: Fleet, metrics: CollectorRegistry) -> None:
         """Serve ``fleet`` (the manager), counting into the daemon's ``metrics``."""
@@ -81,6 +84,7 @@ class ClusterNode:
         self.metrics.pending_writes.set_function(lambda: len(self.registry.pending))
         self.limits.metrics = LimitMetrics(metrics)
         self.drainer.attach(metrics)
+        self.fanout.attach(fleet.hub, fleet.peek, lambda: list(self.leases.held), metrics)
 
     def reconfigure(self, config: Config) -> None:
         self.config = config  # lease_ttl and host_id need a restart; max_sessions applies now
@@ -169,6 +173,7 @@ class ClusterNode:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writer)
             nursery.start_soon(self._upkeep_loop)
+            nursery.start_soon(self.fanout.run)
             task_status.started()
             self._nursery = nursery
             while True:
@@ -403,3 +408,7 @@ class ClusterNode:
     async def before_release(self, session_id: str) -> None:
         # the auth snapshot is saved here (part A)
         pass
+    @property
+    def remote(self) -> RemoteCache:
+        """Other hosts' sessions, from the fleet's event stream (cluster/fanout.py)."""
+        return self.fanout.cache

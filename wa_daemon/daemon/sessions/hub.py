@@ -170,6 +170,11 @@ class Hub:
     def __init__(self, on_count: Callable[[int], None] = lambda n: None) -> None:
         self._subs: set[Subscriber] = set()
         self._on_count = on_count
+        # Several hosts (cluster/fanout.py): this host's own events and ends, to publish
+        # to the fleet. Events read from the fleet come in through publish_remote, which
+        # does not call it: nothing is published twice.
+        self.tap: Callable[[WatchEvent], None] | None = None
+        self.tap_end: Callable[[str, EndReason, SessionStatus | None], None] | None = None
 
     def add(self, sub: Subscriber) -> None:
         self._subs.add(sub)
@@ -183,6 +188,12 @@ class Hub:
         return sum(1 for s in self._subs if s.session == session)
 
     def publish(self, event: WatchEvent) -> None:
+        self.publish_remote(event)
+        if self.tap is not None:
+            self.tap(event)
+
+    def publish_remote(self, event: WatchEvent) -> None:
+        """An event of another host's session, to this host's watchers only."""
         sid = _session_of(event)
         inbox = isinstance(event, MessageReceived | MessageAck)
         for sub in list(self._subs):
@@ -190,6 +201,11 @@ class Hub:
                 sub.offer(event)
 
     def finish_session(self, session: str, reason: EndReason, status: SessionStatus | None) -> None:
+        self.finish_remote(session, reason, status)
+        if self.tap_end is not None:
+            self.tap_end(session, reason, status)
+
+    def finish_remote(self, session: str, reason: EndReason, status: SessionStatus | None) -> None:
         for sub in list(self._subs):
             if sub.session == session:
                 sub.finish(reason, status)

@@ -29,6 +29,7 @@ from ...protocol import (
     SessionStatus,
     State,
     Transition,
+    to_raw,
     validate_session_id,
 )
 from ..browser.base import Driver, MessageEvent, Simulator
@@ -43,13 +44,14 @@ from .listing import Listing
 from .options import resolve
 from .placement import LocalPlacement, Placement
 from .registry import MemoryRegistry, Registry, RegistryError, SessionOptions, SessionRecord
+from .remote_reads import RemoteReads, merged
 from .session import Session, SessionContext
 from .states import ACTIVE, RESTARTABLE
 
 log = get_logger("manager")
 
 
-class SessionManager(Adoption):
+class SessionManager(Adoption, RemoteReads):
     def __init__(
         self,
         config: Config,
@@ -129,7 +131,9 @@ class SessionManager(Adoption):
 
         def visible(session_id: str) -> bool:
             session = sessions.get(session_id)
-            return session is not None and caller.may_use(session.owner_uid)
+            if session is None:
+                return self._remote_visible(session_id, caller)  # another host's session
+            return caller.may_use(session.owner_uid)
 
         return visible
 
@@ -175,11 +179,15 @@ class SessionManager(Adoption):
         self._status_generation += 1
 
     def status(self, session_id: str, caller: Caller = ADMIN) -> SessionStatus:
+        if (remote := self._remote(session_id, caller)) is not None:
+            return remote
         session = self.get(session_id, caller)
         session.touch()
         return session.status()
 
     def status_raw(self, session_id: str, caller: Caller = ADMIN) -> msgspec.Raw:
+        if (remote := self._remote(session_id, caller)) is not None:
+            return to_raw(remote)
         """:meth:`status`, encoded (a SessionStatus on the wire): the bytes the
         session keeps for ``list``, so a ``status`` poll encodes nothing."""
         session = self.get(session_id, caller)
@@ -188,12 +196,16 @@ class SessionManager(Adoption):
 
     def list(self, states: Iterable[State] | None = None, caller: Caller = ADMIN) -> builtins.list[SessionStatus]:
         self.placement.guard()
-        return [s.status() for s in self._listing.listed(states, caller)]
+        local = [s.status() for s in self._listing.listed(states, caller)]
+        return merged(((s.session, s) for s in local), ((s.session, s) for s in self._remote_listed(states, caller)))
 
     def list_raw(self, states: Iterable[State] | None = None, caller: Caller = ADMIN) -> msgspec.Raw:
         """The ``list`` result, encoded (a SessionList on the wire); whole replies
         are kept between calls while the status generation stays put (listing.py)."""
         self.placement.guard()
+        if remote := self._remote_listed(states, caller):  # several hosts: this one's and the others'
+            local = ((s.id, s.status_raw()) for s in self._listing.listed(states, caller))
+            return to_raw({"sessions": merged(local, ((s.session, to_raw(s)) for s in remote))})
         return self._listing.raw(states, caller, self._status_generation)
 
     def qr(self, session_id: str, caller: Caller = ADMIN) -> QrCode:
@@ -206,6 +218,8 @@ class SessionManager(Adoption):
 
     def _login_credential(self, session_id: str, caller: Caller, field: str, what: str) -> Any:
         """The session's current QR or pairing code; ``not_found`` outside its phase."""
+        if (remote := self._remote(session_id, caller)) is not None:
+            return self._remote_credential(remote, field, what)
         session = self.get(session_id, caller)
         session.touch()
         value = getattr(session.view, field)
@@ -247,6 +261,8 @@ class SessionManager(Adoption):
     _needed: tuple[str | None, builtins.list[str]] | None = None
 
     def history(self, session_id: str, limit: int = 100, caller: Caller = ADMIN) -> builtins.list[Transition]:
+        if (remote := self._remote(session_id, caller)) is not None:
+            return self._remote_history(remote, limit)
         session = self.get(session_id, caller)
         session.touch()
         return list(session.history)[-limit:]
@@ -411,7 +427,9 @@ class SessionManager(Adoption):
         until = frozenset(until)
         if until and session_id is None:
             raise InvalidArgument("`until` needs a session: a watch of all sessions has no single final state")
-        if session_id is not None:
+        if session_id is not None and (remote := self._remote(session_id, caller)) is not None:
+            snapshots = [remote]
+        elif session_id is not None:
             session = self.get(session_id, caller)
             session.touch()
             snapshots = [session.status()]
@@ -454,7 +472,10 @@ class SessionManager(Adoption):
         """The status a watch of ``session_id`` ends with when its end carried none:
         the session's current one; None if it is gone or ``caller`` may not see it."""
         session = self._sessions.get(session_id)
-        if session is None or not caller.may_use(session.owner_uid):
+        if session is None:
+            remote = self.placement.remote.status(session_id)
+            return remote if remote is not None and caller.may_use(remote.owner_uid) else None
+        if not caller.may_use(session.owner_uid):
             return None
         return session.status()
 

@@ -9,16 +9,49 @@ through :class:`Fleet` to hand this host a session (takeover) or take one away
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 from ..._version import __version__
 from ...errors import Unavailable
-from ...protocol import DrainResult, HostInfo, HostList, SessionStatus, State
+from ...protocol import DrainResult, HostInfo, HostList, SessionStatus, State, Transition
 from .caller import ADMIN, Caller
+from .hub import Hub
 from .registry import SessionRecord
 from .states import ACTIVE
 
-__all__ = ["Fleet", "LocalPlacement", "Placement", "host_info"]
+__all__ = ["NO_REMOTE", "Fleet", "LocalPlacement", "Placement", "RemoteSessions", "host_info"]
+
+
+class RemoteSessions(Protocol):
+    """The sessions other hosts run, as last heard from the fleet (cluster/remote.py):
+    statuses carry ``host`` (the owner) and ``stale`` (not confirmed by the fleet now)."""
+
+    def status(self, session_id: str) -> SessionStatus | None: ...
+
+    def statuses(self) -> Iterator[SessionStatus]:
+        """Every remote session's status, by id."""
+
+    def history(self, session_id: str) -> list[Transition] | None: ...
+
+    def owner_uid(self, session_id: str) -> int | None: ...
+
+
+class _NoRemote:
+    def status(self, session_id: str) -> SessionStatus | None:
+        return None
+
+    def statuses(self) -> Iterator[SessionStatus]:
+        return iter(())
+
+    def history(self, session_id: str) -> list[Transition] | None:
+        return None
+
+    def owner_uid(self, session_id: str) -> int | None:
+        return None
+
+
+NO_REMOTE: RemoteSessions = _NoRemote()
 
 
 class Placement(Protocol):
@@ -46,6 +79,9 @@ class Placement(Protocol):
 
     async def drain(self, host: str, cancel: bool) -> DrainResult:
         """Ask ``host`` of the fleet to hand its sessions to the others (or not)."""
+    @property
+    def remote(self) -> RemoteSessions:
+        """Other hosts' sessions, for reads; a host of its own has none."""
 
 
 class Fleet(Protocol):
@@ -64,6 +100,7 @@ class Fleet(Protocol):
     async def hand_over(self, session_id: str) -> SessionRecord | None:
         """Close the session's browser through a launch slot and forget it here,
         keeping ``should_run``; its record, or None if it is gone or busy (drain)."""
+    hub: Hub  # where the fleet's events for this host's watchers go (cluster/fanout.py)
 
 
 class LocalPlacement:
@@ -85,6 +122,7 @@ class LocalPlacement:
 
     async def drain(self, host: str, cancel: bool) -> DrainResult:
         raise Unavailable("this daemon is a host on its own (no redis_url): there is nothing to drain to", {"host": host})
+    remote = NO_REMOTE
 
 
 def host_info(host: str, fleet: Fleet, capacity: int, heartbeat_age: float = 0.0) -> HostInfo:
