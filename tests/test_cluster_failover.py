@@ -147,12 +147,13 @@ def connect_all(host: Host) -> None:
 
 
 def a_holds_every_session(root: Path, redis: RedisServer, hosts: dict[str, Host], *a_extra: str, ttl: float = TTL) -> None:
-    """Hosts a (room for 6), b and c (4 each); a runs every session, connected."""
+    """Hosts a (room for 6), b and c (4 each); a runs every session, connected.
+    a starts alone: with b and c up, placement would spread the new sessions."""
     hosts["a"] = Host(root, redis, "a", 6, *a_extra, ttl=ttl)
-    hosts["b"] = Host(root, redis, "b", 4, ttl=ttl)
-    hosts["c"] = Host(root, redis, "c", 4, ttl=ttl)
     connect_all(hosts["a"])
     wait_for("a runs every session", lambda: hosts["a"].connected() == set(SESSIONS), 30)
+    hosts["b"] = Host(root, redis, "b", 4, ttl=ttl)
+    hosts["c"] = Host(root, redis, "c", 4, ttl=ttl)
 
 
 def test_kill_and_pause_move_sessions_with_never_two_owners() -> None:
