@@ -35,6 +35,8 @@ from .store import ClusterDataError, ClusterError, HostBeat, RedisStore
 
 log = get_logger("cluster")
 
+REFUSED_RETRY = 4  # lease_ttls before a session whose row was refused is tried again
+
 __all__ = ["ClusterMetrics", "ClusterNode"]
 
 
@@ -53,6 +55,10 @@ class ClusterMetrics:
         self.pending_writes = Gauge("wa_cluster_pending_writes", "registry rows waiting to reach Redis", registry=r)
         for reason in (*FenceReason, "stale"):
             self.fenced.labels(str(getattr(reason, "value", reason)))
+        self.data_refused = Counter(
+            "wa_cluster_data_refused", "data in Redis this host refused (a wrong type, a bad field), by key family",
+            ["key"], registry=r,
+        )
 
 
 class ClusterNode:
@@ -67,6 +73,7 @@ class ClusterNode:
         self.fleet: Fleet | None = None
         self._written: dict[str, SessionStatus] = {}  # the status last sent per session
         self._claims: dict[str, trio.Lock] = {}
+        self._refused = {}
 
     def attach(self, fleet: Fleet, metrics: CollectorRegistry) -> None:
         """Serve ``fleet`` (the manager), counting into the daemon's ``metrics``."""
@@ -74,6 +81,7 @@ class ClusterNode:
         self.metrics = ClusterMetrics(metrics)
         self.metrics.leases.set_function(lambda: len(self.leases.held))
         self.metrics.pending_writes.set_function(lambda: len(self.registry.pending))
+        self.store.on_refused = lambda exc: self._redis_failed("read", exc)
 
     def reconfigure(self, config: Config) -> None:
         self.config = config  # lease_ttl and host_id need a restart; max_sessions applies now
@@ -93,6 +101,11 @@ class ClusterNode:
                         assert got.value is not None
                         self.leases.acquired(session_id, got.value, sent)
                         return await self._record_of(session_id)
+                except ClusterDataError as exc:
+                    self._redis_failed("acquire", exc)
+                    raise Unavailable(
+                        f"the fleet's data for this session is refused: {exc}", {"session": session_id, "key": exc.key}
+                    ) from None
                 except ClusterError as exc:
                     self._redis_failed("acquire", exc)
                     raise Unavailable(f"the fleet's Redis cannot be asked: {exc}", {"session": session_id}) from None
@@ -222,7 +235,9 @@ class ClusterNode:
         except ClusterError as exc:
             self._redis_failed("write", exc)
             self.registry.give_back(session, row)
-            await trio.sleep(self.timing.renew_every / 4)  # Redis is in trouble: do not spin
+            # Redis is in trouble, or a key is broken until an operator fixes it: do not spin.
+            data = isinstance(exc, ClusterDataError)
+            await trio.sleep(self.timing.renew_every / (1 if data else 4))
             self.registry.wake.set()
             return
         if not ok:
@@ -278,13 +293,19 @@ class ClusterNode:
         room = min(room, self.config.max_concurrent_launches)
         if room <= 0 or self.fleet is None:
             return 0
+        now = trio.current_time()
+        for session, until in list(self._refused.items()):
+            if until <= now:
+                del self._refused[session]
         try:
-            orphans = await self.store.orphans(room)
+            # Sessions refused lately (a row this host cannot read) come first, being
+            # the oldest orphans: ask for more, so they never block the others.
+            orphans = [s for s in await self.store.orphans(room + len(self._refused)) if s not in self._refused]
         except ClusterError as exc:
             self._redis_failed("orphans", exc)
             return 0
         taken = 0
-        for session in orphans:
+        for session in orphans[:room]:
             sent = trio.current_time()
             try:
                 got = await self.store.acquire(session, self.host, self.timing.ttl, self.leases.highest_token)
@@ -297,6 +318,8 @@ class ClusterNode:
                 record = await self._record_of(session)
             except ClusterError as exc:
                 self._redis_failed("takeover", exc)
+                if isinstance(exc, ClusterDataError):
+                    self._refused[session] = trio.current_time() + REFUSED_RETRY * self.timing.ttl
                 continue
             if record is None:  # a lease without a row: nothing to run
                 self.leases.released(session)
@@ -308,6 +331,12 @@ class ClusterNode:
         return taken
 
     def _redis_failed(self, op: str, exc: ClusterError) -> None:
+        if isinstance(exc, ClusterDataError):
+            self.metrics.data_refused.labels(exc.kind).inc()
+            log.error("cluster_data_refused", op=op, key=exc.key, error=str(exc))
+            return
         self.metrics.redis_errors.labels(op).inc()
         log.warning("cluster_redis_error", op=op, error=str(exc))
+
+    _refused: dict[str, float]  # sessions whose row this host could not read -> when to try again
 

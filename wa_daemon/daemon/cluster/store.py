@@ -8,7 +8,7 @@ out as :class:`ClusterError`, with a message that names no secret.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +32,24 @@ class ClusterError(Exception):
 
 
 class ClusterDataError(ClusterError):
-    """Redis holds data this daemon does not accept (a wrong type, a bad field)."""
+    """Redis holds data this daemon does not accept (a wrong type, a bad field).
+    ``key`` names the Redis key, so an operator can look at it and fix or delete it."""
+
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key or _key_in(message)
+
+    @property
+    def kind(self) -> str:
+        """The key's family (``lease``, ``session``, ``host``, ``epoch``...): a bounded metric label."""
+        return self.key.split(":")[1] if self.key.startswith(PREFIX) else "unknown"
+
+
+def _key_in(message: str) -> str:
+    for word in message.split():
+        if word.startswith(PREFIX):
+            return word.strip("'\",:")
+    return ""
 
 
 @dataclass(frozen=True)
@@ -71,6 +88,9 @@ class RedisStore:
         self._heartbeat = client.register_script(scripts.HEARTBEAT)
         self._now = client.register_script(scripts.NOW)
         self.commands = 0  # round trips made, for the benchmark and the metrics
+        # Told about data refused while the rest of a read goes on (one bad heartbeat
+        # must not hide the other hosts): the node logs and counts it.
+        self.on_refused: Callable[[ClusterDataError], None] = lambda exc: None
 
     @staticmethod
     def lease_key(session: str) -> str:
@@ -88,6 +108,8 @@ class RedisStore:
             message = str(exc)
             if "wa: " in message:
                 raise ClusterDataError(f"{what}: {message[message.index('wa: ') + 4:][:200]}") from None
+            if isinstance(exc, coredis.exceptions.WrongTypeError) or message.startswith("WRONGTYPE"):
+                raise ClusterDataError(f"{what}: a key it uses holds another type: {message[:120]}") from None
             raise ClusterError(f"{what}: Redis refused: {message[:200]}") from None
         except (coredis.exceptions.RedisError, OSError) as exc:
             raise ClusterError(f"{what}: {type(exc).__name__}: {str(exc)[:200]}") from None
@@ -95,17 +117,20 @@ class RedisStore:
     # ------------------------------------------------------------------ leases
 
     async def acquire(self, session: str, host: str, ttl: float, min_token: int) -> Acquire:
-        reply = await self._call(
+        keys = [f"{PREFIX}epoch", f"{PREFIX}token", self.lease_key(session), f"{PREFIX}expiry"]
+        reply = await self._typed(
             "acquire",
-            self._acquire(
-                keys=[f"{PREFIX}epoch", f"{PREFIX}token", self.lease_key(session), f"{PREFIX}expiry"],
-                args=[session, host, math.ceil(ttl * 1000), min_token],
-            ),
+            self._acquire(keys=keys, args=[session, host, math.ceil(ttl * 1000), min_token]),
+            dict(zip(keys, ("hash", "string", "string", "zset"), strict=True)),
         )
         kind, value = _text(reply[0]), _text(reply[1])
         if kind == "ok":
             return Acquire("ok", value)
         if kind == "held":
+            if not _is_lease_value(value):
+                raise ClusterDataError(
+                    f"acquire: {self.lease_key(session)} holds {value[:40]!r}, not a lease value", self.lease_key(session)
+                )
             return Acquire("held", value)
         if kind == "quarantine":
             return Acquire("quarantine", wait=int(value) / 1000)
@@ -135,8 +160,26 @@ class RedisStore:
         return [_text(s) for s in reply]
 
     async def holder(self, session: str) -> str | None:
-        value = await self._call("holder", self.client.get(self.lease_key(session)))
-        return None if value is None else _text(value)
+        key = self.lease_key(session)
+        value = await self._typed("holder", self.client.get(key), {key: "string"})
+        if value is None:
+            return None
+        if not _is_lease_value(_text(value)):
+            raise ClusterDataError(f"holder: {key} holds {_text(value)[:40]!r}, not a lease value", key)
+        return _text(value)
+
+    async def _typed(self, what: str, request: Any, types: Mapping[str, str]) -> Any:
+        """``_call``, naming the key when one of ``types`` (key -> Redis type) holds another type."""
+        try:
+            return await self._call(what, request)
+        except ClusterDataError as exc:
+            if "another type" not in str(exc):
+                raise
+            for key, want in types.items():
+                kind = _text(await self._call(what, self.client.type(key)))
+                if kind not in (want, "none"):
+                    raise ClusterDataError(f"{what}: {key} is a {kind}, not a {want}", key) from None
+            raise
 
     # ------------------------------------------------------------------ fenced writes
 
@@ -145,12 +188,10 @@ class RedisStore:
         args: list[str | bytes] = [value, session]
         for name, data in fields.items():
             args += [name, data]
+        keys = [self.lease_key(session), self.session_key(session), f"{PREFIX}sessions"]
         return bool(
-            await self._call(
-                "write",
-                self._write(
-                    keys=[self.lease_key(session), self.session_key(session), f"{PREFIX}sessions"], args=args
-                ),
+            await self._typed(
+                "write", self._write(keys=keys, args=args), {keys[1]: "hash", keys[2]: "set"}
             )
         )
 
@@ -161,7 +202,8 @@ class RedisStore:
     # ------------------------------------------------------------------ reads
 
     async def record(self, session: str) -> SessionRecord | None:
-        data = await self._call("read", self.client.hget(self.session_key(session), "record"))
+        key = self.session_key(session)
+        data = await self._typed("read", self.client.hget(key, "record"), {key: "hash"})
         return None if data is None else decode_record(session, data)
 
     async def session_ids(self) -> list[str]:
@@ -187,28 +229,50 @@ class RedisStore:
         now = int(seconds) * 1_000_000 + int(micros)
         beats = []
         for name in names:
-            raw = await self._call("hosts", self.client.hgetall(f"{PREFIX}host:{name}"))
-            if not raw:
-                continue  # its heartbeat expired: the host is gone
-            beats.append(decode_beat(name, {_text(k): _text(v) for k, v in raw.items()}))
+            key = f"{PREFIX}host:{name}"
+            try:
+                raw = await self._typed("hosts", self.client.hgetall(key), {key: "hash"})
+                if not raw:
+                    continue  # its heartbeat expired: the host is gone
+                beats.append(decode_beat(name, {_text(k): _text(v) for k, v in raw.items()}))
+            except ClusterDataError as exc:
+                self.on_refused(exc)  # that host is left out; the others are still listed
         return beats, now
 
 
+_RECORD_FIELDS = frozenset(SessionRecord.__struct_fields__)
+
+
 def decode_record(session: str, data: bytes) -> SessionRecord:
+    key = f"{PREFIX}session:{session}"
     try:
+        raw = msgspec.json.decode(data)
+        if isinstance(raw, dict) and (unknown := sorted(set(raw) - _RECORD_FIELDS)):
+            # Written by a newer version: a host that rewrote it would drop what it
+            # does not know, so it does not take the session at all.
+            raise ClusterDataError(
+                f"the registry row of {session!r} ({key} field record) has unknown fields {unknown[:5]}", key
+            )
         record = msgspec.json.decode(data, type=SessionRecord)
-    except msgspec.DecodeError as exc:
-        raise ClusterDataError(f"the registry row of {session!r} is not valid: {exc}") from None
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ClusterDataError(f"the registry row of {session!r} ({key} field record) is not valid: {exc}", key) from None
     if record.session != session:
-        raise ClusterDataError(f"the registry row of {session!r} names another session")
+        raise ClusterDataError(f"the registry row of {session!r} ({key} field record) names another session", key)
     return record
 
 
 def decode_beat(name: str, fields: dict[str, str]) -> HostBeat:
+    # Unknown fields are fine here: newer versions publish more (draining, ...).
+    key = f"{PREFIX}host:{name}"
     try:
         return msgspec.convert(fields, HostBeat, strict=False)
     except msgspec.ValidationError as exc:
-        raise ClusterDataError(f"the heartbeat of host {name!r} is not valid: {exc}") from None
+        raise ClusterDataError(f"the heartbeat of host {name!r} ({key}) is not valid: {exc}", key) from None
+
+
+def _is_lease_value(value: str) -> bool:
+    token, _, host = value.partition(" ")
+    return token.isdigit() and bool(host)
 
 
 def redis_password(config: Config) -> str | None:
