@@ -174,7 +174,7 @@ async def test_hostile_rows_are_refused_with_a_clear_error(store: RedisStore) ->
     with trio.fail_after(10):
         value = await acquire_ok(store, "s1", "h1")
         await store.write("s1", value, {"record": b'{"session": "s1", "owner_uid": "root"}'})
-        with pytest.raises(ClusterDataError, match="registry row of 's1' is not valid"):
+        with pytest.raises(ClusterDataError, match=r"registry row of 's1' \(wa:session:s1 field record\) is not valid"):
             await store.record("s1")
         await store.write("s1", value, {"record": record("s2")})
         with pytest.raises(ClusterDataError, match="names another session"):

@@ -15,6 +15,7 @@ the manager back through Fleet (adopt, evict). Its tasks, all in :meth:`run`:
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from typing import Any
 
@@ -29,6 +30,7 @@ from ..ops.config import Config
 from ..ops.log import get_logger
 from ..sessions.placement import Fleet, host_info
 from ..sessions.registry import SessionRecord
+from .join import JoinRefused, check_join
 from .lease import FenceReason, LeaseTable, LeaseTiming, parse_token
 from .registry import RedisRegistry, encode_record
 from .store import ClusterDataError, ClusterError, HostBeat, RedisStore
@@ -55,6 +57,12 @@ class ClusterMetrics:
         self.pending_writes = Gauge("wa_cluster_pending_writes", "registry rows waiting to reach Redis", registry=r)
         for reason in (*FenceReason, "stale"):
             self.fenced.labels(str(getattr(reason, "value", reason)))
+        self.host_id_conflicts = Counter(
+            "wa_cluster_host_id_conflicts", "heartbeats of this host_id written by another live daemon", registry=r
+        )
+        self.join_refused = Counter(
+            "wa_cluster_join_refused", "join checks that refused this daemon (host_id in use, lease_ttl)", registry=r
+        )
         self.data_refused = Counter(
             "wa_cluster_data_refused", "data in Redis this host refused (a wrong type, a bad field), by key family",
             ["key"], registry=r,
@@ -74,6 +82,10 @@ class ClusterNode:
         self._written: dict[str, SessionStatus] = {}  # the status last sent per session
         self._claims: dict[str, trio.Lock] = {}
         self._refused = {}
+        self.instance = secrets.token_hex(8)  # this process, in the heartbeat (cluster/join.py)
+        self.joined = False  # the join checks passed (or could not run yet: see upkeep)
+        self.join_refused: str | None = None
+        self._beats = 0
 
     def attach(self, fleet: Fleet, metrics: CollectorRegistry) -> None:
         """Serve ``fleet`` (the manager), counting into the daemon's ``metrics``."""
@@ -89,6 +101,8 @@ class ClusterNode:
     # ------------------------------------------------------------------ Placement
 
     async def claim(self, session_id: str) -> SessionRecord | None:
+        if self.join_refused is not None:
+            raise Unavailable(f"this host may not join the fleet: {self.join_refused}", {"session": session_id})
         lock = self._claims.setdefault(session_id, trio.Lock())
         try:
             async with lock:
@@ -158,6 +172,10 @@ class ClusterNode:
     # ------------------------------------------------------------------ the tasks
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        # Before the first heartbeat: a refusal at start stops the daemon (EX_CONFIG);
+        # a Redis that cannot answer yet leaves the checks to the first upkeep.
+        if not await self.join():
+            log.warning("cluster_join_unchecked", host=self.host)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writer)
             nursery.start_soon(self._upkeep_loop)
@@ -252,21 +270,50 @@ class ClusterNode:
             await self.upkeep()
             await trio.sleep(self.timing.renew_every)
 
+    async def join(self) -> bool:
+        """Run the join checks (cluster/join.py); False if Redis could not be asked."""
+        try:
+            with trio.fail_after(self.timing.ttl):
+                await check_join(self.store, self.host, self.instance, self.timing)
+        except JoinRefused as exc:
+            self.join_refused = str(exc)
+            self.metrics.join_refused.inc()
+            log.error("cluster_join_refused", host=self.host, error=str(exc))
+            raise
+        except (ClusterError, trio.TooSlowError) as exc:
+            self._redis_failed("join", exc if isinstance(exc, ClusterError) else ClusterError("no answer"))
+            return False
+        self.joined = True
+        return True
+
     async def upkeep(self) -> None:
         """The heartbeat, the statuses that changed, and takeovers."""
         fleet = self.fleet
-        if fleet is None:
-            return
+        if fleet is None or self.join_refused is not None:
+            return  # refused: no heartbeat (it would overwrite the other daemon's), no sessions
+        if not self.joined:
+            try:
+                if not await self.join():
+                    return
+            except JoinRefused:
+                return
         info = host_info(self.host, fleet, self.config.max_sessions)
         beat = HostBeat(
             host=self.host, version=__version__, capacity=info.capacity, sessions=info.sessions,
-            running=info.running, lease_ttl=self.timing.ttl, pid=os.getpid(),
+            running=info.running, lease_ttl=self.timing.ttl, pid=os.getpid(), instance=self.instance,
         )
         try:
-            await self.store.heartbeat(beat, self.timing.ttl)
+            previous = await self.store.heartbeat(beat, self.timing.ttl)
         except ClusterError as exc:
             self._redis_failed("heartbeat", exc)
             return
+        if self._beats and previous not in ("", self.instance):
+            # Another live process wrote this host's heartbeat since our last one: both
+            # started at once, past the join check. Their leases stay apart (every lease
+            # value carries its own token), but routing by host id cannot tell them apart.
+            self.metrics.host_id_conflicts.inc()
+            log.error("cluster_host_id_conflict", host=self.host, other_instance=previous, instance=self.instance)
+        self._beats += 1
         for session in list(self.leases.held):
             status = self._status_of(session)
             if status is not None and status != self._written.get(session) and session not in self.registry.pending:

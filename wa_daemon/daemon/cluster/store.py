@@ -70,6 +70,7 @@ class HostBeat(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     lease_ttl: float
     pid: int
     at_us: int = 0  # Redis's clock when written (set by the script)
+    instance: str = ""  # random per daemon process: two live processes under one host_id differ here
 
 
 def _text(value: Any) -> str:
@@ -211,15 +212,17 @@ class RedisStore:
 
     # ------------------------------------------------------------------ hosts
 
-    async def heartbeat(self, beat: HostBeat, ttl: float) -> None:
+    async def heartbeat(self, beat: HostBeat, ttl: float) -> str:
+        """Publish ``beat``; returns the ``instance`` of the heartbeat it replaced ("" if none)."""
         fields = msgspec.to_builtins(beat)
         fields.pop("at_us")
         args: list[str] = [beat.host, str(math.ceil(ttl * 1000))]
         for name, value in fields.items():
             args += [name, str(value)]
-        await self._call(
+        previous = await self._call(
             "heartbeat", self._heartbeat(keys=[f"{PREFIX}host:{beat.host}", f"{PREFIX}hosts"], args=args)
         )
+        return _text(previous) if previous else ""
 
     async def hosts(self) -> tuple[list[HostBeat], int]:
         """The live hosts' heartbeats, and Redis's clock (µs) to age them by."""
@@ -229,15 +232,18 @@ class RedisStore:
         now = int(seconds) * 1_000_000 + int(micros)
         beats = []
         for name in names:
-            key = f"{PREFIX}host:{name}"
             try:
-                raw = await self._typed("hosts", self.client.hgetall(key), {key: "hash"})
-                if not raw:
-                    continue  # its heartbeat expired: the host is gone
-                beats.append(decode_beat(name, {_text(k): _text(v) for k, v in raw.items()}))
+                if (beat := await self.beat(name)) is not None:
+                    beats.append(beat)
             except ClusterDataError as exc:
                 self.on_refused(exc)  # that host is left out; the others are still listed
         return beats, now
+
+    async def beat(self, host: str) -> HostBeat | None:
+        """One host's heartbeat; None once it expired (the host is gone)."""
+        key = f"{PREFIX}host:{host}"
+        raw = await self._typed("hosts", self.client.hgetall(key), {key: "hash"})
+        return decode_beat(host, {_text(k): _text(v) for k, v in raw.items()}) if raw else None
 
 
 _RECORD_FIELDS = frozenset(SessionRecord.__struct_fields__)
