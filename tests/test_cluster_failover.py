@@ -13,7 +13,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,7 +36,9 @@ SESSIONS = [f"s{i}" for i in range(6)]
 
 
 class Host:
-    def __init__(self, root: Path, redis: RedisServer, host: str, capacity: int) -> None:
+    def __init__(
+        self, root: Path, redis: RedisServer, host: str, capacity: int, url: str | None = None, ttl: float = TTL
+    ) -> None:
         self.id = host
         self.dir = root / host
         self.dir.mkdir(exist_ok=True)
@@ -44,7 +46,7 @@ class Host:
         self.frozen = False
         self.proc = DaemonProcess(
             self.sock, "--driver", "scripted",
-            "--set", f"redis_url={redis.url}", "--set", f"host_id={host}", "--set", f"lease_ttl={TTL}",
+            "--set", f"redis_url={url or redis.url}", "--set", f"host_id={host}", "--set", f"lease_ttl={ttl}",
             "--set", f"max_sessions={capacity}", "--set", "max_concurrent_launches=2",
             "--set", "scripted.launch_delay=0.2", "--set", "scripted.auth_delay=0.2",
             "--set", "scripted.auto_scan_after=0.2",
@@ -133,9 +135,9 @@ def metric(host: Host, name: str, **labels: str) -> float:
         return sum(s.value for s in wa.metrics().samples if s.name == name and s.labels == labels)
 
 
-def connect_all(host: Host) -> None:
+def connect_all(host: Host, sessions: Sequence[str] = SESSIONS) -> None:
     with Client(host.sock, timeout=10) as wa:
-        for session in SESSIONS:
+        for session in sessions:
             while True:
                 try:
                     wa.connect(session)

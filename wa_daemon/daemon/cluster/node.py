@@ -86,6 +86,7 @@ class ClusterNode:
         self.joined = False  # the join checks passed (or could not run yet: see upkeep)
         self.join_refused: str | None = None
         self._beats = 0
+        self._down: tuple[float, str] | None = None  # since when Redis fails, and the last error
 
     def attach(self, fleet: Fleet, metrics: CollectorRegistry) -> None:
         """Serve ``fleet`` (the manager), counting into the daemon's ``metrics``."""
@@ -94,6 +95,7 @@ class ClusterNode:
         self.metrics.leases.set_function(lambda: len(self.leases.held))
         self.metrics.pending_writes.set_function(lambda: len(self.registry.pending))
         self.store.on_refused = lambda exc: self._redis_failed("read", exc)
+        self.registry.unreachable = self.redis_unreachable
 
     def reconfigure(self, config: Config) -> None:
         self.config = config  # lease_ttl and host_id need a restart; max_sessions applies now
@@ -111,6 +113,7 @@ class ClusterNode:
                 sent = trio.current_time()
                 try:
                     got = await self.store.acquire(session_id, self.host, self.timing.ttl, self.leases.highest_token)
+                    self._redis_answered()
                     if got.outcome == "ok":
                         assert got.value is not None
                         self.leases.acquired(session_id, got.value, sent)
@@ -210,6 +213,7 @@ class ClusterNode:
                 self._redis_failed("renew", exc)
                 self.leases.renew_failed(batch)
                 return
+            self._redis_answered()
             for session, reason in self.leases.renewed(batch, results):
                 self._fence(session, reason.value)
             return
@@ -307,6 +311,7 @@ class ClusterNode:
         except ClusterError as exc:
             self._redis_failed("heartbeat", exc)
             return
+        self._redis_answered()
         if self._beats and previous not in ("", self.instance):
             # Another live process wrote this host's heartbeat since our last one: both
             # started at once, past the join check. Their leases stay apart (every lease
@@ -384,6 +389,23 @@ class ClusterNode:
             return
         self.metrics.redis_errors.labels(op).inc()
         log.warning("cluster_redis_error", op=op, error=str(exc))
+        if self._down is None:
+            self._down = (trio.current_time(), str(exc))
+            log.error("cluster_redis_unreachable", op=op, error=str(exc))
+        else:
+            self._down = (self._down[0], str(exc))
+
+    def _redis_answered(self) -> None:
+        if self._down is not None:
+            log.info("cluster_redis_reachable", after=round(trio.current_time() - self._down[0], 3))
+            self._down = None
+
+    def redis_unreachable(self) -> str | None:
+        """Why Redis cannot be reached (since when, the last error), or None when its last call answered."""
+        if self._down is None:
+            return None
+        since, error = self._down
+        return f"for {trio.current_time() - since:.1f} s: {error}"
 
     _refused: dict[str, float]  # sessions whose row this host could not read -> when to try again
 
