@@ -17,6 +17,7 @@ from typing import Any, Literal
 import coredis
 import coredis.exceptions
 import msgspec
+import trio
 
 from ..ops.config import Config
 from ..sessions.registry import SessionRecord
@@ -113,7 +114,19 @@ class RedisStore:
                 raise ClusterDataError(f"{what}: a key it uses holds another type: {message[:120]}") from None
             raise ClusterError(f"{what}: Redis refused: {message[:200]}") from None
         except (coredis.exceptions.RedisError, OSError) as exc:
+            if isinstance(exc, TimeoutError):
+                self._drop_connections()
             raise ClusterError(f"{what}: {type(exc).__name__}: {str(exc)[:200]}") from None
+        except trio.Cancelled:
+            self._drop_connections()  # e.g. a renewal past its timeout
+            raise
+
+    def _drop_connections(self) -> None:
+        """A request that got no answer leaves its connection waiting for a reply that
+        may never come (a black hole loses what it swallowed), and coredis answers a
+        connection's requests in order: every later call on it would time out too.
+        So no connection that timed out is used again; the next call opens a new one."""
+        self.client.connection_pool.disconnect()
 
     # ------------------------------------------------------------------ leases
 
