@@ -80,22 +80,27 @@ class Sampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
-            seen: dict[str, list[str]] = {}
-            for host in list(self.hosts.values()):
-                if not host.alive():
-                    continue
-                try:
-                    running = host.running()
-                except (WaDaemonError, OSError):
-                    continue  # killed or stopped between the check and the call
-                for session in running:
-                    seen.setdefault(session, []).append(host.id)
+            seen = self.round()
             took = time.monotonic() - started
             for session, where in seen.items():
                 if len(where) > 1:
                     self.overlaps.append((session, where, took))
             self.rounds += 1
             time.sleep(0.02)
+
+    def round(self) -> dict[str, list[str]]:
+        """One sampling round: session -> the hosts running it."""
+        seen: dict[str, list[str]] = {}
+        for host in list(self.hosts.values()):
+            if not host.alive():
+                continue
+            try:
+                running = host.running()
+            except (WaDaemonError, OSError):
+                continue  # killed or stopped between the check and the call
+            for session in running:
+                seen.setdefault(session, []).append(host.id)
+        return seen
 
     def __enter__(self) -> Sampler:
         self._thread.start()

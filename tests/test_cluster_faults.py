@@ -196,11 +196,15 @@ def test_mutations_while_redis_is_unreachable_answer_unavailable_and_lose_nothin
                 assert info.value.details == {"session": "s0"}
             assert time.monotonic() - started < ttl / 5 * 4 - 1  # all answered before the fence point
             assert wa.status("s0").state == State.CONNECTED  # nothing changed
+            assert metric(hosts["a"], "wa_cluster_redis_unreachable_seconds") > 0
 
             proxy.set_mode("pass")
             wait_for("disconnect s0 is accepted again", lambda: accepted(wa, "s0"), ttl / 5 * 3)
             if not queued:
                 wa.disconnect("s1")
+            assert metric(hosts["a"], "wa_cluster_redis_unreachable_seconds") == 0
+        assert "cluster_redis_unreachable" in hosts["a"].proc.output()
+        assert "cluster_redis_reachable" in hosts["a"].proc.output()
         rows = trio.run(rows_of, redis)
         assert rows == {"s0": (False, "a"), "s1": (False, "a")}, rows
         assert hosts["a"].running() == {}

@@ -82,6 +82,8 @@ CLUSTER_METRICS = {
     "wa_cluster_data_refused_total",
     "wa_cluster_host_id_conflicts_total",
     "wa_cluster_join_refused_total",
+    "wa_cluster_reclaimed_total",
+    "wa_cluster_redis_unreachable_seconds",
 }
 # prometheus_client's process collector (the daemon process), and Prometheus' own `up`.
 PROCESS_METRICS = {

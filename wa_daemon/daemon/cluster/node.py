@@ -32,6 +32,7 @@ from ..sessions.placement import Fleet, host_info
 from ..sessions.registry import SessionRecord
 from .join import JoinRefused, check_join
 from .lease import FenceReason, LeaseTable, LeaseTiming, parse_token
+from .reclaim import Reclaims
 from .registry import RedisRegistry, encode_record
 from .store import ClusterDataError, ClusterError, HostBeat, RedisStore
 
@@ -63,6 +64,13 @@ class ClusterMetrics:
         self.join_refused = Counter(
             "wa_cluster_join_refused", "join checks that refused this daemon (host_id in use, lease_ttl)", registry=r
         )
+        self.unreachable = Gauge(
+            "wa_cluster_redis_unreachable_seconds",
+            "how long this host's calls to Redis have been failing; 0 while its last call answered", registry=r,
+        )
+        self.reclaimed = Counter(
+            "wa_cluster_reclaimed", "sessions this host took back after a Redis restart lost their rows", registry=r
+        )
         self.data_refused = Counter(
             "wa_cluster_data_refused", "data in Redis this host refused (a wrong type, a bad field), by key family",
             ["key"], registry=r,
@@ -87,6 +95,7 @@ class ClusterNode:
         self.join_refused: str | None = None
         self._beats = 0
         self._down: tuple[float, str] | None = None  # since when Redis fails, and the last error
+        self.reclaims = Reclaims(self.timing.ttl, keep_for=REFUSED_RETRY * self.timing.ttl)
 
     def attach(self, fleet: Fleet, metrics: CollectorRegistry) -> None:
         """Serve ``fleet`` (the manager), counting into the daemon's ``metrics``."""
@@ -96,6 +105,9 @@ class ClusterNode:
         self.metrics.pending_writes.set_function(lambda: len(self.registry.pending))
         self.store.on_refused = lambda exc: self._redis_failed("read", exc)
         self.registry.unreachable = self.redis_unreachable
+        self.metrics.unreachable.set_function(
+            lambda: 0.0 if self._down is None else trio.current_time() - self._down[0]
+        )
 
     def reconfigure(self, config: Config) -> None:
         self.config = config  # lease_ttl and host_id need a restart; max_sessions applies now
@@ -151,6 +163,8 @@ class ClusterNode:
             if value is not None:
                 await self.store.release(session_id, value)
             raise
+        if record is not None:
+            self.registry.rows[session_id] = record
         if record is None or not record.linked:
             return record
         # Its login is in the profile on the host that ran it: auth snapshots, which
@@ -223,6 +237,9 @@ class ClusterNode:
     def _fence(self, session: str, reason: str) -> None:
         """Stop the session here; write nothing for it (the lease may be another's)."""
         self.leases.released(session)
+        row = self.registry.rows.pop(session, None)
+        if reason == FenceReason.LOST.value and row is not None:
+            self.reclaims.remember(row, trio.current_time())  # in case Redis lost its data
         self.registry.pending.pop(session, None)
         self._written.pop(session, None)
         self.metrics.fenced.labels(reason).inc()
@@ -325,7 +342,38 @@ class ClusterNode:
                 value = self.leases.value(session)
                 if value is not None and self.leases.may_write(session, trio.current_time()):
                     await self._write_status(session, value, status)
-        await self.take_over(info.capacity - info.sessions)
+        taken = await self.take_over(info.capacity - info.sessions)
+        if self.reclaims.lost:
+            await self.reclaim(info.capacity - info.sessions - taken)
+
+    async def reclaim(self, room: int) -> None:
+        """Take back the sessions a Redis restart without its data took away (cluster/reclaim.py)."""
+        try:
+            age = await self.store.epoch_age()
+            known = set(await self.store.session_ids())
+        except ClusterError as exc:
+            self._redis_failed("reclaim", exc)
+            return
+        for row in self.reclaims.due(trio.current_time(), age, known)[: max(0, room)]:
+            sent = trio.current_time()
+            try:
+                got = await self.store.acquire(row.session, self.host, self.timing.ttl, self.leases.highest_token)
+                if got.outcome == "quarantine":
+                    continue  # remembered: the next round
+                self.reclaims.forget(row.session)
+                if got.outcome != "ok" or got.value is None:
+                    continue  # somebody else's now
+                self.leases.acquired(row.session, got.value, sent)
+                if not await self.store.write(row.session, got.value, {"record": encode_record(row)}):
+                    self.leases.released(row.session)
+                    continue
+            except ClusterError as exc:
+                self._redis_failed("reclaim", exc)
+                continue
+            self.registry.rows[row.session] = row
+            if self.fleet is not None and self.fleet.adopt(row):
+                self.metrics.reclaimed.inc()
+                log.warning("cluster_session_reclaimed", session=row.session, should_run=row.should_run)
 
     async def _write_status(self, session: str, value: str, status: SessionStatus) -> None:
         try:

@@ -34,6 +34,7 @@ class RedisRegistry:
         self.wake = trio.Event()
         # Why Redis is unreachable right now (the node's last call to it failed), or None.
         self.unreachable: Callable[[], str | None] = lambda: None
+        self.rows: dict[str, SessionRecord] = {}  # the last row queued per session (cluster/reclaim.py)
 
     def load(self) -> list[SessionRecord]:
         # A host starts with no lease: its sessions (and any other host's that lost
@@ -59,6 +60,10 @@ class RedisRegistry:
                 "(Redis unreachable, another host took it, or it is being re-checked after a pause)"
             )
         self.pending[session] = row
+        if row is None:
+            self.rows.pop(session, None)
+        else:
+            self.rows[session] = row
         self.wake.set()
 
     def take(self) -> dict[str, Pending]:

@@ -135,3 +135,12 @@ return previous
 
 # Redis's clock, as {seconds, microseconds}.
 NOW = "return redis.call('TIME')"
+
+# KEYS: epoch. {now µs, since_us or ''}: how long ago Redis's current run began
+# (cluster/reclaim.py); '' when no script has noticed this run yet.
+EPOCH_AGE = """
+local t = redis.call('TIME')
+local since = redis.pcall('HGET', KEYS[1], 'since_us')
+if type(since) ~= 'string' then since = '' end
+return {t[1] .. string.format('%06d', tonumber(t[2])), since}
+"""

@@ -89,6 +89,7 @@ class RedisStore:
         self._orphans = client.register_script(scripts.ORPHANS)
         self._heartbeat = client.register_script(scripts.HEARTBEAT)
         self._now = client.register_script(scripts.NOW)
+        self._epoch_age = client.register_script(scripts.EPOCH_AGE)
         self.commands = 0  # round trips made, for the benchmark and the metrics
         # Told about data refused while the rest of a read goes on (one bad heartbeat
         # must not hide the other hosts): the node logs and counts it.
@@ -219,6 +220,17 @@ class RedisStore:
         key = self.session_key(session)
         data = await self._typed("read", self.client.hget(key, "record"), {key: "hash"})
         return None if data is None else decode_record(session, data)
+
+    async def epoch_age(self) -> float | None:
+        """Seconds since Redis's current run began (the EPOCH prelude's record); None
+        when no script has noticed this run yet (it just restarted)."""
+        now, since = await self._call("epoch", self._epoch_age(keys=[f"{PREFIX}epoch"], args=[]))
+        since = _text(since)
+        if not since:
+            return None
+        if not since.isdigit():
+            raise ClusterDataError(f"epoch: {PREFIX}epoch has since_us {since[:20]!r}, not a number", f"{PREFIX}epoch")
+        return (int(_text(now)) - int(since)) / 1e6
 
     async def session_ids(self) -> list[str]:
         return sorted(_text(s) for s in await self._call("list", self.client.smembers(f"{PREFIX}sessions")))
