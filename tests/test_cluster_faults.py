@@ -121,7 +121,7 @@ async def test_the_proxy_cuts_delays_swallows_and_passes(tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["cut", "half-open", "delay"])
+@pytest.mark.parametrize("mode", ["cut", "half-open", "delay", "drop-replies"])
 def test_an_owner_cut_off_from_redis_fences_before_its_leases_can_expire(mode: str) -> None:
     with fleet() as (redis, root, hosts), fault_proxy(redis.sock) as proxy:
         hosts["a"] = Host(root, redis, "a", capacity=3, url=proxy.url)
