@@ -37,10 +37,17 @@ SESSIONS = [f"s{i}" for i in range(6)]
 
 class Host:
     def __init__(
-        self, root: Path, redis: RedisServer, host: str, capacity: int, url: str | None = None, ttl: float = TTL
+        self,
+        root: Path,
+        redis: RedisServer,
+        host: str,
+        capacity: int,
+        url: str | None = None,
+        ttl: float = TTL,
+        directory: str | None = None,
     ) -> None:
         self.id = host
-        self.dir = root / host
+        self.dir = root / (directory or host)
         self.dir.mkdir(exist_ok=True)
         self.sock = self.dir / "d.sock"
         self.frozen = False

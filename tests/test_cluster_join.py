@@ -12,13 +12,15 @@ from pathlib import Path
 import pytest
 import trio
 
+from wa_daemon import Client, Unavailable
 from wa_daemon.daemon.cluster.store import HostBeat, open_store
 from wa_daemon.daemon.main import EXIT_CONFIG
 
+from .fault_proxy import fault_proxy
 from .helpers import DaemonProcess, make_config
 from .redis_server import RedisServer, redis_server
 from .test_cluster import fleet as fleet_in_process
-from .test_cluster_failover import TTL, Host, fleet
+from .test_cluster_failover import TTL, Host, fleet, metric, wait_for
 
 
 def refused(root: Path, redis: RedisServer, host: str, ttl: float, timeout: float = 30) -> tuple[int, str, float]:
@@ -83,3 +85,31 @@ async def test_another_process_writing_this_host_ids_heartbeat_is_reported() -> 
             assert await store.heartbeat(twin, 2.0) == node.instance  # it replaced a's own
             while node.metrics.host_id_conflicts._value.get() == 0:
                 await trio.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_daemon_started_without_redis_checks_before_its_first_heartbeat() -> None:
+    """Redis unreachable at start: the daemon starts unchecked; when Redis answers it
+    runs the checks before any heartbeat or takeover, and refused it stays out: no
+    heartbeat of its own over the live daemon's, `connect` answers unavailable."""
+    with fleet() as (redis, root, hosts), fault_proxy(redis.sock) as proxy:
+        hosts["a"] = Host(root, redis, "a", capacity=2)
+        proxy.set_mode("cut")
+        hosts["twin"] = twin = Host(root, redis, "a", capacity=2, url=proxy.url, directory="twin")
+        assert "cluster_join_unchecked" in twin.proc.output()
+        proxy.set_mode("pass")
+        wait_for("the twin refuses to join", lambda: "cluster_join_refused" in twin.proc.output(), TTL * 3 + 10)
+        with Client(twin.sock, timeout=10) as wa:
+            with pytest.raises(Unavailable, match="this host may not join the fleet: host_id 'a' is in use"):
+                wa.connect("s1")
+        assert metric(twin, "wa_cluster_join_refused_total") == 1
+        time.sleep(TTL / 5 * 3)  # the twin's upkeep rounds go by: it writes no heartbeat
+        beat = trio.run(heartbeat_of, redis, "a")
+        assert beat is not None and beat.pid == hosts["a"].proc.proc.pid
+        assert metric(hosts["a"], "wa_cluster_host_id_conflicts_total") == 0
+
+
+async def heartbeat_of(redis: RedisServer, host: str) -> HostBeat | None:
+    with trio.fail_after(10):
+        async with open_store(make_config(redis_url=redis.url)) as store:
+            return await store.beat(host)
