@@ -113,6 +113,9 @@ async def test_a_host_whose_lease_was_taken_stops_the_session_and_writes_nothing
                     async for _ in events:
                         pass
                     assert events.end is not None and events.end.reason == "moved"
+                    # the final status says why it stopped here: fenced, not a daemon shutdown
+                    assert events.end.status is not None
+                    assert (events.end.status.state, events.end.status.reason) == (State.STOPPED, "fenced")
                     assert [s.session for s in await a.list()] == []
                     # found by the next renewal (lost), or by a write the script refused (stale)
                     fenced = node.metrics.fenced

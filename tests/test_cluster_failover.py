@@ -13,7 +13,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,15 +36,25 @@ SESSIONS = [f"s{i}" for i in range(6)]
 
 
 class Host:
-    def __init__(self, root: Path, redis: RedisServer, host: str, capacity: int, *extra: str, ttl: float = TTL) -> None:
+    def __init__(
+        self,
+        root: Path,
+        redis: RedisServer,
+        host: str,
+        capacity: int,
+        *extra: str,
+        url: str | None = None,
+        ttl: float = TTL,
+        directory: str | None = None,
+    ) -> None:
         self.id = host
-        self.dir = root / host
+        self.dir = root / (directory or host)
         self.dir.mkdir(exist_ok=True)
         self.sock = self.dir / "d.sock"
         self.frozen = False
         self.proc = DaemonProcess(
             self.sock, "--driver", "scripted",
-            "--set", f"redis_url={redis.url}", "--set", f"host_id={host}", "--set", f"lease_ttl={ttl}",
+            "--set", f"redis_url={url or redis.url}", "--set", f"host_id={host}", "--set", f"lease_ttl={ttl}",
             "--set", f"max_sessions={capacity}", "--set", "max_concurrent_launches=2",
             "--set", "scripted.launch_delay=0.2", "--set", "scripted.auth_delay=0.2",
             "--set", "scripted.auto_scan_after=0.2", *extra,
@@ -79,22 +89,27 @@ class Sampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
-            seen: dict[str, list[str]] = {}
-            for host in list(self.hosts.values()):
-                if not host.alive():
-                    continue
-                try:
-                    running = host.running()
-                except (WaDaemonError, OSError):
-                    continue  # killed or stopped between the check and the call
-                for session in running:
-                    seen.setdefault(session, []).append(host.id)
+            seen = self.round()
             took = time.monotonic() - started
             for session, where in seen.items():
                 if len(where) > 1:
                     self.overlaps.append((session, where, took))
             self.rounds += 1
             time.sleep(0.02)
+
+    def round(self) -> dict[str, list[str]]:
+        """One sampling round: session -> the hosts running it."""
+        seen: dict[str, list[str]] = {}
+        for host in list(self.hosts.values()):
+            if not host.alive():
+                continue
+            try:
+                running = host.running()
+            except (WaDaemonError, OSError):
+                continue  # killed or stopped between the check and the call
+            for session in running:
+                seen.setdefault(session, []).append(host.id)
+        return seen
 
     def __enter__(self) -> Sampler:
         self._thread.start()
@@ -134,9 +149,9 @@ def metric(host: Host, name: str, **labels: str) -> float:
         return sum(s.value for s in wa.metrics().samples if s.name == name and s.labels == labels)
 
 
-def connect_all(host: Host) -> None:
+def connect_all(host: Host, sessions: Sequence[str] = SESSIONS) -> None:
     with Client(host.sock, timeout=10) as wa:
-        for session in SESSIONS:
+        for session in sessions:
             while True:
                 try:
                     wa.connect(session)

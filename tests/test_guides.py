@@ -94,6 +94,11 @@ CLUSTER_METRICS = {
     "wa_cluster_events_lag_seconds",
     "wa_cluster_events_stale",
     "wa_cluster_remote_sessions",
+    "wa_cluster_data_refused_total",
+    "wa_cluster_host_id_conflicts_total",
+    "wa_cluster_join_refused_total",
+    "wa_cluster_reclaimed_total",
+    "wa_cluster_redis_unreachable_seconds",
 }
 # prometheus_client's process collector (the daemon process), and Prometheus' own `up`.
 PROCESS_METRICS = {

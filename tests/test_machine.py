@@ -140,6 +140,7 @@ EVENTS: dict[str, ev.Event] = {
     "IdleTimeout": ev.IdleTimeout("idle"),
     "Inactive": ev.Inactive("nobody"),
     "Shutdown": ev.Shutdown(),
+    "Fenced": ev.Fenced("lease lost"),
     "LogoutStarted": ev.LogoutStarted(browser_open=True),
     "LogoutDone": ev.LogoutDone(),
     "Recycle": ev.Recycle(Reason.MEMORY_LIMIT, "too big"),
@@ -184,6 +185,7 @@ EXPECTED: dict[str, dict[str, State]] = {
     "IdleTimeout": _to(ALL - {"stopped"}, S.STOPPED),
     "Inactive": _to(ALIVE, S.FAILED),
     "Shutdown": _to(ALIVE, S.STOPPED),
+    "Fenced": _to(ALIVE, S.STOPPED),
     "LogoutDone": _to(ALL - {"logged_out"}, S.LOGGED_OUT),
     "Recycle": {"connected": S.RECONNECTING},
     "LaunchFailed": {"launching": S.FAILED},  # a relaunch spends a reconnect attempt instead

@@ -112,6 +112,7 @@ class Reason(str, enum.Enum):
     IDLE_TIMEOUT = "idle_timeout"
     MEMORY_LIMIT = "memory_limit"  # the browser was recycled: over session_memory_limit
     INTERNAL_ERROR = "internal_error"
+    FENCED = "fenced"  # several hosts: this host lost the session's lease and stopped it (docs/cluster.md)
 
 
 # --------------------------------------------------------------------------- data

@@ -12,6 +12,7 @@ import trio
 
 from .._version import __version__
 from .app import Daemon
+from .cluster.join import JoinRefused
 from .ops.configfile import DEFAULT_CONFIG_PATH, ENV_CONFIG, ConfigError, ConfigSource, render
 from .ops.log import configure, get_logger
 from .ops.systemd import ActivationError, Notifier, activated_socket, listen_fds
@@ -153,8 +154,27 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"wa-daemon: cannot serve on {daemon.socket_path}: {exc}", file=sys.stderr)
         return 1
-    trio.run(_serve, daemon, bound)
+    try:
+        trio.run(_serve, daemon, bound)
+    except Exception as exc:
+        refused = _join_refused(exc)
+        if refused is None:
+            raise
+        # several hosts: host_id in use by a live daemon, or a lease_ttl not the fleet's
+        print(f"wa-daemon: cannot join the fleet: {refused}", file=sys.stderr)
+        return EXIT_CONFIG
     return EXIT_OK
+
+
+def _join_refused(exc: BaseException) -> JoinRefused | None:
+    """The JoinRefused in ``exc``, however deep the nurseries it crossed grouped it."""
+    if isinstance(exc, JoinRefused):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):
+        found = _join_refused(inner)
+        if found is not None:
+            return found
+    return None
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ the manager back through Fleet (adopt, evict). Its tasks, all in :meth:`run`:
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from typing import Any
 
@@ -32,13 +33,17 @@ from ..sessions.placement import Fleet, host_info
 from ..sessions.registry import SessionRecord
 from .drain import Drain, hand_over_all
 from .fanout import EventFanout
+from .join import JoinRefused, check_join
 from .lease import FenceReason, LeaseTable, LeaseTiming, parse_token
 from .limits import LimitMetrics, SharedLimits
+from .reclaim import Reclaims
 from .registry import RedisRegistry, encode_record
 from .remote import RemoteCache
 from .store import ClusterDataError, ClusterError, HostBeat, RedisStore
 
 log = get_logger("cluster")
+
+REFUSED_RETRY = 4  # lease_ttls before a session whose row was refused is tried again
 
 __all__ = ["ClusterMetrics", "ClusterNode"]
 
@@ -58,6 +63,23 @@ class ClusterMetrics:
         self.pending_writes = Gauge("wa_cluster_pending_writes", "registry rows waiting to reach Redis", registry=r)
         for reason in (*FenceReason, "stale"):
             self.fenced.labels(str(getattr(reason, "value", reason)))
+        self.host_id_conflicts = Counter(
+            "wa_cluster_host_id_conflicts", "heartbeats of this host_id written by another live daemon", registry=r
+        )
+        self.join_refused = Counter(
+            "wa_cluster_join_refused", "join checks that refused this daemon (host_id in use, lease_ttl)", registry=r
+        )
+        self.unreachable = Gauge(
+            "wa_cluster_redis_unreachable_seconds",
+            "how long this host's calls to Redis have been failing; 0 while its last call answered", registry=r,
+        )
+        self.reclaimed = Counter(
+            "wa_cluster_reclaimed", "sessions this host took back after a Redis restart lost their rows", registry=r
+        )
+        self.data_refused = Counter(
+            "wa_cluster_data_refused", "data in Redis this host refused (a wrong type, a bad field), by key family",
+            ["key"], registry=r,
+        )
 
 
 class ClusterNode:
@@ -75,6 +97,13 @@ class ClusterNode:
         self.limits = SharedLimits(store)  # the fleet-wide limits (cluster/limits.py)
         self.drainer = Drain(store, self.host)  # drain (cluster/drain.py)
         self.fanout = EventFanout(self.host, store, self.timing.renew_every, config.history_size)
+        self._refused = {}
+        self.instance = secrets.token_hex(8)  # this process, in the heartbeat (cluster/join.py)
+        self.joined = False  # the join checks passed (or could not run yet: see upkeep)
+        self.join_refused: str | None = None
+        self._beats = 0
+        self._down: tuple[float, str] | None = None  # since when Redis fails, and the last error
+        self.reclaims = Reclaims(self.timing.ttl, keep_for=REFUSED_RETRY * self.timing.ttl)
 
     def attach(self, fleet: Fleet, metrics: CollectorRegistry) -> None:
         """Serve ``fleet`` (the manager), counting into the daemon's ``metrics``."""
@@ -85,6 +114,11 @@ class ClusterNode:
         self.limits.metrics = LimitMetrics(metrics)
         self.drainer.attach(metrics)
         self.fanout.attach(fleet.hub, fleet.peek, lambda: list(self.leases.held), metrics)
+        self.store.on_refused = lambda exc: self._redis_failed("read", exc)
+        self.registry.unreachable = self.redis_unreachable
+        self.metrics.unreachable.set_function(
+            lambda: 0.0 if self._down is None else trio.current_time() - self._down[0]
+        )
 
     def reconfigure(self, config: Config) -> None:
         self.config = config  # lease_ttl and host_id need a restart; max_sessions applies now
@@ -92,6 +126,8 @@ class ClusterNode:
     # ------------------------------------------------------------------ Placement
 
     async def claim(self, session_id: str, owner_uid: int | None = None, caller: Caller = ADMIN) -> SessionRecord | None:
+        if self.join_refused is not None:
+            raise Unavailable(f"this host may not join the fleet: {self.join_refused}", {"session": session_id})
         if self.drainer.draining:
             raise Unavailable(
                 f"host {self.host!r} is draining: it takes no new session; call another host",
@@ -105,12 +141,18 @@ class ClusterNode:
                 sent = trio.current_time()
                 try:
                     got = await self.store.acquire(session_id, self.host, self.timing.ttl, self.leases.highest_token)
+                    self._redis_answered()
                     if got.outcome == "ok":
                         assert got.value is not None
                         self.leases.acquired(session_id, got.value, sent)
                         record = await self._record_of(session_id)
                         await self._admit(session_id, got.value, owner_uid, caller)
                         return record
+                except ClusterDataError as exc:
+                    self._redis_failed("acquire", exc)
+                    raise Unavailable(
+                        f"the fleet's data for this session is refused: {exc}", {"session": session_id, "key": exc.key}
+                    ) from None
                 except ClusterError as exc:
                     self._redis_failed("acquire", exc)
                     raise Unavailable(f"the fleet's Redis cannot be asked: {exc}", {"session": session_id}) from None
@@ -139,6 +181,8 @@ class ClusterNode:
             if value is not None:
                 await self.store.release(session_id, value)
             raise
+        if record is not None:
+            self.registry.rows[session_id] = record
         if record is None or not record.linked:
             return record
         # Its login is in the profile on the host that ran it: auth snapshots, which
@@ -166,6 +210,10 @@ class ClusterNode:
     # ------------------------------------------------------------------ the tasks
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        # Before the first heartbeat: a refusal at start stops the daemon (EX_CONFIG);
+        # a Redis that cannot answer yet leaves the checks to the first upkeep.
+        if not await self.join():
+            log.warning("cluster_join_unchecked", host=self.host)
         try:
             await self.drainer.clear_own()  # a host that starts takes sessions again
         except ClusterError as exc:
@@ -205,6 +253,7 @@ class ClusterNode:
                 self._redis_failed("renew", exc)
                 self.leases.renew_failed(batch)
                 return
+            self._redis_answered()
             for session, reason in self.leases.renewed(batch, results):
                 self._fence(session, reason.value)
             return
@@ -214,6 +263,9 @@ class ClusterNode:
     def _fence(self, session: str, reason: str) -> None:
         """Stop the session here; write nothing for it (the lease may be another's)."""
         self.leases.released(session)
+        row = self.registry.rows.pop(session, None)
+        if reason == FenceReason.LOST.value and row is not None:
+            self.reclaims.remember(row, trio.current_time())  # in case Redis lost its data
         self.registry.pending.pop(session, None)
         self._written.pop(session, None)
         self.metrics.fenced.labels(reason).inc()
@@ -248,7 +300,9 @@ class ClusterNode:
         except ClusterError as exc:
             self._redis_failed("write", exc)
             self.registry.give_back(session, row)
-            await trio.sleep(self.timing.renew_every / 4)  # Redis is in trouble: do not spin
+            # Redis is in trouble, or a key is broken until an operator fixes it: do not spin.
+            data = isinstance(exc, ClusterDataError)
+            await trio.sleep(self.timing.renew_every / (1 if data else 4))
             self.registry.wake.set()
             return
         if not ok:
@@ -263,23 +317,53 @@ class ClusterNode:
             await self.upkeep()
             await trio.sleep(self.timing.renew_every)
 
+    async def join(self) -> bool:
+        """Run the join checks (cluster/join.py); False if Redis could not be asked."""
+        try:
+            with trio.fail_after(self.timing.ttl):
+                await check_join(self.store, self.host, self.instance, self.timing)
+        except JoinRefused as exc:
+            self.join_refused = str(exc)
+            self.metrics.join_refused.inc()
+            log.error("cluster_join_refused", host=self.host, error=str(exc))
+            raise
+        except (ClusterError, trio.TooSlowError) as exc:
+            self._redis_failed("join", exc if isinstance(exc, ClusterError) else ClusterError("no answer"))
+            return False
+        self.joined = True
+        return True
+
     async def upkeep(self) -> None:
         """The heartbeat, the statuses that changed, and takeovers."""
         fleet = self.fleet
-        if fleet is None:
-            return
+        if fleet is None or self.join_refused is not None:
+            return  # refused: no heartbeat (it would overwrite the other daemon's), no sessions
+        if not self.joined:
+            try:
+                if not await self.join():
+                    return
+            except JoinRefused:
+                return
         info = host_info(self.host, fleet, self.config.max_sessions)
         beat = HostBeat(
             host=self.host, version=__version__, capacity=info.capacity, sessions=info.sessions,
-            running=info.running, lease_ttl=self.timing.ttl, pid=os.getpid(),
+            running=info.running, lease_ttl=self.timing.ttl, pid=os.getpid(), instance=self.instance,
         )
         try:
             if await self.drainer.poll():
                 beat = msgspec.structs.replace(beat, draining=True)
-            await self.store.heartbeat(beat, self.timing.ttl)
+            previous = await self.store.heartbeat(beat, self.timing.ttl)
         except ClusterError as exc:
             self._redis_failed("heartbeat", exc)
             return
+        self._redis_answered()
+        if self._beats and previous not in ("", self.instance):
+            # Another live process wrote this host's heartbeat since our last one: both
+            # started at once, past the join check. Their leases stay apart (every lease
+            # value carries its own token), but routing by host id cannot tell them apart.
+            self.metrics.host_id_conflicts.inc()
+            log.error("cluster_host_id_conflict", host=self.host, other_instance=previous, instance=self.instance)
+        self._beats += 1
         for session in list(self.leases.held):
             status = self._status_of(session)
             if status is not None and status != self._written.get(session) and session not in self.registry.pending:
@@ -288,8 +372,39 @@ class ClusterNode:
                     await self._write_status(session, value, status)
         if self.drainer.draining:
             self._start_drain_round()
-        else:
-            await self.take_over(info.capacity - info.sessions)
+            return
+        taken = await self.take_over(info.capacity - info.sessions)
+        if self.reclaims.lost:
+            await self.reclaim(info.capacity - info.sessions - taken)
+
+    async def reclaim(self, room: int) -> None:
+        """Take back the sessions a Redis restart without its data took away (cluster/reclaim.py)."""
+        try:
+            age = await self.store.epoch_age()
+            known = set(await self.store.session_ids())
+        except ClusterError as exc:
+            self._redis_failed("reclaim", exc)
+            return
+        for row in self.reclaims.due(trio.current_time(), age, known)[: max(0, room)]:
+            sent = trio.current_time()
+            try:
+                got = await self.store.acquire(row.session, self.host, self.timing.ttl, self.leases.highest_token)
+                if got.outcome == "quarantine":
+                    continue  # remembered: the next round
+                self.reclaims.forget(row.session)
+                if got.outcome != "ok" or got.value is None:
+                    continue  # somebody else's now
+                self.leases.acquired(row.session, got.value, sent)
+                if not await self.store.write(row.session, got.value, {"record": encode_record(row)}):
+                    self.leases.released(row.session)
+                    continue
+            except ClusterError as exc:
+                self._redis_failed("reclaim", exc)
+                continue
+            self.registry.rows[row.session] = row
+            if self.fleet is not None and self.fleet.adopt(row):
+                self.metrics.reclaimed.inc()
+                log.warning("cluster_session_reclaimed", session=row.session, should_run=row.should_run)
 
     async def _write_status(self, session: str, value: str, status: SessionStatus) -> None:
         try:
@@ -309,13 +424,19 @@ class ClusterNode:
         room = min(room, self.config.max_concurrent_launches)
         if room <= 0 or self.fleet is None:
             return 0
+        now = trio.current_time()
+        for session, until in list(self._refused.items()):
+            if until <= now:
+                del self._refused[session]
         try:
-            orphans = await self.store.orphans(room)
+            # Sessions refused lately (a row this host cannot read) come first, being
+            # the oldest orphans: ask for more, so they never block the others.
+            orphans = [s for s in await self.store.orphans(room + len(self._refused)) if s not in self._refused]
         except ClusterError as exc:
             self._redis_failed("orphans", exc)
             return 0
         taken = 0
-        for session in orphans:
+        for session in orphans[:room]:
             sent = trio.current_time()
             try:
                 got = await self.store.acquire(session, self.host, self.timing.ttl, self.leases.highest_token)
@@ -328,6 +449,8 @@ class ClusterNode:
                 record = await self._record_of(session)
             except ClusterError as exc:
                 self._redis_failed("takeover", exc)
+                if isinstance(exc, ClusterDataError):
+                    self._refused[session] = trio.current_time() + REFUSED_RETRY * self.timing.ttl
                 continue
             if record is None:  # a lease without a row: nothing to run
                 self.leases.released(session)
@@ -341,8 +464,31 @@ class ClusterNode:
         return taken
 
     def _redis_failed(self, op: str, exc: ClusterError) -> None:
+        if isinstance(exc, ClusterDataError):
+            self.metrics.data_refused.labels(exc.kind).inc()
+            log.error("cluster_data_refused", op=op, key=exc.key, error=str(exc))
+            return
         self.metrics.redis_errors.labels(op).inc()
         log.warning("cluster_redis_error", op=op, error=str(exc))
+        if self._down is None:
+            self._down = (trio.current_time(), str(exc))
+            log.error("cluster_redis_unreachable", op=op, error=str(exc))
+        else:
+            self._down = (self._down[0], str(exc))
+
+    def _redis_answered(self) -> None:
+        if self._down is not None:
+            log.info("cluster_redis_reachable", after=round(trio.current_time() - self._down[0], 3))
+            self._down = None
+
+    def redis_unreachable(self) -> str | None:
+        """Why Redis cannot be reached (since when, the last error), or None when its last call answered."""
+        if self._down is None:
+            return None
+        since, error = self._down
+        return f"for {trio.current_time() - since:.1f} s: {error}"
+
+    _refused: dict[str, float]  # sessions whose row this host could not read -> when to try again
 
     # ------------------------------------------------------------------ limits and drain (parts C, D)
 
@@ -408,6 +554,7 @@ class ClusterNode:
     async def before_release(self, session_id: str) -> None:
         # the auth snapshot is saved here (part A)
         pass
+
     @property
     def remote(self) -> RemoteCache:
         """Other hosts' sessions, from the fleet's event stream (cluster/fanout.py)."""

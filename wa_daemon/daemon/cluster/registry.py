@@ -32,6 +32,9 @@ class RedisRegistry:
         self._clock = clock
         self.pending: dict[str, Pending] = {}
         self.wake = trio.Event()
+        # Why Redis is unreachable right now (the node's last call to it failed), or None.
+        self.unreachable: Callable[[], str | None] = lambda: None
+        self.rows: dict[str, SessionRecord] = {}  # the last row queued per session (cluster/reclaim.py)
 
     def load(self) -> list[SessionRecord]:
         # A host starts with no lease: its sessions (and any other host's that lost
@@ -45,12 +48,22 @@ class RedisRegistry:
         self._queue(session, None)
 
     def _queue(self, session: str, row: Pending) -> None:
+        down = self.unreachable()
+        if down is not None:
+            # A row queued now could be dropped unsent if this host loses the lease
+            # before Redis returns (another host would run the old row): refuse it, so
+            # the caller's operation changes nothing and can be retried.
+            raise RegistryError(f"the fleet's Redis is unreachable ({down}); nothing was changed, retry later")
         if not self._leases.may_write(session, self._clock()):
             raise RegistryError(
                 f"this host does not hold a confirmed lease on session {session!r} "
                 "(Redis unreachable, another host took it, or it is being re-checked after a pause)"
             )
         self.pending[session] = row
+        if row is None:
+            self.rows.pop(session, None)
+        else:
+            self.rows[session] = row
         self.wake.set()
 
     def take(self) -> dict[str, Pending]:

@@ -118,16 +118,29 @@ return out
 """
 
 # KEYS: host hash, hosts set. ARGV: host, ttl_ms, then field, value pairs.
+# Returns the instance of the heartbeat replaced ('' if none): another process's
+# means two live daemons share one host_id (cluster/join.py).
 HEARTBEAT = """
 local t = redis.call('TIME')
 local fields = {}
 for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+local previous = redis.pcall('HGET', KEYS[1], 'instance')
+if type(previous) ~= 'string' then previous = '' end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'at_us', t[1] .. string.format('%06d', tonumber(t[2])), unpack(fields))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[1])
-return 1
+return previous
 """
 
 # Redis's clock, as {seconds, microseconds}.
 NOW = "return redis.call('TIME')"
+
+# KEYS: epoch. {now µs, since_us or ''}: how long ago Redis's current run began
+# (cluster/reclaim.py); '' when no script has noticed this run yet.
+EPOCH_AGE = """
+local t = redis.call('TIME')
+local since = redis.pcall('HGET', KEYS[1], 'since_us')
+if type(since) ~= 'string' then since = '' end
+return {t[1] .. string.format('%06d', tonumber(t[2])), since}
+"""

@@ -73,11 +73,11 @@ class Adoption:
         self._status_changed()
         kill_group(session.process_group)
         log.warning("session_evicted", session=session_id, reason=reason)
-        self._ctx.nursery.start_soon(self._evicted, session)
+        self._ctx.nursery.start_soon(self._evicted, session, reason)
 
-    async def _evicted(self, session: Session) -> None:
+    async def _evicted(self, session: Session, reason: str) -> None:
         with trio.CancelScope(shield=True):
-            await session.shutdown()
+            await session.fence(f"this host lost the session's lease ({reason}); another host takes it over")
         self.hub.finish_session(session.id, "moved", session.status())
 
     async def hand_over(self, session_id: str) -> SessionRecord | None:

@@ -91,6 +91,14 @@ class Shutdown:
 
 
 @dataclass(frozen=True)
+class Fenced:
+    """Several hosts: this host lost the session's lease (the runner has stopped);
+    another host runs it now, or will."""
+
+    message: str
+
+
+@dataclass(frozen=True)
 class LogoutStarted:
     """logout begins; ``browser_open``: the session has a browser to log out of."""
 
@@ -165,7 +173,7 @@ class RunnerEnded:
     """The runner task is gone, whatever ended it (its end, a crash, a cancel)."""
 
 
-Operation = Begin | Disconnect | IdleTimeout | Inactive | Shutdown | LogoutStarted | LogoutDone | Recycle
+Operation = Begin | Disconnect | IdleTimeout | Inactive | Shutdown | LogoutStarted | LogoutDone | Recycle | Fenced
 RunnerEvent = Launched | LaunchFailed | BrowserClosed | AuthWiped | CodeGiven | CodeFailed | Tick | RunnerCrashed
 Event = Operation | RunnerEvent | RunnerEnded | PageEvent
 

@@ -183,6 +183,10 @@ class Machine:
         if self.state in ACTIVE:
             self._enter(State.STOPPED, Reason.SHUTDOWN, "daemon shutting down")
 
+    def _fenced(self, event: ev.Fenced) -> None:
+        if self.state in ACTIVE:
+            self._enter(State.STOPPED, Reason.FENCED, event.message)
+
     def _logout_started(self, event: ev.LogoutStarted) -> None:
         if event.browser_open and self.state in (State.CONNECTED, State.AUTHENTICATING):
             # The page logout ends the browser's event stream; the runner must
@@ -584,6 +588,7 @@ _HANDLERS: dict[type, Callable[[Machine, Any], None]] = {
     ev.IdleTimeout: Machine._stop,
     ev.Inactive: Machine._inactive,
     ev.Shutdown: Machine._shutdown,
+    ev.Fenced: Machine._fenced,
     ev.LogoutStarted: Machine._logout_started,
     ev.LogoutDone: Machine._logout_done,
     ev.Recycle: Machine._recycle_requested,

@@ -300,6 +300,12 @@ class Session:
         await self.stop_runner()
         self._handle(ev.Shutdown())
 
+    async def fence(self, message: str) -> None:
+        """Close the browser because this host lost the session's lease (its process
+        group was killed already): the last status says ``fenced``, not ``shutdown``."""
+        await self.stop_runner()
+        self._handle(ev.Fenced(message))
+
     async def logout(self) -> None:
         with trio.CancelScope(shield=True):
             browser = self._browser

@@ -33,7 +33,7 @@ TRANSITIONS: Final[dict[State, dict[State, str]]] = {
         S.RECONNECTING: "the browser died or the page was lost while starting",
         S.FAILED: "launch error (proxy_unreachable, proxy_auth_failed: the session's proxy), WhatsApp blocks the device "
         "or the web version, or the session was found inactive",
-        S.STOPPED: "disconnect, delete or shutdown",
+        S.STOPPED: "disconnect, delete, shutdown, or fenced (several hosts: the lease went to another host)",
         S.LOGGED_OUT: "logout requested, or a linked profile relaunched to a QR (unlinked while no browser ran)",
     },
     S.WAITING_QR: {
@@ -41,7 +41,7 @@ TRANSITIONS: Final[dict[State, dict[State, str]]] = {
         S.CONNECTED: "the QR was scanned and the app is shown at once",
         S.RECONNECTING: "the browser died or the page was lost",
         S.FAILED: "qr_timeout, conflict, blocked, web_version_deprecated, or inactive",
-        S.STOPPED: "disconnect, delete or shutdown",
+        S.STOPPED: "disconnect, delete, shutdown, or fenced (several hosts: the lease went to another host)",
         S.LOGGED_OUT: "logout requested before linking",
     },
     S.WAITING_CODE: {
@@ -49,7 +49,7 @@ TRANSITIONS: Final[dict[State, dict[State, str]]] = {
         S.CONNECTED: "the pairing code was entered and the app is shown at once",
         S.RECONNECTING: "the browser died or the page was lost",
         S.FAILED: "code_timeout, conflict, blocked, web_version_deprecated, or inactive",
-        S.STOPPED: "disconnect, delete or shutdown",
+        S.STOPPED: "disconnect, delete, shutdown, or fenced (several hosts: the lease went to another host)",
         S.LOGGED_OUT: "logout requested before linking",
     },
     S.AUTHENTICATING: {
@@ -59,13 +59,13 @@ TRANSITIONS: Final[dict[State, dict[State, str]]] = {
         S.RECONNECTING: "the browser died or the page was lost",
         S.FAILED: "conflict, blocked, web_version_deprecated, or inactive",
         S.LOGGED_OUT: "the phone unlinked the device, or logout requested",
-        S.STOPPED: "disconnect, delete or shutdown",
+        S.STOPPED: "disconnect, delete, shutdown, or fenced (several hosts: the lease went to another host)",
     },
     S.CONNECTED: {
         S.RECONNECTING: "the browser died or the connection was lost, or the browser is recycled (memory_limit)",
         S.LOGGED_OUT: "the phone unlinked the device, or logout requested",
         S.FAILED: "conflict without takeover, blocked, or web_version_deprecated",
-        S.STOPPED: "disconnect, delete, idle timeout or shutdown",
+        S.STOPPED: "disconnect, delete, idle timeout, shutdown, or fenced (several hosts: the lease went to another host)",
     },
     S.RECONNECTING: {
         S.WAITING_QR: "relaunched; the page shows a login QR (the session was not linked yet)",
@@ -75,7 +75,7 @@ TRANSITIONS: Final[dict[State, dict[State, str]]] = {
         S.FAILED: "max_reconnects (proxy_unreachable or proxy_auth_failed when the last relaunch failed at the "
         "proxy), launch error, conflict, blocked, web_version_deprecated or inactive",
         S.LOGGED_OUT: "the phone unlinked the device (also while no browser ran), or logout requested",
-        S.STOPPED: "disconnect, delete or shutdown",
+        S.STOPPED: "disconnect, delete, shutdown, or fenced (several hosts: the lease went to another host)",
     },
     S.FAILED: {
         S.STARTING: "connect (a new attempt)",
@@ -117,6 +117,7 @@ EVENT_EDGES: Final[dict[str, dict[State, frozenset[State]]]] = {
     "IdleTimeout": _to(_ALL - {S.STOPPED}, S.STOPPED),
     "Inactive": _to(ACTIVE, S.FAILED),
     "Shutdown": _to(ACTIVE, S.STOPPED),
+    "Fenced": _to(ACTIVE, S.STOPPED),  # several hosts: the lease is lost, the browser stopped
     "LogoutDone": _to(_ALL - {S.LOGGED_OUT}, S.LOGGED_OUT),
     # the runner
     "LaunchFailed": _to(frozenset({S.STARTING, S.RECONNECTING}), S.FAILED),
