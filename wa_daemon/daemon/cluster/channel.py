@@ -122,7 +122,8 @@ class CommandChannel:
             return Where(None, None, bool(known))
         token, _, host = _text(lease).partition(" ")
         if not token.isdigit() or not host:
-            raise ClusterDataError(f"the lease of {session!r} is not 'token host'")
+            key = self.store.lease_key(session)
+            raise ClusterDataError(f"route: {key} holds {_text(lease)[:40]!r}, not a lease value", key)
         now = int(seconds) * 1_000_000 + int(micros)
         age = None
         if at_us is not None:

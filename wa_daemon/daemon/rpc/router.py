@@ -40,7 +40,7 @@ from ..cluster.commands import (
 )
 from ..cluster.least_loaded import choose
 from ..cluster.node import ClusterNode
-from ..cluster.store import ClusterError
+from ..cluster.store import ClusterDataError, ClusterError
 from ..ops.config import Config
 from ..ops.log import get_logger
 from . import faults
@@ -139,6 +139,12 @@ class Router:
             return await local()  # a read, or ours: no Redis on the way
         try:
             where = await self.channel.where(session)
+        except ClusterDataError as exc:  # Redis answered, with something no host can use
+            self.metrics.routed.labels(method, "redis").inc()
+            self.node._redis_failed("route", exc)
+            raise Unavailable(
+                f"the fleet's data for this session is refused: {exc}", {"session": session, "key": exc.key}
+            ) from None
         except ClusterError as exc:
             self.metrics.routed.labels(method, "redis").inc()
             self.node._redis_failed("route", exc)
