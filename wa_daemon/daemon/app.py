@@ -141,6 +141,7 @@ class Daemon:
                     # In the sessions' nursery: it renews and fences until the last browser is closed.
                     self.node = node
                     node.attach(manager, manager.metrics.registry)
+                    node.driver = self.driver
                     await sessions.start(node.run)
                 manager.metrics.build_info(__version__, self.driver.name)
                 sandbox = self.driver.sandbox
@@ -184,6 +185,8 @@ class Daemon:
                     server.draining = True
                     with trio.move_on_after(cfg.shutdown_timeout) as cs:
                         await manager.shutdown()
+                        if self.node is not None:
+                            await self.node.save_snapshots()  # the browsers are closed: profiles are whole
                         while server.inflight:
                             await trio.sleep(0.01)
                     if cs.cancelled_caught:

@@ -24,8 +24,11 @@ import tarfile
 import zlib
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
+from typing import Any
 
-__all__ = ["AUTH_DIRS", "SnapshotError", "pack", "pack_files", "restore", "unpack"]
+import trio
+
+__all__ = ["AUTH_DIRS", "SCRIPTED_LOGIN", "ProfileAuth", "SnapshotError", "pack", "pack_files", "restore", "unpack"]
 
 MAGIC = b"WAAUTH"
 VERSION = 1
@@ -37,6 +40,9 @@ _HEADER = len(MAGIC) + 2 + 32
 # keeps the same two (plus nothing the page needs). Cookies, caches, Service Worker
 # scripts and Session Storage are not needed to log in again (measured).
 AUTH_DIRS = ("Default/IndexedDB", "Default/Local Storage")
+
+# The scripted driver's stand-in for a login: one file where a page would keep it.
+SCRIPTED_LOGIN = "Default/Local Storage/scripted-login"
 
 # LevelDB's lock file is held by a running browser and means nothing to another one;
 # its LOG files are diagnostics.
@@ -180,3 +186,23 @@ def restore(files: list[tuple[str, bytes]], profile: Path) -> None:
         target.chmod(0o600)
     shutil.rmtree(profile, ignore_errors=True)
     fresh.rename(profile)
+
+
+class ProfileAuth:
+    """The Chromium driver's export_auth and import_auth (browser/base.py, Driver)."""
+
+    live: dict[str, Any]
+
+    def profile_of(self, session_id: str) -> Path:
+        raise NotImplementedError
+
+    async def export_auth(self, session_id: str) -> bytes | None:
+        # A live profile is read as it is: the page's IndexedDB transaction has committed
+        # by `connected`, and LevelDB replays its log up to the last whole record (measured).
+        return await trio.to_thread.run_sync(pack, self.profile_of(session_id))
+
+    async def import_auth(self, session_id: str, data: bytes, max_bytes: int) -> None:
+        if session_id in self.live:
+            raise SnapshotError(f"session {session_id!r} has a running browser here")
+        files = await trio.to_thread.run_sync(unpack, data, max_bytes)
+        await trio.to_thread.run_sync(restore, files, self.profile_of(session_id))

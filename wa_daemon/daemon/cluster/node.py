@@ -25,12 +25,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from ..._version import __version__
 from ...errors import Unavailable
 from ...protocol import HostInfo, HostList, SessionStatus
+from ..browser.base import Driver
 from ..ops.config import Config
 from ..ops.log import get_logger
 from ..sessions.placement import Fleet, host_info
 from ..sessions.registry import SessionRecord
 from .lease import FenceReason, LeaseTable, LeaseTiming, parse_token
 from .registry import RedisRegistry, encode_record
+from .snapshots import AuthSnapshots
 from .store import ClusterDataError, ClusterError, HostBeat, RedisStore
 
 log = get_logger("cluster")
@@ -67,12 +69,15 @@ class ClusterNode:
         self.fleet: Fleet | None = None
         self._written: dict[str, SessionStatus] = {}  # the status last sent per session
         self._claims: dict[str, trio.Lock] = {}
+        self.driver: Driver | None = None  # set by the daemon: auth snapshots export and import through it
+        self.snapshots = AuthSnapshots(self)
 
     def attach(self, fleet: Fleet, metrics: CollectorRegistry) -> None:
         """Serve ``fleet`` (the manager), counting into the daemon's ``metrics``."""
         self.fleet = fleet
         self.metrics = ClusterMetrics(metrics)
         self.metrics.leases.set_function(lambda: len(self.leases.held))
+        self.snapshots.attach(metrics)
         self.metrics.pending_writes.set_function(lambda: len(self.registry.pending))
 
     def reconfigure(self, config: Config) -> None:
@@ -121,12 +126,9 @@ class ClusterNode:
             if value is not None:
                 await self.store.release(session_id, value)
             raise
-        if record is None or not record.linked:
+        if record is None:
             return record
-        # Its login is in the profile on the host that ran it: auth snapshots, which
-        # would bring it along, are not built yet (docs/cluster.md). Here it needs a new
-        # link (a QR), not the `logged_out` a profile without its login would look like.
-        return msgspec.structs.replace(record, linked=False)
+        return await self.snapshots.restore(record)  # its login, from the auth snapshot
 
     async def hosts(self) -> HostList:
         try:
@@ -190,6 +192,7 @@ class ClusterNode:
         self.leases.released(session)
         self.registry.pending.pop(session, None)
         self._written.pop(session, None)
+        self.snapshots.dropped(session)
         self.metrics.fenced.labels(reason).inc()
         log.warning("cluster_session_fenced", session=session, reason=reason)
         if self.fleet is not None:
@@ -207,6 +210,7 @@ class ClusterNode:
             return  # fenced meanwhile: the row is the new owner's business now
         try:
             if row is None:
+                await self.snapshots.forget(session, value)  # before the lease goes with the row
                 ok = await self.store.delete(session, value)
                 if ok:
                     self.leases.released(session)
@@ -254,6 +258,8 @@ class ClusterNode:
             return
         for session in list(self.leases.held):
             status = self._status_of(session)
+            if status is not None:
+                self.snapshots.observe(session, status, self._nursery)
             if status is not None and status != self._written.get(session) and session not in self.registry.pending:
                 value = self.leases.value(session)
                 if value is not None and self.leases.may_write(session, trio.current_time()):
@@ -311,3 +317,17 @@ class ClusterNode:
         self.metrics.redis_errors.labels(op).inc()
         log.warning("cluster_redis_error", op=op, error=str(exc))
 
+
+    # ------------------------------------------------------------------ auth snapshots
+
+    async def before_release(self, session_id: str) -> None:
+        """Store the session's auth snapshot before its lease is given up after a clean
+        stop (drain, shutdown), so the next owner starts it without a QR."""
+        status = self._status_of(session_id)
+        if status is None or status.linked:
+            await self.snapshots.save(session_id, "release")
+
+    async def save_snapshots(self) -> None:
+        """On a clean stop of the daemon: every held session's snapshot, its browser closed."""
+        for session in list(self.leases.held):
+            await self.before_release(session)
