@@ -36,7 +36,7 @@ SESSIONS = [f"s{i}" for i in range(6)]
 
 
 class Host:
-    def __init__(self, root: Path, redis: RedisServer, host: str, capacity: int) -> None:
+    def __init__(self, root: Path, redis: RedisServer, host: str, capacity: int, auto_scan: bool = True) -> None:
         self.id = host
         self.dir = root / host
         self.dir.mkdir(exist_ok=True)
@@ -47,7 +47,7 @@ class Host:
             "--set", f"redis_url={redis.url}", "--set", f"host_id={host}", "--set", f"lease_ttl={TTL}",
             "--set", f"max_sessions={capacity}", "--set", "max_concurrent_launches=2",
             "--set", "scripted.launch_delay=0.2", "--set", "scripted.auth_delay=0.2",
-            "--set", "scripted.auto_scan_after=0.2",
+            *(("--set", "scripted.auto_scan_after=0.2") if auto_scan else ()),
         )
         self.proc.wait_ready()
 

@@ -31,18 +31,12 @@ log = get_logger("cluster")
 
 __all__ = ["AuthSnapshots", "SnapshotMetrics", "SnapshotStore"]
 
-# KEYS: lease, auth hash. ARGV: lease value, snapshot, its size. 1 stored, 0 stale.
+# KEYS: lease, auth hash. ARGV: lease value, snapshot, its size; no snapshot: delete it.
+# 1 done, 0 stale (the lease holds another value or none).
 SNAPSHOT_PUT = """
 if redis.pcall('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], 'data', ARGV[2], 'size', ARGV[3], 'lease', ARGV[1])
-return 1
-"""
-
-# KEYS: lease, auth hash. ARGV: lease value. 1 deleted (or there was none), 0 stale.
-SNAPSHOT_DELETE = """
-if redis.pcall('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[2])
+if ARGV[2] then redis.call('HSET', KEYS[2], 'data', ARGV[2], 'size', ARGV[3], 'lease', ARGV[1]) end
 return 1
 """
 
@@ -87,7 +81,6 @@ class SnapshotStore:
         self.store = store
         client = store.client
         self._put = client.register_script(SNAPSHOT_PUT)
-        self._delete = client.register_script(SNAPSHOT_DELETE)
         self._get = client.register_script(SNAPSHOT_GET)
 
     @staticmethod
@@ -100,7 +93,7 @@ class SnapshotStore:
 
     async def delete(self, session: str, value: str) -> bool:
         keys = [self.store.lease_key(session), self.key(session)]
-        return bool(await self.store._call("snapshot", self._delete(keys=keys, args=[value])))
+        return bool(await self.store._call("snapshot", self._put(keys=keys, args=[value])))
 
     async def get(self, session: str) -> bytes | None:
         """The stored snapshot; ClusterDataError when what is stored is not one."""
@@ -150,7 +143,8 @@ class AuthSnapshots:
         self._saved_connected.discard(session)
         if was_linked and not status.linked:
             nursery.start_soon(self.forget, session)
-        elif status.linked and status.state == State.STOPPED and before not in (None, State.STOPPED):
+        elif status.linked and status.state == State.STOPPED and before != State.STOPPED:
+            # also when first seen stopped here: a stop between two looks is still a stop
             nursery.start_soon(self.save, session, "stopped")
 
     def dropped(self, session: str) -> None:
