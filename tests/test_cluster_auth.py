@@ -11,7 +11,7 @@ import time
 import pytest
 import trio
 
-from wa_daemon import Client, Unavailable
+from wa_daemon import Client
 from wa_daemon.daemon.browser.auth_snapshot import pack_files
 from wa_daemon.daemon.cluster.snapshots import SnapshotStore
 from wa_daemon.daemon.cluster.store import open_store
@@ -19,7 +19,7 @@ from wa_daemon.protocol import State
 
 from .helpers import make_config
 from .redis_server import RedisServer
-from .test_cluster_failover import Host, fleet, metric, wait_for
+from .test_cluster_failover import Host, connect_all, fleet, metric, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -48,14 +48,8 @@ def snapshots(redis: RedisServer) -> dict[str, int]:
 
 
 def link_on(host: Host, sessions: list[str]) -> None:
+    connect_all(host, sessions)
     with Client(host.sock, timeout=10) as wa:
-        for s in sessions:
-            while True:
-                try:
-                    wa.connect(s)
-                    break
-                except Unavailable as exc:  # a fresh Redis grants no lease for one TTL
-                    time.sleep(exc.details["retry_after"])
         wait_for("QRs shown", lambda: all(wa.status(s).state == State.WAITING_QR for s in sessions), 20)
         for s in sessions:
             wa.simulate(s, "scan")  # the phone scans the QR

@@ -133,9 +133,9 @@ def metric(host: Host, name: str, **labels: str) -> float:
         return sum(s.value for s in wa.metrics().samples if s.name == name and s.labels == labels)
 
 
-def connect_all(host: Host) -> None:
+def connect_all(host: Host, sessions: list[str] = SESSIONS) -> None:
     with Client(host.sock, timeout=10) as wa:
-        for session in SESSIONS:
+        for session in sessions:
             while True:
                 try:
                     wa.connect(session)
