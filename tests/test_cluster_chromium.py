@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -32,7 +31,7 @@ from wa_daemon.protocol import State
 from .helpers import DaemonProcess, needs_chromium
 from .redis_server import RedisServer
 from .test_cluster_auth import snapshots
-from .test_cluster_failover import Host, connect_all, fleet, metric, rows_written_by, wait_for
+from .test_cluster_failover import Host, Sampler, connect_all, fleet, metric, rows_written_by, wait_for
 
 pytestmark = [needs_chromium, pytest.mark.slow]
 
@@ -79,17 +78,16 @@ class ChromiumHost(Host):
                 pass
 
 
-class BrowserSampler:
-    """Every host's browsers of the session, and the simulator's pages, round after round."""
+class BrowserSampler(Sampler):
+    """Every host's browsers of the session, and the simulator's pages, round after round
+    (in a thread, as the daemons' own Sampler)."""
 
     def __init__(self, hosts: dict[str, Host], sim: str) -> None:
-        self.hosts, self.sim = hosts, sim
-        self.rounds = 0
-        self.overlaps: list[dict[str, list[tuple[int, str]]]] = []
+        super().__init__(hosts)
+        self.sim = sim
+        self.browser_overlaps: list[dict[str, list[tuple[int, str]]]] = []
         self.conflicts: list[dict[str, Any]] = []
         self.frozen_seen = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -97,7 +95,7 @@ class BrowserSampler:
             # A stopped (T) browser does not run; a zombie (Z) is dead.
             running = {h: [b for b in found if b[1] not in "TZ"] for h, found in seen.items()}
             if sum(len(found) for found in running.values()) > 1:
-                self.overlaps.append(seen)
+                self.browser_overlaps.append(seen)
             self.frozen_seen += sum(1 for found in seen.values() for b in found if b[1] == "T")
             for page in sim_get(self.sim, "/__sim__/pages"):
                 if page["open"] and page["screen"] == "conflict" and not self._paused_page(page):
@@ -111,14 +109,6 @@ class BrowserSampler:
         # The frozen old owner's page: the simulator gives it the conflict screen when
         # the new owner's page takes the device; nobody runs to see it.
         return page["id"] in self.paused_pages
-
-    def __enter__(self) -> BrowserSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
 
 def sim_get(url: str, path: str) -> Any:
@@ -181,6 +171,7 @@ def test_real_chromium_failover_without_a_qr_and_never_two_browsers() -> None:
             assert len(devices) == 1
 
             with BrowserSampler(hosts, url) as sampler:  # type: ignore[arg-type]
+                assert isinstance(sampler, BrowserSampler)
                 # kill -9 of the owner's daemon and its Chromium
                 assert a.browsers()
                 killed = time.monotonic()
@@ -229,7 +220,7 @@ def test_real_chromium_failover_without_a_qr_and_never_two_browsers() -> None:
                 print(f"paused owner taken over by {third.id} {took_over:.2f} s after SIGSTOP")
                 assert sampler.rounds > 20
 
-            assert sampler.overlaps == [], sampler.overlaps[:3]
+            assert sampler.browser_overlaps == [], sampler.browser_overlaps[:3]
             assert sampler.conflicts == [], sampler.conflicts[:3]
             assert sampler.frozen_seen > 0  # the sampler did see the paused browser
             assert metric(old, "wa_cluster_fenced_total", reason="pause") == 1
