@@ -99,9 +99,11 @@ async def main(args: argparse.Namespace) -> None:
         profile = tmp / "origin/state/sessions/s/profile"
         whole = sum(f.stat().st_size for f in profile.rglob("*") if f.is_file() and not f.is_symlink())
         print(f"profile: {whole} bytes in all; Default/ holds", sorted(p.name for p in (profile / "Default").iterdir()))
+        chosen = 0
         for name, dirs in CANDIDATES.items():
             size = sum(f.stat().st_size for d in dirs if d != "*rest*" for f in (profile / d).rglob("*") if f.is_file())
-            print(f"  {name}: {size} bytes on disk")
+            chosen = max(chosen, size)
+            print(f"  {name}: {size if dirs != ('*rest*',) else whole - chosen} bytes on disk")
 
         async def outcome(wa: AsyncClient, daemon: Daemon) -> str:
             await wa.connect("s")
