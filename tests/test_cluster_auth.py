@@ -6,7 +6,9 @@ refused with a clear error and the host keeps running."""
 
 from __future__ import annotations
 
+import signal
 import time
+from pathlib import Path
 
 import pytest
 import trio
@@ -17,7 +19,7 @@ from wa_daemon.daemon.cluster.snapshots import SnapshotStore
 from wa_daemon.daemon.cluster.store import open_store
 from wa_daemon.protocol import State
 
-from .helpers import make_config
+from .helpers import DaemonProcess, make_config
 from .redis_server import RedisServer
 from .test_cluster_failover import Host, connect_all, fleet, metric, wait_for
 
@@ -166,3 +168,44 @@ def test_hostile_snapshots_are_refused_the_host_keeps_running_and_a_stale_lease_
         trio.run(_redis, redis, stale)
         time.sleep(0.5)
         assert b.proc.proc.poll() is None
+
+
+class ConfiguredHost(Host):
+    """A scripted host run from a configuration file, so a test can change it and SIGHUP."""
+
+    def __init__(self, root: Path, redis: RedisServer, host: str, cap: int) -> None:
+        self.id = host
+        self.dir = root / host
+        self.dir.mkdir(exist_ok=True)
+        self.sock = self.dir / "d.sock"
+        self.frozen = False
+        self.redis = redis
+        self.config = self.dir / "wa.toml"
+        self.write_config(cap)
+        self.proc = DaemonProcess(self.sock, "--config", str(self.config))
+        self.proc.wait_ready()
+
+    def write_config(self, cap: int) -> None:
+        self.config.write_text(
+            f'driver = "scripted"\nredis_url = "{self.redis.url}"\nhost_id = "{self.id}"\nlease_ttl = 3\n'
+            f"auth_snapshot_max_bytes = {cap}\n[scripted]\nlaunch_delay = 0.2\nauth_delay = 0.2\n"
+        )
+
+
+def test_a_snapshot_over_the_cap_is_not_stored_the_session_runs_and_the_cap_reloads() -> None:
+    with fleet() as (redis, root, hosts):
+        a = hosts["a"] = ConfiguredHost(root, redis, "a", cap=64)  # a scripted snapshot is ~190 bytes
+        link_on(a, ["s0"])
+        wait_for(
+            "refused as too big",
+            lambda: metric(a, "wa_cluster_auth_snapshot_failures_total", op="write", reason="too_big") == 1,
+            10,
+        )
+        assert snapshots(redis) == {} and a.connected() == {"s0"}
+        assert "cluster_auth_snapshot_failed" in a.proc.output()
+        a.write_config(1 << 20)
+        a.signal(signal.SIGHUP)
+        wait_for("reloaded", lambda: "config_reloaded" in a.proc.output(), 10)
+        with Client(a.sock, timeout=10) as wa:
+            wa.disconnect("s0")  # a clean stop stores it, under the new cap
+        wait_for("stored after the reload", lambda: "s0" in snapshots(redis), 10)

@@ -168,9 +168,7 @@ class AuthSnapshots:
             if data is None:
                 return False
             if len(data) > self.cap:
-                self.metrics.failures.labels("write", "too_big").inc()
-                log.warning("cluster_auth_snapshot_too_big", session=session, bytes=len(data), cap=self.cap)
-                return False
+                return self._failed("write", "too_big", session, f"{len(data)} bytes, over auth_snapshot_max_bytes ({self.cap})")
             value = node.leases.value(session)
             if value is None or not self._may_write(session):
                 return False  # fenced while the profile was read

@@ -204,7 +204,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host_id: HostId | None = None  # unique in the fleet; None: the hostname
     lease_ttl: Annotated[float, msgspec.Meta(ge=2, le=3600)] = 15.0  # the same on every host
     # the largest auth snapshot stored in (and taken from) Redis; bigger ones are not stored
-    auth_snapshot_max_bytes: Annotated[int, msgspec.Meta(ge=4096, le=512 << 20)] = 16 << 20
+    auth_snapshot_max_bytes: Annotated[int, msgspec.Meta(ge=64, le=512 << 20)] = 16 << 20
 
     log_level: Level = "info"
     log_levels: dict[str, Level] = {}  # per component, e.g. {chromium = "debug"}
