@@ -174,11 +174,7 @@ class ConfiguredHost(Host):
     """A scripted host run from a configuration file, so a test can change it and SIGHUP."""
 
     def __init__(self, root: Path, redis: RedisServer, host: str, cap: int) -> None:
-        self.id = host
-        self.dir = root / host
-        self.dir.mkdir(exist_ok=True)
-        self.sock = self.dir / "d.sock"
-        self.frozen = False
+        self._place(root, host)
         self.redis = redis
         self.config = self.dir / "wa.toml"
         self.write_config(cap)

@@ -41,11 +41,7 @@ SID = "r"
 
 class ChromiumHost(Host):
     def __init__(self, root: Path, redis: RedisServer, host: str, url: str) -> None:
-        self.id = host
-        self.dir = root / host
-        self.dir.mkdir(exist_ok=True)
-        self.sock = self.dir / "d.sock"
-        self.frozen = False
+        self._place(root, host)
         self.profile = (self.dir / "state" / "sessions" / SID / "profile").resolve()
         self.proc = DaemonProcess(
             self.sock, "--driver", "chromium", "--state-dir", str(self.dir / "state"), "--wa-url", url + "/",

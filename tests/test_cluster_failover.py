@@ -37,11 +37,7 @@ SESSIONS = [f"s{i}" for i in range(6)]
 
 class Host:
     def __init__(self, root: Path, redis: RedisServer, host: str, capacity: int, auto_scan: bool = True) -> None:
-        self.id = host
-        self.dir = root / host
-        self.dir.mkdir(exist_ok=True)
-        self.sock = self.dir / "d.sock"
-        self.frozen = False
+        self._place(root, host)
         self.proc = DaemonProcess(
             self.sock, "--driver", "scripted",
             "--set", f"redis_url={redis.url}", "--set", f"host_id={host}", "--set", f"lease_ttl={TTL}",
@@ -50,6 +46,13 @@ class Host:
             *(("--set", "scripted.auto_scan_after=0.2") if auto_scan else ()),
         )
         self.proc.wait_ready()
+
+    def _place(self, root: Path, host: str) -> None:
+        self.id = host
+        self.dir = root / host
+        self.dir.mkdir(exist_ok=True)
+        self.sock = self.dir / "d.sock"
+        self.frozen = False
 
     def alive(self) -> bool:
         return self.proc.proc.poll() is None and not self.frozen
