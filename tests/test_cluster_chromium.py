@@ -4,9 +4,10 @@ daemon processes (each its own state_dir) on one real redis-server and one simul
 A session linked on host a (the simulator's device scans its QR). kill -9 of a's daemon
 and its Chromium: another host restores the auth snapshot into a fresh profile and the
 session is ``connected`` again with no QR and one device, never in conflict. Then the new
-owner's daemon and its Chromium are paused (SIGSTOP) past the lease: a third host takes
-it over; on SIGCONT of the daemon the old owner kills its frozen browser before it can
-run again and writes nothing. All along a thread samples every process of the machine:
+owner's daemon alone is paused (SIGSTOP) past the lease: its watchdog
+(cluster/watchdog.py) kills its still-running Chromium before the lease can expire, a
+third host takes the session over; on SIGCONT the old owner has fenced and writes
+nothing. All along a thread samples every process of the machine:
 never two running browsers for the session.
 """
 
@@ -83,16 +84,14 @@ class BrowserSampler(Sampler):
         self.sim = sim
         self.browser_overlaps: list[dict[str, list[tuple[int, str]]]] = []
         self.conflicts: list[dict[str, Any]] = []
-        self.frozen_seen = 0
 
     def _run(self) -> None:
         while not self._stop.is_set():
             seen = {h.id: h.browsers() for h in list(self.hosts.values())}  # type: ignore[attr-defined]
-            # A stopped (T) browser does not run; a zombie (Z) is dead.
+            # A zombie (Z) is dead; a stopped (T) browser would not run (none is stopped here).
             running = {h: [b for b in found if b[1] not in "TZ"] for h, found in seen.items()}
             if sum(len(found) for found in running.values()) > 1:
                 self.browser_overlaps.append(seen)
-            self.frozen_seen += sum(1 for found in seen.values() for b in found if b[1] == "T")
             for page in sim_get(self.sim, "/__sim__/pages"):
                 if page["open"] and page["screen"] == "conflict" and not self._paused_page(page):
                     self.conflicts.append(page)
@@ -102,8 +101,8 @@ class BrowserSampler(Sampler):
     paused_pages: set[str] = set()
 
     def _paused_page(self, page: dict[str, Any]) -> bool:
-        # The frozen old owner's page: the simulator gives it the conflict screen when
-        # the new owner's page takes the device; nobody runs to see it.
+        # The stopped owner's page, if the simulator has not yet seen its browser die
+        # when the new owner's page takes the device: nobody runs to see it.
         return page["id"] in self.paused_pages
 
 
@@ -192,10 +191,13 @@ def test_real_chromium_failover_without_a_qr_and_never_two_browsers() -> None:
                 sampler.paused_pages.update(
                     p["id"] for p in sim_get(url, "/__sim__/pages") if p["open"] and p["device"] == devices[0]["id"]
                 )
+                # SIGSTOP of the daemon alone: its Chromium keeps running until the
+                # watchdog ends it, before the lease can expire
                 old.frozen = True
                 old.signal(signal.SIGSTOP)
-                old.signal_browsers(signal.SIGSTOP)
                 paused = time.monotonic()
+                wait_for("the watchdog killed the stopped daemon's browser", lambda: not old.browsers(), TTL + 10)
+                browser_gone = time.monotonic() - paused
                 wait_for(
                     "taken over by the third host",
                     lambda: any(SID in h.connected() for h in hosts.values() if h.alive()),
@@ -204,21 +206,22 @@ def test_real_chromium_failover_without_a_qr_and_never_two_browsers() -> None:
                 third = owner_of(hosts)
                 assert third is not None and third is not old and third is not a
                 took_over = time.monotonic() - paused
-                # SIGCONT of the daemon alone: it kills its frozen browser before that runs again
+                assert "cluster_watchdog_killed_browsers" in old.proc.output()
+                # SIGCONT: its first answer lacks the session (fenced), and it writes nothing
                 old.signal(signal.SIGCONT)
                 old.frozen = False
-                assert SID not in old.running()  # its first answer: fenced already
-                wait_for("the frozen browser is gone", lambda: not old.browsers(), 10)
-                old.signal_browsers(signal.SIGCONT)  # nothing left to resume
+                assert SID not in old.running()
                 time.sleep(1.5)  # anything the old owner might still write would land now
                 assert owner_of(hosts) is third
                 linked_without_qr_or_conflict(third)
-                print(f"paused owner taken over by {third.id} {took_over:.2f} s after SIGSTOP")
+                print(
+                    f"daemon SIGSTOPped: its browser killed by the watchdog {browser_gone:.2f} s later, "
+                    f"the session connected on {third.id} {took_over:.2f} s after SIGSTOP"
+                )
                 assert sampler.rounds > 20
 
             assert sampler.browser_overlaps == [], sampler.browser_overlaps[:3]
             assert sampler.conflicts == [], sampler.conflicts[:3]
-            assert sampler.frozen_seen > 0  # the sampler did see the paused browser
             assert metric(old, "wa_cluster_fenced_total", reason="pause") == 1
             # the old owner wrote nothing after its lease was gone: the row and the snapshot
             # were last written under the third host's lease

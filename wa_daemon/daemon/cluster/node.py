@@ -14,6 +14,7 @@ the manager back through Fleet (adopt, evict). Its tasks, all in :meth:`run`:
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from typing import Any
@@ -34,6 +35,7 @@ from .lease import FenceReason, LeaseTable, LeaseTiming, parse_token
 from .registry import RedisRegistry, encode_record
 from .snapshots import AuthSnapshots
 from .store import ClusterDataError, ClusterError, HostBeat, RedisStore
+from .watchdog import BrowserWatchdog
 
 log = get_logger("cluster")
 
@@ -147,16 +149,23 @@ class ClusterNode:
     # ------------------------------------------------------------------ the tasks
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._writer)
-            nursery.start_soon(self._upkeep_loop)
-            task_status.started()
-            self._nursery = nursery
-            while True:
-                self.tick()
-                await trio.sleep(self.timing.renew_every / 4)
+        sessions_dir = getattr(self.driver, "sessions_dir", None)  # browsers with processes: Chromium
+        self._watchdog = BrowserWatchdog(sessions_dir) if sessions_dir is not None else None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._upkeep_loop)
+                task_status.started()
+                self._nursery = nursery
+                while True:
+                    self.tick()
+                    await trio.sleep(self.timing.renew_every / 4)
+        finally:
+            if self._watchdog is not None:
+                self._watchdog.close()
 
     _nursery: trio.Nursery | None = None
+    _watchdog: BrowserWatchdog | None = None
     _last_tick: float | None = None
 
     def tick(self) -> None:
@@ -167,6 +176,11 @@ class ClusterNode:
             self._fence(session, reason.value)
         if due and self._nursery is not None:
             self._nursery.start_soon(self._renew, self.leases.renew_batch(now))
+        if self._watchdog is not None:
+            # Half a margin after the earliest fence point: only a daemon that cannot
+            # fence (stopped, stalled) is ever outlived by it (cluster/watchdog.py).
+            sent = min((lease.sent for lease in self.leases.held.values()), default=math.inf)
+            self._watchdog.tell(sent + self.timing.ttl - self.timing.margin / 2 - now)
 
     def guard(self) -> None:
         last = self._last_tick
