@@ -229,6 +229,7 @@ class ClusterNode:
                 if ok:
                     self.leases.released(session)
                     self._written.pop(session, None)
+                    self.snapshots.dropped(session)
             else:
                 fields = {"record": encode_record(row)}
                 status = self._status_of(session)

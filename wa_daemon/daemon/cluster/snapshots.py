@@ -216,6 +216,10 @@ class AuthSnapshots:
             return await self._unlinked(record, "refused", str(exc))
         if data is None:
             return await self._unlinked(record, "missing", "no snapshot in Redis")
+        live = getattr(driver, "live", {})
+        with trio.move_on_after(10):
+            while session in live:  # a browser of this host fenced a moment ago, still closing
+                await trio.sleep(0.05)
         try:
             await driver.import_auth(session, data, self.cap)
         except SnapshotError as exc:
@@ -231,7 +235,7 @@ class AuthSnapshots:
     async def _unlinked(self, record: SessionRecord, reason: str, error: str) -> SessionRecord:
         self._failed("restore", reason, record.session, error)
         driver = self.node.driver
-        if driver is not None:
+        if driver is not None and record.session not in getattr(driver, "live", {}):
             # Not an old login of this host's own: the phone may have unlinked it since.
             await driver.wipe_auth(record.session)
         return msgspec.structs.replace(record, linked=False)
