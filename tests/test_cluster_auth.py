@@ -67,8 +67,9 @@ def test_a_killed_hosts_linked_sessions_come_back_without_a_qr_and_logout_delete
     with fleet() as (redis, root, hosts):
         for name in "abc":
             hosts[name] = Host(root, redis, name, capacity=4, auto_scan=False)
-        link_on(hosts["a"], SESSIONS)
-        wait_for("a snapshot of every session", lambda: set(snapshots(redis)) == set(SESSIONS), 15)
+        everyone = [*SESSIONS, "s3"]
+        link_on(hosts["a"], everyone)
+        wait_for("a snapshot of every session", lambda: set(snapshots(redis)) == set(everyone), 15)
         sizes = snapshots(redis)
         assert all(0 < n < 1000 for n in sizes.values()), sizes
 
@@ -77,27 +78,31 @@ def test_a_killed_hosts_linked_sessions_come_back_without_a_qr_and_logout_delete
         survivors = [hosts["b"], hosts["c"]]
         took = wait_for(
             "b and c run every session, connected",
-            lambda: set().union(*(h.connected() for h in survivors)) == set(SESSIONS),
+            lambda: set().union(*(h.connected() for h in survivors)) == set(everyone),
             3 + 20,
         )
-        print(f"failover after kill -9 without a QR: {len(SESSIONS)} sessions connected again {took:.2f} s later")
+        print(f"failover after kill -9 without a QR: {len(everyone)} sessions connected again {took:.2f} s later")
         owner = {s: h for h in survivors for s in h.running()}
-        for s in SESSIONS:
+        for s in everyone:
             states = history_states(owner[s], s)
             assert State.WAITING_QR not in states and states[-1] == State.CONNECTED, (s, states)
             with Client(owner[s].sock, timeout=5) as wa:
                 assert wa.status(s).linked
         restored = sum(metric(h, "wa_cluster_auth_snapshot_restores_total") for h in survivors)
-        assert restored == len(SESSIONS)
+        assert restored == len(everyone)
         for h in (*survivors, hosts["a"]):
             assert b"WAAUTH" not in h.proc.output().encode(), "snapshot bytes reached a log line"
 
-        # logout ends the login: the snapshot goes; delete: the same
+        # logout ends the login: the snapshot goes; the phone unlinking it (logged_out)
+        # and delete: the same
         with Client(owner["s0"].sock, timeout=10) as wa:
             wa.logout("s0")
+        with Client(owner["s3"].sock, timeout=10) as wa:
+            wa.simulate("s3", "logout")
+            wait_for("s3 logged out", lambda: wa.status("s3").state == State.LOGGED_OUT, 10)
         with Client(owner["s1"].sock, timeout=10) as wa:
             wa.delete("s1")
-        wait_for("s0 and s1 have no snapshot", lambda: set(snapshots(redis)) == {"s2"}, 10)
+        wait_for("only s2 has a snapshot", lambda: set(snapshots(redis)) == {"s2"}, 10)
 
         # a clean stop of s2's owner stores it again (why=stopped or release) and c or b
         # restores it after the daemon is gone
