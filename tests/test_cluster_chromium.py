@@ -52,7 +52,9 @@ class ChromiumHost(Host):
         self.proc.wait_ready(30)
 
     def browsers(self) -> list[tuple[int, str]]:
-        """(pid, process state) of the browser processes (not their helpers) on this host's profile."""
+        """(pid, process state) of the browsers on this host's profile: the leaders of
+        their process groups (the daemon starts each in its own), not their helpers, nor
+        a child forked a moment ago that still shows its parent's command line."""
         needle = f"--user-data-dir={self.profile}".encode()
         found = []
         for entry in os.listdir("/proc"):
@@ -63,8 +65,9 @@ class ChromiumHost(Host):
                 stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
-            if needle in argv and not any(a.startswith(b"--type=") for a in argv):
-                found.append((int(entry), stat.rpartition(")")[2].split()[0]))
+            fields = stat.rpartition(")")[2].split()  # state, ppid, pgrp, ...
+            if needle in argv and not any(a.startswith(b"--type=") for a in argv) and fields[2] == entry:
+                found.append((int(entry), fields[0]))
         return found
 
     def signal_browsers(self, signum: int) -> None:
