@@ -46,20 +46,25 @@ class Host:
         url: str | None = None,
         ttl: float = TTL,
         directory: str | None = None,
+        auto_scan: bool = True,
     ) -> None:
+        self._place(root, directory or host)
         self.id = host
-        self.dir = root / (directory or host)
-        self.dir.mkdir(exist_ok=True)
-        self.sock = self.dir / "d.sock"
-        self.frozen = False
         self.proc = DaemonProcess(
             self.sock, "--driver", "scripted",
             "--set", f"redis_url={url or redis.url}", "--set", f"host_id={host}", "--set", f"lease_ttl={ttl}",
             "--set", f"max_sessions={capacity}", "--set", "max_concurrent_launches=2",
             "--set", "scripted.launch_delay=0.2", "--set", "scripted.auth_delay=0.2",
-            "--set", "scripted.auto_scan_after=0.2", *extra,
+            *(("--set", "scripted.auto_scan_after=0.2") if auto_scan else ()), *extra,
         )
         self.proc.wait_ready()
+
+    def _place(self, root: Path, host: str) -> None:
+        self.id = host
+        self.dir = root / host
+        self.dir.mkdir(exist_ok=True)
+        self.sock = self.dir / "d.sock"
+        self.frozen = False
 
     def alive(self) -> bool:
         return self.proc.proc.poll() is None and not self.frozen

@@ -99,6 +99,10 @@ CLUSTER_METRICS = {
     "wa_cluster_join_refused_total",
     "wa_cluster_reclaimed_total",
     "wa_cluster_redis_unreachable_seconds",
+    "wa_cluster_auth_snapshot_bytes",
+    "wa_cluster_auth_snapshot_writes_total",
+    "wa_cluster_auth_snapshot_restores_total",
+    "wa_cluster_auth_snapshot_failures_total",
 }
 # prometheus_client's process collector (the daemon process), and Prometheus' own `up`.
 PROCESS_METRICS = {

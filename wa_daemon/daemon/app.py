@@ -143,6 +143,7 @@ class Daemon:
                     # In the sessions' nursery: it renews and fences until the last browser is closed.
                     self.node = node
                     node.attach(manager, manager.metrics.registry)
+                    node.driver = self.driver
                     from .rpc.router import open_router
 
                     router = await open_router(node, cfg, manager.metrics.registry)
@@ -197,6 +198,8 @@ class Daemon:
                         await self._drain_on_stop(node, cfg.shutdown_timeout / 2)
                     with trio.move_on_at(stop_by) as cs:
                         await manager.shutdown()
+                        if self.node is not None:
+                            await self.node.save_snapshots()  # the browsers are closed: profiles are whole
                         while server.inflight:
                             await trio.sleep(0.01)
                     if cs.cancelled_caught:

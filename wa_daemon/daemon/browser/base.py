@@ -268,6 +268,16 @@ class Driver(Protocol):
     async def wipe_auth(self, session_id: str) -> None:
         """Forget the saved login of a session (its browser is closed)."""
 
+    async def export_auth(self, session_id: str) -> bytes | None:
+        """The session's saved login as a snapshot (browser/auth_snapshot.py) another
+        host can import; None when there is none. Safe while its browser runs."""
+        ...
+
+    async def import_auth(self, session_id: str, data: bytes, max_bytes: int) -> None:
+        """Replace the session's profile by a fresh one holding the snapshot's login (its
+        browser is not running). Raises SnapshotError for a snapshot it refuses, having
+        written nothing."""
+
     @property
     def sandbox(self) -> Sandbox | None:
         """How its browsers are confined (browser/sandbox.py); None: it starts no

@@ -43,6 +43,7 @@ from .adapter import (
 )
 from .aio import _aio, _quiet_library_logs
 from .aio import open_browser_loop as open_browser_loop  # the daemon and the probe open it from here
+from .auth_snapshot import ProfileAuth
 from .base import (
     BrowserGone,
     LaunchError,
@@ -508,7 +509,7 @@ class ChromiumBrowser:
 
 
 @dataclass
-class ChromiumDriver:
+class ChromiumDriver(ProfileAuth):
     config: ChromiumConfig
     name: str = "chromium"
     live: dict[str, ChromiumBrowser] = field(default_factory=dict)

@@ -23,6 +23,7 @@ import trio
 
 from ...protocol import HealthCheck
 from ..ops.config import ScriptedConfig
+from .auth_snapshot import SCRIPTED_LOGIN, SnapshotError, pack_files, unpack
 from .base import (
     AppShown,
     BrowserGone,
@@ -314,6 +315,18 @@ class ScriptedDriver:
 
     async def wipe_auth(self, session_id: str) -> None:
         self.authed.discard(session_id)
+
+    async def export_auth(self, session_id: str) -> bytes | None:
+        # The same format as Chromium's, so the fleet's checks run on scripted hosts too.
+        return pack_files([(SCRIPTED_LOGIN, b"linked")]) if session_id in self.authed else None
+
+    async def import_auth(self, session_id: str, data: bytes, max_bytes: int) -> None:
+        if session_id in self.live:
+            raise SnapshotError(f"session {session_id!r} has a running browser here")
+        if SCRIPTED_LOGIN in dict(unpack(data, max_bytes)):
+            self.authed.add(session_id)
+        else:
+            self.authed.discard(session_id)
 
     def simulate(self, session_id: str, action: str) -> bool:
         """Act on a live fake page as the phone would. False when no browser is live."""

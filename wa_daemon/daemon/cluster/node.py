@@ -14,6 +14,7 @@ the manager back through Fleet (adopt, evict). Its tasks, all in :meth:`run`:
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import socket
@@ -26,6 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from ..._version import __version__
 from ...errors import Unavailable, WaDaemonError
 from ...protocol import DrainResult, HostInfo, HostList, SessionStatus
+from ..browser.base import Driver
 from ..ops.config import Config
 from ..ops.log import get_logger
 from ..sessions.caller import ADMIN, Caller
@@ -39,7 +41,9 @@ from .limits import LimitMetrics, SharedLimits
 from .reclaim import Reclaims
 from .registry import RedisRegistry, encode_record
 from .remote import RemoteCache
+from .snapshots import AuthSnapshots
 from .store import ClusterDataError, ClusterError, HostBeat, RedisStore
+from .watchdog import BrowserWatchdog
 
 log = get_logger("cluster")
 
@@ -104,12 +108,15 @@ class ClusterNode:
         self._beats = 0
         self._down: tuple[float, str] | None = None  # since when Redis fails, and the last error
         self.reclaims = Reclaims(self.timing.ttl, keep_for=REFUSED_RETRY * self.timing.ttl)
+        self.driver: Driver | None = None  # set by the daemon: auth snapshots export and import through it
+        self.snapshots = AuthSnapshots(self)
 
     def attach(self, fleet: Fleet, metrics: CollectorRegistry) -> None:
         """Serve ``fleet`` (the manager), counting into the daemon's ``metrics``."""
         self.fleet = fleet
         self.metrics = ClusterMetrics(metrics)
         self.metrics.leases.set_function(lambda: len(self.leases.held))
+        self.snapshots.attach(metrics)
         self.metrics.pending_writes.set_function(lambda: len(self.registry.pending))
         self.limits.metrics = LimitMetrics(metrics)
         self.drainer.attach(metrics)
@@ -183,12 +190,9 @@ class ClusterNode:
             raise
         if record is not None:
             self.registry.rows[session_id] = record
-        if record is None or not record.linked:
+        if record is None:
             return record
-        # Its login is in the profile on the host that ran it: auth snapshots, which
-        # would bring it along, are not built yet (docs/cluster.md). Here it needs a new
-        # link (a QR), not the `logged_out` a profile without its login would look like.
-        return msgspec.structs.replace(record, linked=False)
+        return await self.snapshots.restore(record)  # its login, from the auth snapshot
 
     async def hosts(self) -> HostList:
         try:
@@ -218,17 +222,24 @@ class ClusterNode:
             await self.drainer.clear_own()  # a host that starts takes sessions again
         except ClusterError as exc:
             self._redis_failed("drain", exc)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._writer)
-            nursery.start_soon(self._upkeep_loop)
-            nursery.start_soon(self.fanout.run)
-            task_status.started()
-            self._nursery = nursery
-            while True:
-                self.tick()
-                await trio.sleep(self.timing.renew_every / 4)
+        sessions_dir = getattr(self.driver, "sessions_dir", None)  # browsers with processes: Chromium
+        self._watchdog = BrowserWatchdog(sessions_dir) if sessions_dir is not None else None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._upkeep_loop)
+                nursery.start_soon(self.fanout.run)
+                task_status.started()
+                self._nursery = nursery
+                while True:
+                    self.tick()
+                    await trio.sleep(self.timing.renew_every / 4)
+        finally:
+            if self._watchdog is not None:
+                self._watchdog.close()
 
     _nursery: trio.Nursery | None = None
+    _watchdog: BrowserWatchdog | None = None
     _last_tick: float | None = None
 
     def tick(self) -> None:
@@ -239,6 +250,11 @@ class ClusterNode:
             self._fence(session, reason.value)
         if due and self._nursery is not None:
             self._nursery.start_soon(self._renew, self.leases.renew_batch(now))
+        if self._watchdog is not None:
+            # Half a margin after the earliest fence point: only a daemon that cannot
+            # fence (stopped, stalled) is ever outlived by it (cluster/watchdog.py).
+            sent = min((lease.sent for lease in self.leases.held.values()), default=math.inf)
+            self._watchdog.tell(sent + self.timing.ttl - self.timing.margin / 2 - now)
 
     def guard(self) -> None:
         last = self._last_tick
@@ -268,6 +284,7 @@ class ClusterNode:
             self.reclaims.remember(row, trio.current_time())  # in case Redis lost its data
         self.registry.pending.pop(session, None)
         self._written.pop(session, None)
+        self.snapshots.dropped(session)
         self.metrics.fenced.labels(reason).inc()
         log.warning("cluster_session_fenced", session=session, reason=reason)
         if self.fleet is not None:
@@ -285,10 +302,12 @@ class ClusterNode:
             return  # fenced meanwhile: the row is the new owner's business now
         try:
             if row is None:
+                await self.snapshots.forget(session, value)  # before the lease goes with the row
                 ok = await self.store.delete(session, value)
                 if ok:
                     self.leases.released(session)
                     self._written.pop(session, None)
+                    self.snapshots.dropped(session)
             else:
                 fields = {"record": encode_record(row)}
                 status = self._status_of(session)
@@ -366,6 +385,8 @@ class ClusterNode:
         self._beats += 1
         for session in list(self.leases.held):
             status = self._status_of(session)
+            if status is not None:
+                self.snapshots.observe(session, status, self._nursery)
             if status is not None and status != self._written.get(session) and session not in self.registry.pending:
                 value = self.leases.value(session)
                 if value is not None and self.leases.may_write(session, trio.current_time()):
@@ -551,11 +572,21 @@ class ClusterNode:
                 await hand_over_all(self)
                 await trio.sleep(0.05)
 
-    async def before_release(self, session_id: str) -> None:
-        # the auth snapshot is saved here (part A)
-        pass
-
     @property
     def remote(self) -> RemoteCache:
         """Other hosts' sessions, from the fleet's event stream (cluster/fanout.py)."""
         return self.fanout.cache
+
+    # ------------------------------------------------------------------ auth snapshots
+
+    async def before_release(self, session_id: str) -> None:
+        """Store the session's auth snapshot before its lease is given up after a clean
+        stop (drain, shutdown), so the next owner starts it without a QR."""
+        status = self._status_of(session_id)
+        if status is None or status.linked:
+            await self.snapshots.save(session_id, "release")
+
+    async def save_snapshots(self) -> None:
+        """On a clean stop of the daemon: every held session's snapshot, its browser closed."""
+        for session in list(self.leases.held):
+            await self.before_release(session)

@@ -206,6 +206,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # on SIGTERM, hand this host's sessions to the others before exiting (docs/cluster.md)
     drain_on_stop: bool = False
     route_timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0  # a routed mutation's bound (cluster.md)
+    # the largest auth snapshot stored in (and taken from) Redis; bigger ones are not stored
+    auth_snapshot_max_bytes: Annotated[int, msgspec.Meta(ge=64, le=512 << 20)] = 16 << 20
 
     log_level: Level = "info"
     log_levels: dict[str, Level] = {}  # per component, e.g. {chromium = "debug"}
