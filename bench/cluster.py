@@ -101,10 +101,12 @@ class Plan:
     watch_cycles: int = 10
     churn: int = 100
     launches: int = 2  # max_concurrent_launches
+    bench_requests: int = 100_000  # redis-benchmark -n (SET, GET; lease renewals for RENEW)
 
 
 FULL = Plan()
-QUICK = Plan(sessions=10, rounds=1, lease_ttl=3.0, idle_s=10.0, status_calls=100, watch_cycles=4, churn=20)
+QUICK = Plan(sessions=10, rounds=1, lease_ttl=3.0, idle_s=10.0, status_calls=100, watch_cycles=4, churn=20,
+             bench_requests=20_000)
 
 
 # ============================================================================ the fleet
@@ -411,7 +413,8 @@ def measure_idle(fleet: Fleet, res: Results, sessions: int) -> None:
 def redis_benchmark(fleet: Fleet, res: Results, batch: int) -> None:
     """SET/GET and the real RENEW script on a batch of ``batch`` leases, on the fleet's server."""
     sock = str(fleet.redis.sock)
-    out = subprocess.run(["redis-benchmark", "-s", sock, "-q", "-n", "100000", "-t", "set,get"],
+    n = str(fleet.plan.bench_requests)
+    out = subprocess.run(["redis-benchmark", "-s", sock, "-q", "-n", n, "-t", "set,get"],
                          capture_output=True, text=True, timeout=300, check=True).stdout
     for line in out.replace("\r", "\n").splitlines():
         m = re.match(r"^(SET|GET): ([\d.]+) requests per second", line.strip())
@@ -423,8 +426,8 @@ def redis_benchmark(fleet: Fleet, res: Results, batch: int) -> None:
         fleet.redis_cli("SET", k, "1 bench")
     cmd = ["EVALSHA", sha, str(2 + batch), "wa:bench:epoch", "wa:bench:expiry", *keys,
            str(int(fleet.plan.lease_ttl * 1000)), *(x for i in range(batch) for x in (f"b{i}", "1 bench"))]
-    n = max(2000, 200_000 // batch)
-    out = subprocess.run(["redis-benchmark", "-s", sock, "-q", "-n", str(n), *cmd], capture_output=True, text=True,
+    calls = max(2000, fleet.plan.bench_requests // batch)
+    out = subprocess.run(["redis-benchmark", "-s", sock, "-q", "-n", str(calls), *cmd], capture_output=True, text=True,
                          timeout=300, check=True).stdout
     m = re.search(r": ([\d.]+) requests per second", out.replace("\r", "\n"))
     if m:
