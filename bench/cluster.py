@@ -56,6 +56,7 @@ import os
 import platform
 import queue
 import re
+import select
 import shutil
 import signal
 import statistics
@@ -63,6 +64,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +103,7 @@ class Plan:
     watch_cycles: int = 10
     churn: int = 100
     launches: int = 2  # max_concurrent_launches
+    chromium: int = 0  # real Chromium sessions on the simulator, in a failover of their own
     bench_requests: int = 100_000  # redis-benchmark -n (SET, GET; lease renewals for RENEW)
 
 
@@ -113,15 +116,20 @@ QUICK = Plan(sessions=10, rounds=1, lease_ttl=3.0, idle_s=10.0, status_calls=100
 
 
 class Host:
-    def __init__(self, root: Path, redis: RedisServer, host: str, plan: Plan, capacity: int) -> None:
+    def __init__(self, root: Path, redis: RedisServer, host: str, plan: Plan, capacity: int,
+                 web: str | None = None) -> None:
+        """``web``: the simulator's URL, for the Chromium driver (scripted without)."""
         self.id = host
         self.dir = root / host
         self.dir.mkdir(exist_ok=True)
         self.sock = self.dir / "d.sock"
         settings = {"redis_url": redis.url, "host_id": host, "lease_ttl": f"{plan.lease_ttl:g}",
-                    "max_sessions": str(capacity), "max_concurrent_launches": str(plan.launches), **SCRIPTED}
+                    "max_sessions": str(capacity), "max_concurrent_launches": str(plan.launches),
+                    **(SCRIPTED if web is None else {})}
         args = [x for k, v in settings.items() for x in ("--set", f"{k}={v}")]
-        self.proc = DaemonProcess(self.sock, "--driver", "scripted", "--log-level", "warning", *args)
+        driver = ["--driver", "scripted"] if web is None else [
+            "--driver", "chromium", "--wa-url", web + "/", "--state-dir", str(self.dir / "state")]
+        self.proc = DaemonProcess(self.sock, *driver, "--log-level", "warning", *args)
         self.proc.wait_ready(30)
 
     def alive(self) -> bool:
@@ -141,10 +149,12 @@ class Host:
 
 
 class Fleet:
-    def __init__(self, root: Path, plan: Plan, capacity: int) -> None:
+    def __init__(self, root: Path, plan: Plan, capacity: int, web: str | None = None) -> None:
         self.root = root
         self.plan = plan
         self.capacity = capacity
+        self.web = web
+        self.scans = 0  # QRs the phone scanned (Chromium sessions)
         (root / "redis").mkdir(parents=True)
         self.redis = RedisServer(root / "redis")
         self.redis.start()
@@ -157,7 +167,7 @@ class Fleet:
             raise
 
     def start(self, host: str) -> Host:
-        self.hosts[host] = Host(self.root, self.redis, host, self.plan, self.capacity)
+        self.hosts[host] = Host(self.root, self.redis, host, self.plan, self.capacity, self.web)
         return self.hosts[host]
 
     def redis_cli(self, *args: str, timeout: float = 30) -> str:
@@ -244,6 +254,7 @@ class Results:
     bench: dict[str, float] = field(default_factory=dict)
     failover: list[dict[str, Any]] = field(default_factory=list)
     churn: dict[str, Any] = field(default_factory=dict)
+    chromium: dict[str, Any] = field(default_factory=dict)
 
 
 def measure_launch(fleet: Fleet, res: Results, count: int = 3) -> None:
@@ -479,6 +490,96 @@ def measure_churn(root: Path, plan: Plan, res: Results) -> None:
         fleet.close()
 
 
+def browsers_under(root: Path) -> set[int]:
+    """Process groups of the Chromium processes whose profile lies under ``root``."""
+    groups = set()
+    needle = f"--user-data-dir={root}/".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if needle not in f.read():
+                    continue
+            groups.add(os.getpgid(int(entry)))
+        except (OSError, ProcessLookupError):
+            continue
+    return groups
+
+
+def kill_groups(groups: set[int]) -> None:
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+def start_simulator(root: Path) -> tuple[subprocess.Popen[bytes], str]:
+    proc = subprocess.Popen([sys.executable, "-m", "wa_daemon.sim.main", "--port", "0", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=open(root / "sim.log", "wb"))
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 30)
+    line = proc.stdout.readline().decode().strip() if ready else ""
+    if not line.startswith("http"):
+        proc.kill()
+        raise RuntimeError(f"the simulator did not start: {(root / 'sim.log').read_text(errors='replace')[-800:]}")
+    return proc, line
+
+
+def link(fleet: Fleet, sessions: set[str], timeout: float) -> dict[str, float]:
+    """Until each session is connected on a live host, the phone scanning every QR shown;
+    returns when each was first seen connected, and counts the QRs scanned."""
+    seen: dict[str, float] = {}
+    scanned: set[tuple[str, str]] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < len(sessions):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Chromium sessions not connected in {timeout:.0f} s: {sorted(sessions - set(seen))}")
+        for host in list(fleet.hosts.values()):
+            with contextlib.suppress(WaDaemonError), Client(host.sock, timeout=10) as wa:
+                for st in wa.list():
+                    if st.session not in sessions or st.session in seen:
+                        continue
+                    if st.state == State.CONNECTED:
+                        seen[st.session] = time.monotonic()
+                    elif st.qr is not None and (st.session, st.qr.data) not in scanned:
+                        scanned.add((st.session, st.qr.data))
+                        req = urllib.request.Request(f"{fleet.web}/__sim__/scan", data=st.qr.data.encode(),
+                                                     method="POST")
+                        with contextlib.suppress(OSError), urllib.request.urlopen(req, timeout=10) as resp:
+                            resp.read()
+        time.sleep(0.05)
+    fleet.scans += len(scanned)
+    return seen
+
+
+def measure_chromium(root: Path, plan: Plan, res: Results, k: int) -> None:
+    """Real Chromium on the simulator: h1 holds ``k`` linked sessions; kill -9 of h1's daemon
+    and of its browsers (the host dies); a survivor brings each back, scanning a QR if one is
+    shown (none once auth snapshots move with the session)."""
+    root.mkdir()
+    sim, url = start_simulator(root)
+    fleet: Fleet | None = None
+    try:
+        fleet = Fleet(root, plan, capacity=k, web=url)
+        sessions = {f"web{i}" for i in range(k)}
+        connect_on(fleet.hosts["h1"], sorted(sessions))
+        link(fleet, sessions, 60 + 20 * k)
+        before = fleet.scans
+        victim = fleet.hosts.pop("h1")
+        progress(f"Chromium: kill -9 of h1 and its browsers ({k} sessions)")
+        at = victim.kill()
+        kill_groups(browsers_under(victim.dir))
+        seen = link(fleet, sessions, plan.lease_ttl + 60 + 20 * k)
+        took = sorted(t - at for t in seen.values())
+        res.chromium = {"sessions": k, "p50": pct(took, 0.5), "max": took[-1], "qr_scanned": fleet.scans - before}
+    finally:
+        if fleet is not None:
+            fleet.close()
+        kill_groups(browsers_under(root))
+        sim.kill()
+        sim.wait(10)
+
+
 def run(plan: Plan) -> Results:
     res = Results(load=[os.getloadavg()[0]])
     with short_tmpdir() as tmp:
@@ -506,6 +607,8 @@ def run(plan: Plan) -> Results:
             fleet.close()
         if plan.churn:
             measure_churn(tmp / "churn", plan, res)
+        if plan.chromium:
+            measure_chromium(tmp / "web", plan, res, plan.chromium)
     res.load.append(os.getloadavg()[0])
     return res
 
@@ -610,6 +713,12 @@ def report(res: Results, plan: Plan, elapsed: float) -> tuple[str, dict[str, Any
             f"{c['queue_bound']:.2f} s): {c['last'] / c['queue_bound']:.2f}x")
         out(f"  kill -> last vs the orphan scans' pace (lease_ttl + {c['batches']} x renew period "
             f"{c['renew_every']:g} s = {c['scan_bound']:.2f} s): {c['last'] / c['scan_bound']:.2f}x")
+    w = res.chromium
+    if w:
+        out("")
+        out(f"real Chromium on the simulator: kill -9 of h1's daemon and browsers, {w['sessions']} linked sessions")
+        out(f"  kill -> connected on a survivor: p50 {w['p50']:.2f} s, max {w['max']:.2f} s; QRs scanned on the way: "
+            f"{w['qr_scanned']}" + (" (the login did not move with the session)" if w["qr_scanned"] else ""))
     out("")
     result = {
         "sessions_per_host": plan.sessions, "lease_ttl": plan.lease_ttl, "rounds": plan.rounds,
@@ -621,7 +730,7 @@ def report(res: Results, plan: Plan, elapsed: float) -> tuple[str, dict[str, Any
         "watch_ratio_p50": None if res.watch_missing else pct(res.watch_cross, 0.5) / pct(res.watch_same, 0.5),
         "watch_not_measured": res.watch_missing,
         "idle": res.idle, "redis_benchmark": res.bench, "projection": p,
-        "failover": res.failover, "churn": res.churn,
+        "failover": res.failover, "churn": res.churn, "chromium": res.chromium,
     }
     return "\n".join(lines), result
 
@@ -655,11 +764,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, help="failover rounds (default 3; --quick 1)")
     p.add_argument("--lease-ttl", type=float, help="lease_ttl of every host (default 15 s; --quick 3 s)")
     p.add_argument("--idle", type=float, help="each idle window, seconds (default 60; --quick 10)")
+    p.add_argument("--chromium", type=int, help="also K real Chromium sessions on the simulator (default 0)")
     p.add_argument("--churn", type=int, help="sessions orphaned at once in the churn step (default 100; 0: none)")
     args = p.parse_args(argv)
     plan = QUICK if args.quick else FULL
     for name, value in (("sessions", args.sessions), ("rounds", args.rounds), ("lease_ttl", args.lease_ttl),
-                        ("idle_s", args.idle), ("churn", args.churn)):
+                        ("idle_s", args.idle), ("churn", args.churn), ("chromium", args.chromium)):
         if value is not None:
             plan = dataclasses.replace(plan, **{name: value})
     for tool in ("redis-server", "redis-cli", "redis-benchmark"):

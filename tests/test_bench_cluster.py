@@ -8,10 +8,11 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from .helpers import require_tool
+from .helpers import needs_chromium, require_tool
 
 pytestmark = pytest.mark.slow
 
@@ -19,20 +20,24 @@ ROOT = Path(__file__).resolve().parent.parent
 TTL = 3.0
 
 
-def test_cluster_bench_quick_run_reports_every_figure() -> None:
+def bench(*args: str) -> tuple[str, dict[str, Any]]:
+    """Run bench/cluster.py --quick with ``args``: its table and its RESULT line."""
     for tool, package in (("redis-server", "redis-server"), ("redis-cli", "redis-tools"),
                           ("redis-benchmark", "redis-tools")):
         require_tool(tool, package)
     run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "cluster.py"), "--quick", "--sessions", "2", "--idle", "2",
-         "--churn", "6", "--lease-ttl", str(TTL)],
+        [sys.executable, str(ROOT / "bench" / "cluster.py"), "--quick", "--lease-ttl", str(TTL), *args],
         capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:] + run.stdout[-3000:]
     lines = [x for x in run.stdout.splitlines() if x.startswith("RESULT ")]
     assert len(lines) == 1, run.stdout
-    result = json.loads(lines[0].removeprefix("RESULT "))
-    assert "failover after kill -9" in run.stdout and "lease churn" in run.stdout
+    return run.stdout, json.loads(lines[0].removeprefix("RESULT "))
+
+
+def test_cluster_bench_quick_run_reports_every_figure() -> None:
+    table, result = bench("--sessions", "2", "--idle", "2", "--churn", "6")
+    assert "failover after kill -9" in table and "lease churn" in table
 
     # Failover: every session of the killed host came back, never before its lease could
     # have expired (the last renewal was at most one renewal period before the kill).
@@ -62,3 +67,11 @@ def test_cluster_bench_quick_run_reports_every_figure() -> None:
         ratio, why = result[f"{key}_ratio_p50"], result[f"{key}_not_measured"]
         assert (ratio is None) != (why is None), result
         assert ratio is None or ratio > 0
+
+
+@needs_chromium
+def test_cluster_bench_chromium_failover() -> None:
+    table, result = bench("--sessions", "1", "--idle", "1", "--rounds", "0", "--churn", "0", "--chromium", "1")
+    web = result["chromium"]
+    assert web["sessions"] == 1 and "real Chromium on the simulator" in table
+    assert TTL * 0.8 - 0.1 <= web["p50"] == web["max"] < TTL + 60
