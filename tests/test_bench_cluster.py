@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TTL = 3.0
 
 
-def bench(*args: str) -> tuple[str, dict[str, Any]]:
+def run_bench(*args: str) -> tuple[str, dict[str, Any]]:
     """Run bench/cluster.py --quick with ``args``: its table and its RESULT line."""
     for tool, package in (("redis-server", "redis-server"), ("redis-cli", "redis-tools"),
                           ("redis-benchmark", "redis-tools")):
@@ -36,7 +36,7 @@ def bench(*args: str) -> tuple[str, dict[str, Any]]:
 
 
 def test_cluster_bench_quick_run_reports_every_figure() -> None:
-    table, result = bench("--sessions", "2", "--idle", "2", "--churn", "6")
+    table, result = run_bench("--sessions", "2", "--idle", "2", "--churn", "6")
     assert "failover after kill -9" in table and "lease churn" in table
 
     # Failover: every session of the killed host came back, never before its lease could
@@ -71,7 +71,7 @@ def test_cluster_bench_quick_run_reports_every_figure() -> None:
 
 @needs_chromium
 def test_cluster_bench_chromium_failover() -> None:
-    table, result = bench("--sessions", "1", "--idle", "1", "--rounds", "0", "--churn", "0", "--chromium", "1")
+    table, result = run_bench("--sessions", "1", "--idle", "1", "--rounds", "0", "--churn", "0", "--chromium", "1")
     web = result["chromium"]
     assert web["sessions"] == 1 and "real Chromium on the simulator" in table
     assert TTL * 0.8 - 0.1 <= web["p50"] == web["max"] < TTL + 60
