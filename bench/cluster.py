@@ -33,8 +33,15 @@ launch queue of 2), connects ``--sessions`` sessions on each host, waits until a
   ``--churn`` sessions (100); it is killed and the two survivors take them all. The time
   from the first takeover to the last session ``connected``, next to the bound the
   launch queues set: ceil(n / (2 survivors x max_concurrent_launches)) x one launch's
-  time to ``connected`` (measured on this run's first connects).
+  time to ``connected`` (measured on this run's first connects), and next to the pace of
+  the orphan scans (each host takes at most that many per renewal period).
+* ``--chromium K``: a fresh fleet on the Chromium driver and the simulator
+  (``wa-daemon-sim``); h1 links K sessions (the benchmark plays the phone: it scans every
+  QR shown); ``kill -9`` of h1's daemon and of its browsers' process groups (the host
+  dies); time to ``connected`` on a survivor, and the QRs scanned on the way (none once
+  auth snapshots move with the session).
 
+    python bench/cluster.py --chromium 3         # and 3 real Chromium sessions
     python bench/cluster.py                      # 3 x 50 sessions, lease_ttl 15 s, 3 rounds
     python bench/cluster.py --quick              # 3 x 10 sessions, lease_ttl 3 s, 1 round
     python bench/cluster.py --sessions 100 --rounds 5 --idle 120
