@@ -80,7 +80,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.helpers import DaemonProcess, short_tmpdir
 from tests.redis_server import RedisServer
-from wa_daemon import Client, Unavailable, WaDaemonError
+from wa_daemon import Client, RateLimited, Unavailable, WaDaemonError
 from wa_daemon.daemon.cluster import scripts
 from wa_daemon.protocol import State, StateChanged
 
@@ -201,7 +201,7 @@ def connect_one(wa: Client, session: str) -> None:
         try:
             wa.connect(session)
             return
-        except Unavailable as exc:  # a fresh Redis grants no lease for one lease_ttl
+        except (Unavailable, RateLimited) as exc:  # a fresh Redis's quarantine; connect_min_interval
             if "retry_after" not in exc.details:
                 raise
             time.sleep(float(exc.details["retry_after"]))
@@ -348,7 +348,7 @@ def measure_watch(fleet: Fleet, res: Results, sessions: list[str], owner: str, o
                 elif res.watch_missing is None:
                     res.watch_missing = (f"a watch on {other} saw no event of {owner}'s session in 5 s "
                                          "(cross-host watch fan-out is not in this build)")
-                wa.connect(s)
+                connect_one(wa, s)
             wait_connected(fleet, set(sessions), 60)
     finally:
         same.close()
