@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import coredis
@@ -101,7 +101,7 @@ class EventFanout:
         self.metrics = FanoutMetrics(CollectorRegistry())
         self.hub: Hub | None = None
         self._peek: Callable[[str], SessionStatus | None] = lambda sid: None
-        self._local: Callable[[], Iterable[str]] = lambda: ()
+        self._local: Callable[[], Collection[str]] = lambda: ()
         self._queue: deque[Entry] = deque()
         self._wake = trio.Event()
         self._seq = 0
@@ -110,7 +110,7 @@ class EventFanout:
         self._last_id = b"0-0"
 
     def attach(
-        self, hub: Hub, peek: Callable[[str], SessionStatus | None], local: Callable[[], Iterable[str]],
+        self, hub: Hub, peek: Callable[[str], SessionStatus | None], local: Callable[[], Collection[str]],
         metrics: CollectorRegistry,
     ) -> None:
         self.hub = hub
@@ -126,6 +126,8 @@ class EventFanout:
         if isinstance(event, MessageReceived | MessageAck) or not isinstance(event, FleetEvent):
             return  # message events stay on the owner (docs/cluster.md); snapshots are not events
         session = session_of(event)
+        if session not in self._local():
+            return  # fenced or handed over: the new owner speaks for it now, not this host
         status = event.status if isinstance(event, StateChanged) else self._peek(session)
         if isinstance(event, StateChanged):
             self._sent[session] = event.status

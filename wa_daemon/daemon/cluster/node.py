@@ -120,7 +120,7 @@ class ClusterNode:
         self.metrics.pending_writes.set_function(lambda: len(self.registry.pending))
         self.limits.metrics = LimitMetrics(metrics)
         self.drainer.attach(metrics)
-        self.fanout.attach(fleet.hub, fleet.peek, lambda: list(self.leases.held), metrics)
+        self.fanout.attach(fleet.hub, fleet.peek, lambda: self.leases.held, metrics)
         self.store.on_refused = lambda exc: self._redis_failed("read", exc)
         self.registry.unreachable = self.redis_unreachable
         self.metrics.unreachable.set_function(
@@ -135,6 +135,11 @@ class ClusterNode:
     async def claim(self, session_id: str, owner_uid: int | None = None, caller: Caller = ADMIN) -> SessionRecord | None:
         if self.join_refused is not None:
             raise Unavailable(f"this host may not join the fleet: {self.join_refused}", {"session": session_id})
+        if not self.joined:  # its join checks could not run yet (Redis): it may be a second daemon of its host id
+            raise Unavailable(
+                "this host has not joined the fleet yet (Redis could not be asked)",
+                {"session": session_id, "retry_after": round(self.timing.renew_every, 3)},
+            )
         if self.drainer.draining:
             raise Unavailable(
                 f"host {self.host!r} is draining: it takes no new session; call another host",
@@ -144,7 +149,12 @@ class ClusterNode:
         try:
             async with lock:
                 if session_id in self.leases.held:
-                    return None
+                    # Held here, yet the manager has no such session (it claims only then): one
+                    # being handed over (drain) between its close and the release. Not a new one.
+                    raise Unavailable(
+                        f"session {session_id!r} is changing hands on this host; retry",
+                        {"session": session_id, "retry_after": round(self.timing.renew_every, 3)},
+                    )
                 sent = trio.current_time()
                 try:
                     got = await self.store.acquire(session_id, self.host, self.timing.ttl, self.leases.highest_token)
@@ -152,9 +162,17 @@ class ClusterNode:
                     if got.outcome == "ok":
                         assert got.value is not None
                         self.leases.acquired(session_id, got.value, sent)
-                        record = await self._record_of(session_id)
-                        await self._admit(session_id, got.value, owner_uid, caller)
-                        return record
+                        try:
+                            # the fleet's limits first: a caller refused must not restore the login here
+                            record = await self._read_record(session_id)
+                            await self._admit(session_id, got.value, owner_uid, caller)
+                            return await self._restored(session_id, record)
+                        except BaseException:
+                            # Refused, failed or cancelled (a client gone, a routed command's
+                            # budget): no session is made of it, so the lease must not stay
+                            # here, renewed for nobody (the next claim would skip the checks).
+                            await self.abandon(session_id)
+                            raise
                 except ClusterDataError as exc:
                     self._redis_failed("acquire", exc)
                     raise Unavailable(
@@ -179,6 +197,24 @@ class ClusterNode:
 
     async def _record_of(self, session_id: str) -> SessionRecord | None:
         """The fleet's row of a session this host just acquired, as this host can run it."""
+        return await self._restored(session_id, await self._read_record(session_id))
+
+    async def abandon(self, session_id: str) -> None:
+        """Give back a lease this host acquired but runs no session for (shielded and
+        bounded: it also runs for a cancelled claim); it expires by itself if Redis
+        cannot be told."""
+        value = self.leases.value(session_id)
+        self.leases.released(session_id)
+        self.registry.rows.pop(session_id, None)
+        if value is None:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(self.timing.renew_timeout):
+            try:
+                await self.store.release(session_id, value)
+            except ClusterError as exc:
+                self._redis_failed("release", exc)
+
+    async def _read_record(self, session_id: str) -> SessionRecord | None:
         try:
             record = await self.store.record(session_id)
         except ClusterDataError:
@@ -188,10 +224,12 @@ class ClusterNode:
             if value is not None:
                 await self.store.release(session_id, value)
             raise
-        if record is not None:
-            self.registry.rows[session_id] = record
+        return record
+
+    async def _restored(self, session_id: str, record: SessionRecord | None) -> SessionRecord | None:
         if record is None:
             return record
+        self.registry.rows[session_id] = record
         return await self.snapshots.restore(record)  # its login, from the auth snapshot
 
     async def hosts(self) -> HostList:

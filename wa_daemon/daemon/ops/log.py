@@ -28,6 +28,7 @@ from typing import Any, TextIO, get_args
 
 import msgspec
 import structlog
+import structlog.tracebacks
 import trio
 from structlog.processors import NAME_TO_LEVEL
 from structlog.typing import EventDict, WrappedLogger
@@ -38,6 +39,13 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 # Lines buffered past this size are written at once instead of at the flusher's turn.
 _FLUSH_AT = 1 << 16
+
+
+# structlog's default shows every frame's locals: a request's params (a message body, a
+# proxy password) or a QR would reach the log with an exception. Never.
+_DICT_TRACEBACKS = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+)
 
 
 class _JsonLine:
@@ -59,7 +67,7 @@ class _JsonLine:
         # datetime.isoformat(), which TimeStamper uses, leaves out a zero fraction.
         event_dict["timestamp"] = f"{self._prefix}.{micro:06d}Z" if micro else f"{self._prefix}Z"
         if "exc_info" in event_dict:
-            event_dict = structlog.processors.dict_tracebacks(logger, method_name, event_dict)
+            event_dict = _DICT_TRACEBACKS(logger, method_name, event_dict)
         return self._encode(event_dict)
 
 
@@ -215,7 +223,7 @@ def configure(
     if json:
         processors.append(_JsonLine())
     else:
-        processors += [structlog.processors.TimeStamper(fmt="iso", utc=True), structlog.dev.ConsoleRenderer()]
+        processors += [structlog.processors.TimeStamper(fmt="iso", utc=True), structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)]
     # The same _Component per logger name across reloads, its level updated in
     # place: loggers bound before (one per connection) hold on to it.
     for name, component in _components.items():

@@ -265,6 +265,12 @@ class Router:
 
     async def serve(self) -> None:
         """Tail this host's stream and run its commands, each in a task of its own."""
+        # Not before the join checks passed: a second daemon under a live host's id would
+        # read (and delete) that host's commands and answer them in its place.
+        while not self.node.joined:
+            if self.node.join_refused is not None:
+                return
+            await trio.sleep(self.channel.block)
         async with trio.open_nursery() as nursery:
             while True:
                 try:

@@ -330,6 +330,7 @@ class SessionManager(Adoption, RemoteReads):
                 self._save(session, should_run=False)
             except Unavailable:
                 del self._sessions[session_id]  # not recorded: not created
+                await self.placement.abandon(session_id)  # nor held: its lease goes back
                 raise
         session.touch()
         if session.state in ACTIVE:

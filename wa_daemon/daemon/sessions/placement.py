@@ -72,6 +72,10 @@ class Placement(Protocol):
         """Called before every read and operation, cheap: a host that was just paused
         (SIGSTOP, a frozen VM) fences what it may no longer run before answering."""
 
+    async def abandon(self, session_id: str) -> None:
+        """The manager made no session of a claim (its row could not be saved): the
+        lease goes back."""
+
     async def attempt(self, session_id: str) -> None:
         """A client's connect is about to start an attempt: ``rate_limited`` if one
         started less than ``connect_min_interval`` ago on another host (one host on
@@ -115,6 +119,9 @@ class LocalPlacement:
         return HostList([], cluster=False)  # the manager lists itself
 
     def guard(self) -> None:
+        pass
+
+    async def abandon(self, session_id: str) -> None:
         pass
 
     async def attempt(self, session_id: str) -> None:

@@ -1,0 +1,76 @@
+"""Where the fleet's parts meet: a claim that is cancelled or refused leaves no lease
+behind (the next connect would skip the fleet's checks), and a host that lost a
+session says nothing more about it to the others."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import msgspec
+import pytest
+import trio
+from prometheus_client import CollectorRegistry
+
+from tests.helpers import make_config, running_daemon, short_tmpdir
+from tests.redis_server import redis_server
+from wa_daemon.daemon.cluster.fanout import EventFanout
+from wa_daemon.daemon.cluster.store import PREFIX, open_store
+from wa_daemon.daemon.sessions.caller import Caller
+from wa_daemon.daemon.sessions.hub import Hub
+from wa_daemon.daemon.sessions.registry import SessionRecord
+from wa_daemon.errors import PermissionDenied, Unavailable
+from wa_daemon.protocol import SessionStatus, State, StateChanged, Transition
+
+
+async def test_a_cancelled_claim_gives_its_lease_back_and_the_owner_check_still_holds() -> None:
+    with trio.fail_after(60), redis_server() as redis:
+        async with open_store(make_config(redis_url=redis.url)) as store:
+            # the fleet's session s9 of uid 4242, linked, its host gone (no lease)
+            row = SessionRecord("s9", 4242, datetime(2026, 1, 1, tzinfo=timezone.utc), False, linked=True)
+            await store.client.hset(f"{PREFIX}session:s9", {"record": msgspec.json.encode(row)})
+            await store.client.sadd(f"{PREFIX}sessions", ["s9"])
+            with short_tmpdir() as tmp:
+                async with running_daemon(tmp, redis_url=redis.url, host_id="a", lease_ttl=2.0) as daemon:
+                    node, manager = daemon.node, daemon.manager
+                    assert node is not None and manager is not None
+                    restore = node.snapshots.restore
+
+                    async def slow_restore(record: SessionRecord) -> SessionRecord:
+                        await trio.sleep(1.0)  # a snapshot import, a browser still closing
+                        return await restore(record)
+
+                    node.snapshots.restore = slow_restore  # type: ignore[method-assign]
+                    other = Caller.user(5555)
+                    while True:  # until the fleet's quarantine after a fresh Redis is over
+                        try:
+                            await manager.connect("warm", owner_uid=5555, caller=other)
+                            break
+                        except Unavailable as exc:
+                            await trio.sleep(exc.details.get("retry_after", 0.1))
+                    # the owner's connect is cancelled inside the claim, restoring its login
+                    # (a client gone, a routed command's budget over)
+                    with trio.move_on_after(0.5) as cancelled:
+                        await manager.connect("s9", owner_uid=4242, caller=Caller.user(4242))
+                    assert cancelled.cancelled_caught
+                    assert "s9" not in node.leases.held and await store.holder("s9") is None
+                    # another uid's connect still meets the fleet's owner check (before the
+                    # fix the held lease let it skip the checks and write a new row over s9)
+                    with pytest.raises(PermissionDenied):
+                        await manager.connect("s9", owner_uid=5555, caller=other)
+                    assert await store.record("s9") == row
+                    assert "s9" not in node.leases.held and "s9" not in manager.session_ids()
+
+
+def test_a_host_that_lost_a_session_publishes_nothing_more_of_it() -> None:
+    now = datetime.now(timezone.utc)
+    status = SessionStatus("s1", State.STOPPED, now, 0, reason="fenced", host="a", linked=True, owner_uid=1000)
+    fenced = StateChanged(Transition(now, State.CONNECTED, State.STOPPED, "fenced", 0), status)
+    hub = Hub()
+    held: dict[str, object] = {}
+    fanout = EventFanout("a", store=None, period=1.0)  # type: ignore[arg-type]
+    fanout.attach(hub, lambda session: None, lambda: held, CollectorRegistry())
+    hub.publish(fenced)  # its lease is gone (fenced): the new owner speaks for it now
+    assert list(fanout._queue) == []
+    held["s1"] = object()
+    hub.publish(fenced)  # while it holds the lease, every event goes out
+    assert [(e.host, e.kind, e.session) for e in fanout._queue] == [("a", "event", "s1")]
