@@ -74,3 +74,24 @@ def test_a_host_that_lost_a_session_publishes_nothing_more_of_it() -> None:
     held["s1"] = object()
     hub.publish(fenced)  # while it holds the lease, every event goes out
     assert [(e.host, e.kind, e.session) for e in fanout._queue] == [("a", "event", "s1")]
+
+
+def test_a_routed_answer_is_read_back_at_once_and_never_moves_a_status_back() -> None:
+    from datetime import timedelta
+
+    from wa_daemon.daemon.cluster.remote import RemoteCache
+
+    cache = RemoteCache("c")
+    cache.behind = False  # caught up with the stream: nothing read is stale
+    t0 = datetime.now(timezone.utc)
+    starting = SessionStatus("p1", State.STARTING, t0, 0, host="b", owner_uid=7)
+    cache.note(starting)  # the owner's answer to a connect routed from c
+    assert cache.status("p1") == starting
+    connected = msgspec.structs.replace(starting, state=State.CONNECTED, since=t0 + timedelta(seconds=1))
+    cache.note(connected)
+    cache.note(starting)  # an older answer arriving late changes nothing
+    assert cache.status("p1") == connected
+    cache.note(msgspec.structs.replace(starting, session="mine", host="c"))  # its own sessions are not remote
+    assert cache.status("mine") is None
+    cache.forget("p1")
+    assert cache.status("p1") is None

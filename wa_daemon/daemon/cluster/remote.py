@@ -97,6 +97,25 @@ class RemoteCache:
         self.sessions = fresh
         self.generation += 1
 
+    def note(self, status: SessionStatus) -> None:
+        """A status another host answered a routed call with: taken unless what the
+        stream brought is as new (``since``: the state's start), so it never goes back."""
+        if status.host in (None, self.me):
+            return
+        current = self.sessions.get(status.session)
+        if current is None:
+            self.sessions[status.session] = RemoteSession(_clean(status), deque(maxlen=self.history_size))
+        elif status.since > current.status.since:
+            current.status = _clean(status)
+        else:
+            return
+        self.generation += 1
+
+    def forget(self, session_id: str) -> None:
+        """A routed `delete` answered: gone (the stream's `end` follows)."""
+        if self.sessions.pop(session_id, None) is not None:
+            self.generation += 1
+
     def apply(self, entry: Entry) -> bool:
         """Take one entry into the cache. True if it is about a session of another host
         (the caller then hands its event to the local watchers)."""

@@ -26,7 +26,7 @@ import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from ...errors import InternalError, InvalidArgument, Unavailable, WaDaemonError
-from ...protocol import METHODS
+from ...protocol import METHODS, SessionStatus
 from ..cluster.channel import CommandChannel
 from ..cluster.commands import (
     ROUTED,
@@ -212,11 +212,25 @@ class Router:
                     continue
             if isinstance(answer, WaDaemonError):
                 raise answer
+            self._saw(method, session, answer)
             return answer
         raise Unavailable(
             f"session {session!r} moved between hosts while being routed; retry",
             {"session": session, "host": host},
         )
+
+    def _saw(self, method: str, session: str, answer: msgspec.Raw) -> None:
+        """Read your writes: the owner's answer reaches this host's cache of remote
+        sessions now, not when the event stream brings it (a `status` right after a
+        routed `connect` of a new session would say `not_found`)."""
+        if method == "delete":
+            self.node.remote.forget(session)
+        elif method in ("connect", "disconnect", "logout"):
+            try:
+                status = msgspec.msgpack.decode(answer, type=SessionStatus)
+            except msgspec.DecodeError:
+                return  # the client gets it as it is; the stream brings the status
+            self.node.remote.note(status)
 
     async def _forward_once(
         self, host: str, method: str, session: str, params: bytes, peer: Any
