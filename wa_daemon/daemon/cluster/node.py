@@ -148,12 +148,16 @@ class ClusterNode:
         lock = self._claims.setdefault(session_id, trio.Lock())
         try:
             async with lock:
+                # Held here, yet the manager has no such session (it claims only then): one
+                # deleted or handed over (drain) a moment ago, whose row write and release
+                # are on their way. Never a new session on that lease: wait for the release.
+                with trio.move_on_after(self.timing.renew_timeout):
+                    while session_id in self.leases.held:
+                        await trio.sleep(0.01)
                 if session_id in self.leases.held:
-                    # Held here, yet the manager has no such session (it claims only then): one
-                    # being handed over (drain) between its close and the release. Not a new one.
                     raise Unavailable(
-                        f"session {session_id!r} is changing hands on this host; retry",
-                        {"session": session_id, "retry_after": round(self.timing.renew_every, 3)},
+                        f"session {session_id!r} is being deleted or handed over on this host; retry",
+                        {"session": session_id, "host": self.host, "retry_after": round(self.timing.renew_every, 3)},
                     )
                 sent = trio.current_time()
                 try:
