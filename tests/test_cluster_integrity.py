@@ -95,3 +95,29 @@ def test_a_routed_answer_is_read_back_at_once_and_never_moves_a_status_back() ->
     assert cache.status("mine") is None
     cache.forget("p1")
     assert cache.status("p1") is None
+
+
+async def test_a_session_polled_through_another_host_is_not_swept_as_inactive() -> None:
+    from tests.test_cluster import connect_when_granted, fleet
+    from wa_daemon import AsyncClient
+
+    with trio.fail_after(60), redis_server() as redis:
+        async with fleet(redis, "a", "b", inactive_after=3.0, cleanup_interval=0.5) as daemons:
+            async with AsyncClient(daemons["a"].socket_path) as a, AsyncClient(daemons["b"].socket_path) as b:
+                await connect_when_granted(a, "s1")
+                while (await a.status("s1")).state != State.WAITING_QR:
+                    await trio.sleep(0.05)
+                # 5 s of polls through b only: longer than inactive_after, yet in use
+                with trio.move_on_after(5):
+                    while True:
+                        with trio.move_on_after(0.3):
+                            seen = await b.status("s1")
+                            assert seen.host == "a" or seen.session != "s1"
+                        await trio.sleep(0.3)
+                manager = daemons["a"].manager
+                assert manager is not None and manager.peek("s1") is not None
+                assert manager.peek("s1").state == State.WAITING_QR  # type: ignore[union-attr]
+                # nobody polls any more: swept as before
+                while (status := manager.peek("s1")) is not None and status.reason != "inactive":
+                    await trio.sleep(0.1)
+                assert status is not None and status.state == State.FAILED

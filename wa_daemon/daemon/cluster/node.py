@@ -35,6 +35,7 @@ from ..sessions.placement import Fleet, host_info
 from ..sessions.registry import SessionRecord
 from .drain import Drain, hand_over_all
 from .fanout import EventFanout
+from .interest import Interest
 from .join import JoinRefused, check_join
 from .lease import FenceReason, LeaseTable, LeaseTiming, parse_token
 from .limits import LimitMetrics, SharedLimits
@@ -110,6 +111,7 @@ class ClusterNode:
         self.reclaims = Reclaims(self.timing.ttl, keep_for=REFUSED_RETRY * self.timing.ttl)
         self.driver: Driver | None = None  # set by the daemon: auth snapshots export and import through it
         self.snapshots = AuthSnapshots(self)
+        self.interest = Interest(store)  # reads and watches of other hosts' sessions (cluster/interest.py)
 
     def attach(self, fleet: Fleet, metrics: CollectorRegistry) -> None:
         """Serve ``fleet`` (the manager), counting into the daemon's ``metrics``."""
@@ -202,6 +204,23 @@ class ClusterNode:
     async def _record_of(self, session_id: str) -> SessionRecord | None:
         """The fleet's row of a session this host just acquired, as this host can run it."""
         return await self._restored(session_id, await self._read_record(session_id))
+
+    async def touched_elsewhere(self, session_id: str) -> float | None:
+        try:
+            return await self.interest.elapsed(session_id)
+        except ClusterError as exc:
+            self._redis_failed("touch", exc)
+            return None  # unknown: the sweep decides as a host on its own would
+
+    async def _note_interest(self, fleet: Fleet) -> None:
+        """Tell the owners which of their sessions clients read or watch through this host."""
+        cache = self.fanout.cache
+        seen, cache.touched = cache.touched, set()
+        self.interest.note(s for s in seen | fleet.hub.watched() if s in cache.sessions)
+        try:
+            await self.interest.flush()
+        except ClusterError as exc:
+            self._redis_failed("touch", exc)
 
     async def abandon(self, session_id: str) -> None:
         """Give back a lease this host acquired but runs no session for (shielded and
@@ -425,6 +444,7 @@ class ClusterNode:
             self.metrics.host_id_conflicts.inc()
             log.error("cluster_host_id_conflict", host=self.host, other_instance=previous, instance=self.instance)
         self._beats += 1
+        await self._note_interest(fleet)
         for session in list(self.leases.held):
             status = self._status_of(session)
             if status is not None:

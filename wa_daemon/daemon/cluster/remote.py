@@ -47,6 +47,7 @@ class RemoteCache:
     """Sessions of other hosts, by id. ``me``: this host, whose own entries are skipped."""
 
     def __init__(self, me: str, history_size: int = 100) -> None:
+        self.touched: set[str] = set()  # read here since the last upkeep (cluster/interest.py)
         self.me = me
         self.history_size = history_size
         self.sessions: dict[str, RemoteSession] = {}
@@ -66,6 +67,10 @@ class RemoteCache:
         if self.stale(session) != session.status.stale:
             return msgspec.structs.replace(session.status, stale=not session.status.stale)
         return session.status
+
+    def touch(self, session_id: str) -> None:
+        """A client read this remote session here: its owner should know (inactive sweep)."""
+        self.touched.add(session_id)
 
     def statuses(self) -> Iterator[SessionStatus]:
         for session_id in sorted(self.sessions):

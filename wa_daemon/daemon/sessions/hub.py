@@ -187,6 +187,10 @@ class Hub:
     def watchers_of(self, session: str) -> int:
         return sum(1 for s in self._subs if s.session == session)
 
+    def watched(self) -> set[str]:
+        """The sessions a watcher follows by id (a watch of all sessions names none)."""
+        return {s.session for s in self._subs if s.session is not None}
+
     def publish(self, event: WatchEvent) -> None:
         self.publish_remote(event)
         if self.tap is not None:

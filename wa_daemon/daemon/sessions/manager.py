@@ -506,10 +506,13 @@ class SessionManager(Adoption, RemoteReads):
                     continue
                 stop = IdleTimeout(f"connected with no RPC for {idle:.0f} s")
             elif session.state in ACTIVE:
-                if idle < cfg.inactive_after:
+                if idle < (limit := cfg.inactive_after):
                     continue
                 stop = Inactive(f"no RPC and no state change for {idle:.0f} s")
             else:
+                continue
+            elsewhere = await self.placement.touched_elsewhere(session.id)  # read or watched through another host
+            if elsewhere is not None and elsewhere < limit:
                 continue
             async with self._locked(session):
                 try:

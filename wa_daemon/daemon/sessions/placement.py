@@ -36,6 +36,9 @@ class RemoteSessions(Protocol):
 
     def owner_uid(self, session_id: str) -> int | None: ...
 
+    def touch(self, session_id: str) -> None:
+        """A client read this remote session here (its owner's inactive sweep counts it)."""
+
 
 class _NoRemote:
     def status(self, session_id: str) -> SessionStatus | None:
@@ -49,6 +52,9 @@ class _NoRemote:
 
     def owner_uid(self, session_id: str) -> int | None:
         return None
+
+    def touch(self, session_id: str) -> None:
+        pass
 
 
 NO_REMOTE: RemoteSessions = _NoRemote()
@@ -71,6 +77,10 @@ class Placement(Protocol):
     def guard(self) -> None:
         """Called before every read and operation, cheap: a host that was just paused
         (SIGSTOP, a frozen VM) fences what it may no longer run before answering."""
+
+    async def touched_elsewhere(self, session_id: str) -> float | None:
+        """Seconds since a client read or watched this host's session through another
+        host; None: never, or unknown."""
 
     async def abandon(self, session_id: str) -> None:
         """The manager made no session of a claim (its row could not be saved): the
@@ -123,6 +133,9 @@ class LocalPlacement:
 
     async def abandon(self, session_id: str) -> None:
         pass
+
+    async def touched_elsewhere(self, session_id: str) -> float | None:
+        return None
 
     async def attempt(self, session_id: str) -> None:
         pass

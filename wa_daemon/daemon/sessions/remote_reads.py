@@ -35,8 +35,10 @@ class RemoteReads:
         if session_id in self._sessions:
             return None
         status = self.placement.remote.status(session_id)
-        if status is not None and not caller.may_use(status.owner_uid):
-            raise PermissionDenied(f"session {session_id!r} belongs to another user", {"session": session_id})
+        if status is not None:
+            if not caller.may_use(status.owner_uid):
+                raise PermissionDenied(f"session {session_id!r} belongs to another user", {"session": session_id})
+            self.placement.remote.touch(session_id)  # as a read of a local session touches it
         return status
 
     def _remote_history(self, status: SessionStatus, limit: int) -> builtins.list[Transition]:
