@@ -185,7 +185,9 @@ async def test_two_connects_of_one_new_session_on_two_hosts_end_with_one_owner()
                 assert answers["a", session].host == answers["c", session].host == owners[0]
             assert held["b"] == set()  # the least room: never chosen
             losers = sum(metric(hosts[h], "wa_cluster_routed_total", method="connect", outcome="ok") for h in "ac")
-            assert losers == len(sessions)  # each session: one call ran on its owner, the other was routed there
+            # each session: at least one call was routed to its owner (the lease race's loser);
+            # both, when a heartbeat between the calls made each host place it on the other
+            assert len(sessions) <= losers <= 2 * len(sessions)
 
 
 async def test_hostile_entries_are_refused_and_the_owner_keeps_serving() -> None:

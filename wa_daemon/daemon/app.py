@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import random
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -159,12 +159,15 @@ class Daemon:
                 if router is not None:
                     server.router = router
                     router.services = server.services
+                # The owner's side of routing lives as long as the connections: commands
+                # other hosts route here are answered through a drain and the shutdown.
+                commands = trio.CancelScope()
                 async with trio.open_nursery() as connections:
+                    if router is not None:
+                        connections.start_soon(_within, commands, router.serve)
                     async with trio.open_nursery() as front:
                         front.start_soon(server.accept_loop, bound, connections)
                         front.start_soon(manager.cleanup_loop)
-                        if router is not None:
-                            front.start_soon(router.serve)
                         front.start_soon(messaging.retention_loop)
                         front.start_soon(self.monitor.run)
                         # Started, not just spawned: bound before daemon_ready says so.
@@ -204,6 +207,7 @@ class Daemon:
                             await trio.sleep(0.01)
                     if cs.cancelled_caught:
                         log.error("shutdown_timeout", timeout=cfg.shutdown_timeout, inflight=server.inflight)
+                    commands.cancel()
                     server.close_connections()
                 sessions.cancel_scope.cancel()
         finally:
@@ -305,3 +309,8 @@ def _used_state_dir(config: Config) -> Path | None:
     if config.driver == "chromium" or config.registry == "sqlite" or config.state_dir:
         return state_dir_of(config)
     return None
+
+
+async def _within(scope: trio.CancelScope, fn: Callable[[], Awaitable[None]]) -> None:
+    with scope:
+        await fn()
