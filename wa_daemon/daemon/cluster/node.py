@@ -205,6 +205,17 @@ class ClusterNode:
         """The fleet's row of a session this host just acquired, as this host can run it."""
         return await self._restored(session_id, await self._read_record(session_id))
 
+    _drain_cleared = False
+
+    async def _clear_own_drain(self) -> None:
+        """A host that starts takes sessions again (the rolling upgrade's restart): its
+        old drain request goes, once, even if Redis could not be asked at start."""
+        try:
+            await self.drainer.clear_own()
+            self._drain_cleared = True
+        except ClusterError as exc:
+            self._redis_failed("drain", exc)
+
     async def touched_elsewhere(self, session_id: str) -> float | None:
         try:
             return await self.interest.elapsed(session_id)
@@ -279,10 +290,7 @@ class ClusterNode:
         # a Redis that cannot answer yet leaves the checks to the first upkeep.
         if not await self.join():
             log.warning("cluster_join_unchecked", host=self.host)
-        try:
-            await self.drainer.clear_own()  # a host that starts takes sessions again
-        except ClusterError as exc:
-            self._redis_failed("drain", exc)
+        await self._clear_own_drain()
         sessions_dir = getattr(self.driver, "sessions_dir", None)  # browsers with processes: Chromium
         self._watchdog = BrowserWatchdog(sessions_dir) if sessions_dir is not None else None
         try:
@@ -430,6 +438,8 @@ class ClusterNode:
             running=info.running, lease_ttl=self.timing.ttl, pid=os.getpid(), instance=self.instance,
         )
         try:
+            if not self._drain_cleared:
+                await self._clear_own_drain()  # Redis was down at start: before the first poll
             if await self.drainer.poll():
                 beat = msgspec.structs.replace(beat, draining=True)
             previous = await self.store.heartbeat(beat, self.timing.ttl)

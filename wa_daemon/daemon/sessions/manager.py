@@ -186,10 +186,10 @@ class SessionManager(Adoption, RemoteReads):
         return session.status()
 
     def status_raw(self, session_id: str, caller: Caller = ADMIN) -> msgspec.Raw:
-        if (remote := self._remote(session_id, caller)) is not None:
-            return to_raw(remote)
         """:meth:`status`, encoded (a SessionStatus on the wire): the bytes the
         session keeps for ``list``, so a ``status`` poll encodes nothing."""
+        if (remote := self._remote(session_id, caller)) is not None:
+            return to_raw(remote)
         session = self.get(session_id, caller)
         session.touch()
         return session.status_raw()
