@@ -89,10 +89,12 @@ PROJECT_TO = 10_000
 SCRIPTED = {"scripted.launch_delay": "0.2", "scripted.auth_delay": "0.2", "scripted.auto_scan_after": "0.2"}
 SCRIPT_NAMES = {
     hashlib.sha1(getattr(scripts, name).encode()).hexdigest(): name
-    for name in ("ACQUIRE", "RENEW", "FENCED_WRITE", "FENCED_DELETE", "RELEASE", "ORPHANS", "HEARTBEAT", "NOW")
+    for name in ("ACQUIRE", "RENEW", "FENCED_WRITE", "FENCED_DELETE", "RELEASE", "ORPHANS", "NEXT_EXPIRY", "HEARTBEAT",
+                 "NOW")
 }
 # What each script is for, in the table (the brief's split: leases, heartbeats, scans).
 SCRIPT_ROLE = {"RENEW": "lease renewals", "HEARTBEAT": "heartbeats", "ORPHANS": "orphan scans",
+               "NEXT_EXPIRY": "expiry look-ahead",
                "FENCED_WRITE": "status/row writes", "ACQUIRE": "lease acquisitions"}
 
 
@@ -143,8 +145,9 @@ class Host:
         return self.proc.proc.poll() is None
 
     def states(self) -> dict[str, State]:
+        """The sessions this host runs (its `list` shows the fleet's, each with its `host`)."""
         with Client(self.sock, timeout=10) as wa:
-            return {s.session: s.state for s in wa.list()}
+            return {s.session: s.state for s in wa.list() if s.host in (None, self.id)}
 
     def kill(self) -> float:
         """SIGKILL; returns the instant it was sent."""
@@ -156,7 +159,9 @@ class Host:
 
 
 class Fleet:
-    def __init__(self, root: Path, plan: Plan, capacity: int, web: str | None = None) -> None:
+    def __init__(self, root: Path, plan: Plan, capacity: int, web: str | None = None,
+                 hosts: tuple[str, ...] = HOSTS) -> None:
+        """``hosts``: the ones started now (the others with :meth:`start`)."""
         self.root = root
         self.plan = plan
         self.capacity = capacity
@@ -167,7 +172,7 @@ class Fleet:
         self.redis.start()
         self.hosts: dict[str, Host] = {}
         try:
-            for h in HOSTS:
+            for h in hosts:
                 self.start(h)
         except BaseException:
             self.close()
@@ -476,11 +481,13 @@ def failover_round(fleet: Fleet, res: Results, all_sessions: set[str]) -> None:
 def measure_churn(root: Path, plan: Plan, res: Results) -> None:
     """A fresh fleet; h1 holds ``plan.churn`` sessions; kill -9; h2 and h3 take them."""
     n = plan.churn
-    fleet = Fleet(root, plan, capacity=n)
+    fleet = Fleet(root, plan, capacity=n, hosts=("h1",))  # alone: placement would spread them
     try:
         sessions = [f"c{i}" for i in range(n)]
         connect_on(fleet.hosts["h1"], sessions)
         wait_connected(fleet, set(sessions), 30 + n)
+        fleet.start("h2")
+        fleet.start("h3")
         progress(f"churn: kill -9 of h1 ({n} sessions)")
         at = fleet.hosts["h1"].kill()
         del fleet.hosts["h1"]
@@ -567,10 +574,12 @@ def measure_chromium(root: Path, plan: Plan, res: Results, k: int) -> None:
     sim, url = start_simulator(root)
     fleet: Fleet | None = None
     try:
-        fleet = Fleet(root, plan, capacity=k, web=url)
+        fleet = Fleet(root, plan, capacity=k, web=url, hosts=("h1",))  # alone: it holds them all
         sessions = {f"web{i}" for i in range(k)}
         connect_on(fleet.hosts["h1"], sorted(sessions))
         link(fleet, sessions, 60 + 20 * k)
+        fleet.start("h2")
+        fleet.start("h3")
         before = fleet.scans
         victim = fleet.hosts.pop("h1")
         progress(f"Chromium: kill -9 of h1 and its browsers ({k} sessions)")
@@ -600,10 +609,14 @@ def run(plan: Plan) -> Results:
                 connect_on(fleet.hosts[h], names[h])
             everything = {s for ss in names.values() for s in ss} | {f"probe{i}" for i in range(len(res.launch_s) + 1)}
             wait_connected(fleet, everything, 60 + total)
+            # placement puts a new session on the least-loaded host, not where it was asked
+            held = {h: sorted(s for s in fleet.hosts[h].states() if not s.startswith("probe")) for h in HOSTS}
+            owner = max(held, key=lambda h: len(held[h]))
+            other = next(h for h in HOSTS if h != owner)
             progress("status: owner vs non-owner")
-            measure_status(fleet, res, names["h1"][0], "h1", "h3")
+            measure_status(fleet, res, held[owner][0], owner, other)
             progress("watch: same host vs across hosts")
-            measure_watch(fleet, res, names["h1"][1:], "h1", "h3")
+            measure_watch(fleet, res, held[owner][1:], owner, other)
             progress(f"idle: 2 x {plan.idle_s:g} s")
             measure_idle(fleet, res, len(everything))
             progress("redis-benchmark")

@@ -21,7 +21,8 @@ from wa_daemon.protocol import State
 
 from .helpers import DaemonProcess, make_config
 from .redis_server import RedisServer
-from .test_cluster_failover import Host, connect_all, fleet, metric, wait_for
+from .test_cluster_drain import draining, wactl
+from .test_cluster_failover import Host, Sampler, connect_all, fleet, metric, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -210,3 +211,58 @@ def test_a_snapshot_over_the_cap_is_not_stored_the_session_runs_and_the_cap_relo
         with Client(a.sock, timeout=10) as wa:
             wa.disconnect("s0")  # a clean stop stores it, under the new cap
         wait_for("stored after the reload", lambda: "s0" in snapshots(redis), 10)
+
+
+def no_qr_on_the_new_owners(hosts: list[Host], sessions: list[str]) -> dict[str, Host]:
+    """Every session connected on one of ``hosts``, linked, with no QR in its history
+    there; returns session -> owner."""
+    owner = {s: h for h in hosts for s in h.running()}
+    for s in sessions:
+        states = history_states(owner[s], s)
+        assert State.WAITING_QR not in states and states[-1] == State.CONNECTED, (s, owner[s].id, states)
+        with Client(owner[s].sock, timeout=5) as wa:
+            assert wa.status(s).linked
+    return owner
+
+
+def test_drain_and_drain_on_stop_move_linked_sessions_without_a_qr() -> None:
+    # nobody scans a QR: a session that needed one would stay waiting_qr
+    with fleet() as (redis, root, hosts):
+        hosts["a"] = Host(root, redis, "a", capacity=4, auto_scan=False)  # alone: it holds them all
+        link_on(hosts["a"], SESSIONS)
+        hosts["b"] = Host(root, redis, "b", 4, "--set", "drain_on_stop=true", "--set", "shutdown_timeout=20",
+                          auto_scan=False)
+        hosts["c"] = Host(root, redis, "c", capacity=4, auto_scan=False)
+        others = [hosts["b"], hosts["c"]]
+        with Sampler(hosts) as sampler:
+            started = time.monotonic()
+            done = wactl(hosts["c"], "drain", "a", "--wait", "--timeout", "45")
+            drained = time.monotonic() - started
+            assert done.returncode == 0, done.stderr
+            took = wait_for(
+                "b and c run every session, connected",
+                lambda: set().union(*(h.connected() for h in others)) == set(SESSIONS), 30,
+            )
+            print(f"drain without a QR: a held none {drained:.2f} s after `wactl drain a --wait`; "
+                  f"all {len(SESSIONS)} connected on b and c {drained + took:.2f} s after it")
+            owner = no_qr_on_the_new_owners(others, SESSIONS)
+            # before_release stored each snapshot as the lease was given up
+            assert metric(hosts["a"], "wa_cluster_auth_snapshot_writes_total", why="release") == len(SESSIONS)
+
+            # a takes sessions again; SIGTERM of b (drain_on_stop) hands b's to a and c
+            assert wactl(hosts["c"], "drain", "a", "--cancel").returncode == 0
+            wait_for("a takes sessions again", lambda: draining(hosts["c"], "a") == (False, 0), 15)
+            moved = sorted(s for s, h in owner.items() if h.id == "b")
+            assert moved, owner  # b took a share
+            started = time.monotonic()
+            hosts["b"].signal(signal.SIGTERM)
+            rest = [hosts["a"], hosts["c"]]
+            took = wait_for(
+                "a and c run every session, connected",
+                lambda: set().union(*(h.connected() for h in rest)) == set(SESSIONS), 3 + 20,
+            )
+            assert hosts["b"].proc.proc.wait(20) == 0
+            print(f"drain_on_stop without a QR: {len(moved)} sessions connected on a and c {took:.2f} s after SIGTERM")
+            no_qr_on_the_new_owners(rest, SESSIONS)
+            assert sampler.rounds > 20
+        assert sampler.overlaps == [], sampler.overlaps

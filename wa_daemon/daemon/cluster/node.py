@@ -9,7 +9,8 @@ the manager back through Fleet (adopt, evict). Its tasks, all in :meth:`run`:
   ``renew_timeout``, so a slow Redis never delays a fence;
 - the writer sends the registry's pending rows through the fenced script;
 - every ``renew_every``: the heartbeat, the statuses that changed, and the
-  takeover of sessions whose lease expired, while this host has room.
+  takeover of sessions whose lease expired, while this host has room; between
+  upkeeps more takeover rounds as launch slots free (cluster/takeover.py).
 """
 
 from __future__ import annotations
@@ -37,18 +38,18 @@ from .drain import Drain, hand_over_all
 from .fanout import EventFanout
 from .interest import Interest
 from .join import JoinRefused, check_join
-from .lease import FenceReason, LeaseTable, LeaseTiming, parse_token
+from .lease import FenceReason, LeaseTable, LeaseTiming
 from .limits import LimitMetrics, SharedLimits
+from .pace import TakeoverPace
 from .reclaim import Reclaims
 from .registry import RedisRegistry, encode_record
 from .remote import RemoteCache
 from .snapshots import AuthSnapshots
 from .store import ClusterDataError, ClusterError, HostBeat, RedisStore
+from .takeover import REFUSED_RETRY, chase, take_over
 from .watchdog import BrowserWatchdog
 
 log = get_logger("cluster")
-
-REFUSED_RETRY = 4  # lease_ttls before a session whose row was refused is tried again
 
 __all__ = ["ClusterMetrics", "ClusterNode"]
 
@@ -112,6 +113,8 @@ class ClusterNode:
         self.driver: Driver | None = None  # set by the daemon: auth snapshots export and import through it
         self.snapshots = AuthSnapshots(self)
         self.interest = Interest(store)  # reads and watches of other hosts' sessions (cluster/interest.py)
+        self.pace = TakeoverPace()  # orphans may be left: take more as launch slots free
+        self.taking = trio.Lock()  # one takeover round at a time (upkeep's, chase's)
 
     def attach(self, fleet: Fleet, metrics: CollectorRegistry) -> None:
         """Serve ``fleet`` (the manager), counting into the daemon's ``metrics``."""
@@ -298,6 +301,7 @@ class ClusterNode:
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._upkeep_loop)
                 nursery.start_soon(self.fanout.run)
+                nursery.start_soon(chase, self)
                 task_status.started()
                 self._nursery = nursery
                 while True:
@@ -512,49 +516,8 @@ class ClusterNode:
             self._fence(session, "stale")
 
     async def take_over(self, room: int) -> int:
-        """Acquire sessions whose lease expired, up to ``room`` and at most one launch
-        queue's worth per round (the other survivors get their share). Returns how many."""
-        room = min(room, self.config.max_concurrent_launches)
-        if room <= 0 or self.fleet is None:
-            return 0
-        now = trio.current_time()
-        for session, until in list(self._refused.items()):
-            if until <= now:
-                del self._refused[session]
-        try:
-            # Sessions refused lately (a row this host cannot read) come first, being
-            # the oldest orphans: ask for more, so they never block the others.
-            orphans = [s for s in await self.store.orphans(room + len(self._refused)) if s not in self._refused]
-        except ClusterError as exc:
-            self._redis_failed("orphans", exc)
-            return 0
-        taken = 0
-        for session in orphans[:room]:
-            sent = trio.current_time()
-            try:
-                got = await self.store.acquire(session, self.host, self.timing.ttl, self.leases.highest_token)
-                if got.outcome != "ok":
-                    if got.outcome == "held" and got.value:
-                        self.leases.saw_token(parse_token(got.value))
-                    continue
-                assert got.value is not None
-                self.leases.acquired(session, got.value, sent)
-                record = await self._record_of(session)
-            except ClusterError as exc:
-                self._redis_failed("takeover", exc)
-                if isinstance(exc, ClusterDataError):
-                    self._refused[session] = trio.current_time() + REFUSED_RETRY * self.timing.ttl
-                continue
-            if record is None:  # a lease without a row: nothing to run
-                self.leases.released(session)
-                continue
-            if self.fleet.adopt(record):
-                taken += 1
-                self.metrics.takeovers.inc()
-                log.info("cluster_session_taken_over", session=session, should_run=record.should_run)
-                if record.should_run:
-                    await self._noted_attempt(session)
-        return taken
+        """Acquire orphans up to ``room`` and the free launch slots (cluster/takeover.py)."""
+        return await take_over(self, room)
 
     def _redis_failed(self, op: str, exc: ClusterError) -> None:
         if isinstance(exc, ClusterDataError):

@@ -117,6 +117,17 @@ end
 return out
 """
 
+# KEYS: expiry zset. ARGV: horizon ms. Milliseconds until the first lease expires
+# within the horizon (a lease not renewed: its host died or is failing), -1 if none;
+# every survivor that asks wakes when it expires (cluster/pace.py).
+NEXT_EXPIRY = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local first = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now_ms, now_ms + tonumber(ARGV[1]), 'WITHSCORES', 'LIMIT', 0, 1)
+if #first == 0 then return -1 end
+return tonumber(first[2]) - now_ms
+"""
+
 # KEYS: host hash, hosts set. ARGV: host, ttl_ms, then field, value pairs.
 # Returns the instance of the heartbeat replaced ('' if none): another process's
 # means two live daemons share one host_id (cluster/join.py).

@@ -88,6 +88,7 @@ class RedisStore:
         self._delete = client.register_script(scripts.FENCED_DELETE)
         self._release = client.register_script(scripts.RELEASE)
         self._orphans = client.register_script(scripts.ORPHANS)
+        self._next_expiry = client.register_script(scripts.NEXT_EXPIRY)
         self._heartbeat = client.register_script(scripts.HEARTBEAT)
         self._now = client.register_script(scripts.NOW)
         self._epoch_age = client.register_script(scripts.EPOCH_AGE)
@@ -174,6 +175,11 @@ class RedisStore:
             self._orphans(keys=[f"{PREFIX}expiry", f"{PREFIX}sessions"], args=[f"{PREFIX}lease:", limit]),
         )
         return [_text(s) for s in reply]
+
+    async def next_expiry(self, horizon: float) -> float | None:
+        """Seconds until the first lease that expires within ``horizon`` s does, or None."""
+        reply = await self._call("orphans", self._next_expiry(keys=[f"{PREFIX}expiry"], args=[round(horizon * 1000)]))
+        return None if int(reply) < 0 else int(reply) / 1000
 
     async def holder(self, session: str) -> str | None:
         key = self.lease_key(session)
