@@ -74,6 +74,7 @@ class Drain:
         self.host = host
         self.requested = False  # wa:drain:{host} seen at the last upkeep
         self.on_stop = False  # draining because the daemon is stopping (drain_on_stop)
+        self.round: trio.Event | None = None  # a hand-over round under way (start_round), set when done
         self.metrics = DrainMetrics(CollectorRegistry())
         self._handover = store.client.register_script(HANDOVER)
         self._request = store.client.register_script(REQUEST)
@@ -171,3 +172,35 @@ async def hand_over_one(node: ClusterNode, session: str) -> bool:
     node.drainer.metrics.handed_over.inc()
     log.info("cluster_session_handed_over", session=session, should_run=record.should_run)
     return True
+
+
+def start_round(node: ClusterNode) -> None:
+    """Hand over, in the background (the heartbeat goes on), what the host holds."""
+    drain = node.drainer
+    if drain.round is None and node._nursery is not None and node.leases.held:
+        done = drain.round = trio.Event()
+        node._nursery.start_soon(_round, node, done)
+
+
+async def _round(node: ClusterNode, done: trio.Event) -> None:
+    try:
+        handed = await hand_over_all(node)
+        log.info("cluster_drain_round", handed_over=handed, left=len(node.leases.held))
+    finally:
+        node.drainer.round = None
+        done.set()
+
+
+async def drain_before_stop(node: ClusterNode) -> None:
+    """SIGTERM with drain_on_stop: hand every session over before the daemon exits.
+    The caller bounds it (the stop deadline); what is left stops as usual and is
+    taken over once its lease expires."""
+    node.drainer.on_stop = True
+    log.info("cluster_draining", host=node.host, on_stop=True)
+    await node.upkeep()  # the heartbeat says draining before the first lease goes
+    while node.leases.held:
+        if node.drainer.round is not None:
+            await node.drainer.round.wait()
+        else:
+            await hand_over_all(node)
+            await trio.sleep(0.05)

@@ -34,7 +34,7 @@ from ..ops.log import get_logger
 from ..sessions.caller import ADMIN, Caller
 from ..sessions.placement import Fleet, host_info
 from ..sessions.registry import SessionRecord
-from .drain import Drain, hand_over_all
+from .drain import Drain, drain_before_stop, start_round
 from .fanout import EventFanout
 from .interest import Interest
 from .join import JoinRefused, check_join
@@ -468,7 +468,7 @@ class ClusterNode:
                 if value is not None and self.leases.may_write(session, trio.current_time()):
                     await self._write_status(session, value, status)
         if self.drainer.draining:
-            self._start_drain_round()
+            start_round(self)
             return
         taken = await self.take_over(info.capacity - info.sessions)
         if self.reclaims.lost:
@@ -577,35 +577,8 @@ class ClusterNode:
     async def drain(self, host: str, cancel: bool) -> DrainResult:
         return await self.drainer.request(host, cancel)
 
-    def _start_drain_round(self) -> None:
-        """Hand over, in the background (the heartbeat goes on), what this host holds."""
-        if self._drain_round is None and self._nursery is not None and self.leases.held:
-            done = self._drain_round = trio.Event()
-            self._nursery.start_soon(self._drain_round_task, done)
-
-    _drain_round: trio.Event | None = None
-
-    async def _drain_round_task(self, done: trio.Event) -> None:
-        try:
-            handed = await hand_over_all(self)
-            log.info("cluster_drain_round", handed_over=handed, left=len(self.leases.held))
-        finally:
-            self._drain_round = None
-            done.set()
-
     async def drain_on_stop(self) -> None:
-        """SIGTERM with drain_on_stop: hand every session over before the daemon exits.
-        The caller bounds it (the stop deadline); what is left stops as usual and is
-        taken over once its lease expires."""
-        self.drainer.on_stop = True
-        log.info("cluster_draining", host=self.host, on_stop=True)
-        await self.upkeep()  # the heartbeat says draining before the first lease goes
-        while self.leases.held:
-            if self._drain_round is not None:
-                await self._drain_round.wait()
-            else:
-                await hand_over_all(self)
-                await trio.sleep(0.05)
+        await drain_before_stop(self)
 
     @property
     def remote(self) -> RemoteCache:
