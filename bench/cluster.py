@@ -551,8 +551,8 @@ def link(fleet: Fleet, sessions: set[str], timeout: float) -> dict[str, float]:
         for host in list(fleet.hosts.values()):
             with contextlib.suppress(WaDaemonError), Client(host.sock, timeout=10) as wa:
                 for st in wa.list():
-                    if st.session not in sessions or st.session in seen:
-                        continue
+                    if st.session not in sessions or st.session in seen or st.host not in (None, host.id):
+                        continue  # another host's session, as this host last heard of it
                     if st.state == State.CONNECTED:
                         seen[st.session] = time.monotonic()
                     elif st.qr is not None and (st.session, st.qr.data) not in scanned:
