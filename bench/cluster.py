@@ -80,7 +80,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.helpers import DaemonProcess, short_tmpdir
 from tests.redis_server import RedisServer
-from wa_daemon import Client, RateLimited, Unavailable, WaDaemonError
+from wa_daemon import Client, NotFound, RateLimited, Unavailable, WaDaemonError
 from wa_daemon.daemon.cluster import scripts
 from wa_daemon.protocol import State, StateChanged
 
@@ -269,6 +269,14 @@ class Results:
     chromium: dict[str, Any] = field(default_factory=dict)
 
 
+def _state(wa: Client, session: str) -> State | None:
+    """None until this host has heard of it (placed on another host, its events not here yet)."""
+    try:
+        return wa.status(session).state
+    except NotFound:
+        return None
+
+
 def measure_launch(fleet: Fleet, res: Results, count: int = 3) -> None:
     """One session at a time on a quiet host: connect -> connected (the launch queue's unit)."""
     host = fleet.hosts["h1"]
@@ -278,7 +286,7 @@ def measure_launch(fleet: Fleet, res: Results, count: int = 3) -> None:
             s = f"probe{i}"
             t0 = time.monotonic()
             wa.connect(s)
-            while wa.status(s).state != State.CONNECTED:
+            while _state(wa, s) != State.CONNECTED:
                 if time.monotonic() - t0 > 30:
                     raise RuntimeError(f"{s} not connected in 30 s")
                 time.sleep(0.005)
@@ -551,8 +559,8 @@ def link(fleet: Fleet, sessions: set[str], timeout: float) -> dict[str, float]:
         for host in list(fleet.hosts.values()):
             with contextlib.suppress(WaDaemonError), Client(host.sock, timeout=10) as wa:
                 for st in wa.list():
-                    if st.session not in sessions or st.session in seen:
-                        continue
+                    if st.session not in sessions or st.session in seen or st.host not in (None, host.id):
+                        continue  # another host's session, as this host last heard of it
                     if st.state == State.CONNECTED:
                         seen[st.session] = time.monotonic()
                     elif st.qr is not None and (st.session, st.qr.data) not in scanned:
