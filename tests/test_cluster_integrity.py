@@ -121,3 +121,36 @@ async def test_a_session_polled_through_another_host_is_not_swept_as_inactive() 
                 while (status := manager.peek("s1")) is not None and status.reason != "inactive":
                     await trio.sleep(0.1)
                 assert status is not None and status.state == State.FAILED
+
+
+async def test_two_connects_of_a_new_session_on_one_host_both_answer() -> None:
+    with trio.fail_after(60), redis_server() as redis:
+        with short_tmpdir() as tmp:
+            async with running_daemon(tmp, redis_url=redis.url, host_id="a", lease_ttl=2.0) as daemon:
+                node, manager = daemon.node, daemon.manager
+                assert node is not None and manager is not None
+                admit = node.limits.admit
+
+                async def slow_admit(*args: object, **kwargs: object) -> None:
+                    await trio.sleep(0.5)  # a slow Redis: the second connect waits for the claim
+                    await admit(*args, **kwargs)  # type: ignore[arg-type]
+
+                node.limits.admit = slow_admit  # type: ignore[method-assign]
+                while True:  # the fleet's quarantine after a fresh Redis
+                    try:
+                        await manager.connect("warm")
+                        break
+                    except Unavailable as exc:
+                        await trio.sleep(exc.details.get("retry_after", 0.1))
+                answers: list[SessionStatus] = []
+
+                async def connect() -> None:
+                    answers.append(await manager.connect("x1"))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(connect)
+                    nursery.start_soon(connect)
+                # the second one finds the session the first made (before the fix: held
+                # lease, no session yet when it checked: `unavailable` after renew_timeout)
+                assert [a.session for a in answers] == ["x1", "x1"]
+                assert "x1" in node.leases.held and "x1" in manager.session_ids()

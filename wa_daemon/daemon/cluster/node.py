@@ -153,12 +153,14 @@ class ClusterNode:
         lock = self._claims.setdefault(session_id, trio.Lock())
         try:
             async with lock:
-                # Held here, yet the manager has no such session (it claims only then): one
-                # deleted or handed over (drain) a moment ago, whose row write and release
-                # are on their way. Never a new session on that lease: wait for the release.
+                # Held here: made meanwhile by a concurrent connect (the manager finds it),
+                # or deleted or handed over a moment ago (its release is on its way). Never
+                # a new session on that lease: wait for the release.
                 with trio.move_on_after(self.timing.renew_timeout):
-                    while session_id in self.leases.held:
+                    while session_id in self.leases.held and not self._runs(session_id):
                         await trio.sleep(0.01)
+                if self._runs(session_id):
+                    return None
                 if session_id in self.leases.held:
                     raise Unavailable(
                         f"session {session_id!r} is being deleted or handed over on this host; retry",
@@ -204,6 +206,9 @@ class ClusterNode:
             if not lock.locked() and not lock.statistics().tasks_waiting:
                 self._claims.pop(session_id, None)
 
+    def _runs(self, session_id: str) -> bool:
+        return self.fleet is not None and self.fleet.peek(session_id) is not None
+
     async def _record_of(self, session_id: str) -> SessionRecord | None:
         """The fleet's row of a session this host just acquired, as this host can run it."""
         return await self._restored(session_id, await self._read_record(session_id))
@@ -211,8 +216,7 @@ class ClusterNode:
     _drain_cleared = False
 
     async def _clear_own_drain(self) -> None:
-        """A host that starts takes sessions again (the rolling upgrade's restart): its
-        old drain request goes, once, even if Redis could not be asked at start."""
+        """A host that starts takes sessions again: its old drain request goes, once."""
         try:
             await self.drainer.clear_own()
             self._drain_cleared = True
@@ -237,9 +241,7 @@ class ClusterNode:
             self._redis_failed("touch", exc)
 
     async def abandon(self, session_id: str) -> None:
-        """Give back a lease this host acquired but runs no session for (shielded and
-        bounded: it also runs for a cancelled claim); it expires by itself if Redis
-        cannot be told."""
+        """Give back a lease held for no session (shielded: also for a cancelled claim)."""
         value = self.leases.value(session_id)
         self.leases.released(session_id)
         self.registry.rows.pop(session_id, None)
@@ -566,13 +568,6 @@ class ClusterNode:
 
     async def attempt(self, session_id: str) -> None:
         await self.limits.attempt(session_id, self.config.connect_min_interval)
-
-    async def _noted_attempt(self, session_id: str) -> None:
-        """A taken-over session starts an attempt here: a connect elsewhere waits for it too."""
-        try:
-            await self.limits.attempt(session_id, self.config.connect_min_interval, check=False)
-        except Unavailable:
-            pass  # counted by the next failing call; the rate limit is not worth a lost takeover
 
     async def drain(self, host: str, cancel: bool) -> DrainResult:
         return await self.drainer.request(host, cancel)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ...errors import Unavailable
 from ...protocol import State
 from ..ops.log import get_logger
 from ..sessions.placement import host_info
@@ -115,5 +116,13 @@ async def _round(node: ClusterNode, quota: int) -> int:
             node.metrics.takeovers.inc()
             log.info("cluster_session_taken_over", session=session, should_run=record.should_run)
             if record.should_run:
-                await node._noted_attempt(session)
+                await noted_attempt(node, session)
     return taken
+
+
+async def noted_attempt(node: ClusterNode, session_id: str) -> None:
+    """A taken-over session starts an attempt here: a connect elsewhere waits for it too."""
+    try:
+        await node.limits.attempt(session_id, node.config.connect_min_interval, check=False)
+    except Unavailable:
+        pass  # counted by the next failing call; the rate limit is not worth a lost takeover
