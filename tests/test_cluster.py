@@ -15,7 +15,7 @@ import trio
 from wa_daemon import AsyncClient, RateLimited, Unavailable
 from wa_daemon.daemon.app import Daemon
 from wa_daemon.daemon.cluster.store import open_store
-from wa_daemon.protocol import State
+from wa_daemon.protocol import SessionStatus, State
 
 from .helpers import make_config, running_daemon, short_tmpdir
 from .redis_server import RedisServer, redis_server
@@ -42,7 +42,7 @@ async def fleet(redis: RedisServer, *hosts: str, **overrides: Any) -> AsyncItera
             yield daemons
 
 
-async def connect_when_granted(wa: AsyncClient, session: str) -> Any:
+async def connect_when_granted(wa: AsyncClient, session: str) -> SessionStatus:
     """connect, waiting out the quarantine of a fresh Redis (one lease_ttl)."""
     while True:
         try:

@@ -32,6 +32,7 @@ from wa_daemon.protocol import SessionStatus, State
 
 from .helpers import make_config
 from .redis_server import RedisServer
+from .test_cluster import connect_when_granted
 from .test_cluster_failover import Host, fleet, metric
 
 pytestmark = pytest.mark.slow
@@ -64,16 +65,6 @@ async def clients(hosts: dict[str, Host]) -> AsyncIterator[dict[str, AsyncClient
 async def until_every_heartbeat(wa: AsyncClient, count: int) -> None:
     while len((await wa.hosts()).hosts) < count:
         await trio.sleep(0.1)
-
-
-async def connect_when_granted(wa: AsyncClient, session: str) -> SessionStatus:
-    """connect, waiting out the quarantine of a fresh Redis (one lease_ttl)."""
-    while True:
-        try:
-            return await wa.connect(session)
-        except Unavailable as exc:
-            assert "Redis restarted" in str(exc), exc
-            await trio.sleep(exc.details["retry_after"])
 
 
 async def local_ids(wa: AsyncClient, host: str) -> set[str]:

@@ -38,6 +38,7 @@ from ...protocol import (
     StateChanged,
     validate_session_id,
 )
+from ..sessions.hub import session_of
 
 __all__ = [
     "FORMAT",
@@ -84,16 +85,6 @@ class Entry:
     uid: int | None
     event: FleetEvent | None = None  # kind "event"
     status: SessionStatus | None = None  # kind "status" and "end" (the status when deleted)
-
-
-def session_of(event: FleetEvent) -> str:
-    if isinstance(event, StateChanged):
-        return event.status.session
-    if isinstance(event, QrUpdated):
-        return event.qr.session
-    if isinstance(event, PairingCodeUpdated):
-        return event.code.session
-    return event.session
 
 
 def encode_entry(entry: Entry) -> dict[str, bytes]:

@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from ...message_types import MessageAck, MessageReceived
 from ...protocol import EndReason, SessionStatus, StateChanged, WatchEvent
 from ..ops.log import get_logger
-from ..sessions.hub import Hub
+from ..sessions.hub import Hub, session_of
 from .events import (
     STREAM,
     STREAM_MAXLEN,
@@ -45,7 +45,6 @@ from .events import (
     decode_entry,
     decode_error,
     encode_entry,
-    session_of,
 )
 from .remote import RemoteCache
 from .store import PREFIX, ClusterError, RedisStore

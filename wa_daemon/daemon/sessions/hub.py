@@ -36,7 +36,7 @@ class StreamEnd:
     status: SessionStatus | None
 
 
-def _session_of(event: WatchEvent) -> str:
+def session_of(event: WatchEvent) -> str:
     if isinstance(event, StateChanged):
         return event.status.session
     if isinstance(event, QrUpdated):
@@ -119,7 +119,7 @@ class Subscriber:
         seen_later: set[str] = set()
         victim = None
         for i in range(len(self._events) - 1, -1, -1):
-            sid = _session_of(self._events[i])
+            sid = session_of(self._events[i])
             if sid in seen_later:
                 victim = i
             seen_later.add(sid)
@@ -198,7 +198,7 @@ class Hub:
 
     def publish_remote(self, event: WatchEvent) -> None:
         """An event of another host's session, to this host's watchers only."""
-        sid = _session_of(event)
+        sid = session_of(event)
         inbox = isinstance(event, MessageReceived | MessageAck)
         for sub in list(self._subs):
             if sub.wants(sid) and (sub.messages or not inbox):
